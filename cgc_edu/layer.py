@@ -1,0 +1,258 @@
+"""The CGC-LoRA layer: a frozen nn.Linear plus a bank of low-rank experts and a task gate.
+
+For a sample of task t (DESIGN.md, "The layer family"):
+
+    logits_t = W_g · emb(t)                       task-motivated gate: the input is the task id only
+    g_t      = softmax(logits_t masked to S_t)    zero outside S_t, uniform at initialisation
+    y        = W0 x + b + (alpha / r) * sum_e g_t,e * B_e A_e dropout(x)
+
+LoRA, independent LoRAs and MoE-LoRA are special cases (see `AdapterConfig`). The bank is
+computed in one pass for a mixed-task batch, never as a loop over experts: either as one LoRA
+of rank E*r_e with a per-sample diagonal scaling ("dense"), or, when many tasks make E large,
+as a per-sample gather of the |S_t|*r_e rows a task uses ("gather").
+
+Taught in: notebooks/01_lora_from_scratch.ipynb (LoRA), notebooks/04_moe_lora.ipynb (gate),
+notebooks/05_cgc_lora.ipynb (common and specific experts).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import AdapterConfig
+
+
+def _expert_mask(config: AdapterConfig) -> torch.Tensor:
+    """(n_tasks, E) boolean: mask[t, e] is True when expert e is in S_t."""
+    mask = torch.zeros(config.n_tasks, config.n_experts, dtype=torch.bool)
+    for t in range(config.n_tasks):
+        mask[t, config.allowed_experts(t)] = True
+    return mask
+
+
+class TaskGate(nn.Module):
+    """The task-motivated gate: softmax over a task's allowed experts, from the task id alone.
+
+    W_g starts at zero, so every task starts with uniform weights over S_t (as LoRA's B starts
+    at zero, the gate starts neutral). With ``config.gate == "uniform"`` (or a single allowed
+    expert) the gate has no parameters and stays uniform.
+
+    Taught in: notebooks/04_moe_lora.ipynb.
+    """
+
+    def __init__(self, config: AdapterConfig):
+        super().__init__()
+        self.n_tasks, self.n_experts = config.n_tasks, config.n_experts
+        self.register_buffer("mask", _expert_mask(config), persistent=False)
+        self.learned = config.has_learned_gate
+        if self.learned:
+            self.task_embedding = nn.Parameter(torch.randn(config.n_tasks, config.gate_dim))
+            self.weight = nn.Parameter(torch.zeros(config.n_experts, config.gate_dim))
+
+    def forward(self, task_ids: torch.Tensor) -> torch.Tensor:
+        """(batch,) task ids -> (batch, E) weights; rows sum to 1, zero outside S_t."""
+        allowed = self.mask[task_ids]
+        if not self.learned:
+            return allowed.float() / allowed.sum(-1, keepdim=True)
+        logits = self.task_embedding[task_ids] @ self.weight.T
+        return torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+
+
+class CGCLoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` adapted by a bank of E low-rank experts and a task gate.
+
+    Parameters ``lora_A`` (E, r_e, d_in), Kaiming-uniform like LoRA, and ``lora_B``
+    (E, d_out, r_e), zero, so a fresh layer equals its base layer. ``scaling`` = alpha / r.
+
+    Args:
+        base_layer: the frozen nn.Linear (kept as ``self.base_layer``).
+        config: the AdapterConfig.
+        gate: a TaskGate to share with other layers (MOELoRA's shared gate); a new one if None.
+        name: the module's name in its model, used in error messages.
+
+    Taught in: notebooks/05_cgc_lora.ipynb.
+    """
+
+    #: Use the per-sample gather when the bank has more than this many times the rank one
+    #: task uses (see benchmarks/bench_layer.py for the measurement behind the choice).
+    gather_ratio: float = 2.0
+
+    def __init__(self, base_layer: nn.Linear, config: AdapterConfig,
+                 gate: Optional[TaskGate] = None, name: str = "CGCLoRALinear"):
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"{name}: CGCLoRALinear wraps an nn.Linear, got {type(base_layer).__name__}; "
+                            "choose target_modules that name nn.Linear layers.")
+        self.base_layer = base_layer
+        self.config = config
+        self.module_name = name
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        E, r_e = config.n_experts, config.expert_rank
+        self.n_experts, self.expert_rank = E, r_e
+        self.scaling = config.scaling
+        weight = base_layer.weight
+        # Kaiming-uniform with a=sqrt(5), per expert, as peft initialises lora_A: bound 1/sqrt(d_in).
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.lora_A = nn.Parameter(torch.empty(E, r_e, self.in_features, dtype=weight.dtype,
+                                               device=weight.device).uniform_(-bound, bound))
+        self.lora_B = nn.Parameter(torch.zeros(E, self.out_features, r_e, dtype=weight.dtype,
+                                               device=weight.device))
+        self.gate = gate if gate is not None else TaskGate(config).to(weight.device)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        # rows[t] = the rows of the stacked A (E*r_e, d_in) that task t uses, in S_t order.
+        allowed = torch.tensor([config.allowed_experts(t) for t in range(config.n_tasks)])
+        rows = (allowed[:, :, None] * r_e + torch.arange(r_e)).reshape(config.n_tasks, -1)
+        self.register_buffer("allowed", allowed, persistent=False)
+        self.register_buffer("rows", rows, persistent=False)
+        self.merged_task: Optional[int] = None
+        self.router = None  # set by add_adapters: carries task ids from the model's forward
+
+    # ------------------------------------------------------------------ helpers
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"in={self.in_features}, out={self.out_features}, experts={self.n_experts} "
+                f"(common={c.n_common}, specific={c.n_specific} x {c.n_tasks} tasks), "
+                f"expert_rank={self.expert_rank}, scaling={self.scaling:g}, gate={c.gate!r}")
+
+    def expert_labels(self, task_names: Optional[Sequence[str]] = None) -> list[str]:
+        """Labels in expert order: "common 0", ..., "task <name> / 0", ..."""
+        c = self.config
+        names = list(task_names) if task_names is not None else [str(t) for t in range(c.n_tasks)]
+        if len(names) != c.n_tasks:
+            raise ValueError(f"{self.module_name}: got {len(names)} task names for {c.n_tasks} tasks; "
+                             "pass one name per task.")
+        labels = [f"common {i}" for i in range(c.n_common)]
+        for t in range(c.n_tasks):
+            labels += [f"task {names[t]} / {j}" for j in range(c.n_specific)]
+        return labels
+
+    def check_task_ids(self, task_ids, batch: Optional[int] = None) -> Optional[torch.Tensor]:
+        """Validate task ids; return a LongTensor (batch,) on the layer's device, or None.
+
+        Raises a ValueError/TypeError that names this module, the value and the fix.
+        """
+        c, name = self.config, self.module_name
+        if task_ids is None:
+            if c.needs_task_ids:
+                raise ValueError(
+                    f"{name}: task_ids missing: this adapter serves {c.n_tasks} tasks and its output "
+                    "depends on the task; call model(..., task_ids=torch.tensor([...])) or run inside "
+                    "`with task_context(model, task_ids):`.")
+            return None
+        if isinstance(task_ids, (list, tuple)):
+            task_ids = torch.tensor(task_ids)
+        if not isinstance(task_ids, torch.Tensor):
+            raise TypeError(f"{name}: task_ids={task_ids!r} is a {type(task_ids).__name__}; "
+                            "pass a LongTensor of shape (batch,), e.g. torch.tensor([0, 1]).")
+        if task_ids.dtype.is_floating_point or task_ids.dtype == torch.bool or task_ids.is_complex():
+            raise TypeError(f"{name}: task_ids has dtype {task_ids.dtype}; task ids are integers: "
+                            "pass a LongTensor, e.g. task_ids.long().")
+        if task_ids.dim() != 1:
+            raise ValueError(f"{name}: task_ids has shape {tuple(task_ids.shape)}; it must be 1-D of "
+                             "shape (batch,), one task id per sample (use .reshape(-1)).")
+        if task_ids.numel():
+            lo, hi = int(task_ids.min()), int(task_ids.max())
+            if lo < 0 or hi >= c.n_tasks:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"{name}: task id {bad} is out of range: this adapter has n_tasks="
+                                 f"{c.n_tasks}, so ids must be in [0, {c.n_tasks - 1}].")
+        if batch is not None and task_ids.shape[0] != batch:
+            raise ValueError(f"{name}: got {task_ids.shape[0]} task ids for a batch of {batch} samples; "
+                             "pass one task id per sample.")
+        return task_ids.to(device=self.lora_A.device, dtype=torch.long)
+
+    def _resolve_task_ids(self, task_ids, batch: int) -> torch.Tensor:
+        """Explicit ids win; else the ids the model's router carries; else task 0 if allowed."""
+        if task_ids is None and self.router is not None:
+            task_ids = self.router.task_ids
+            if task_ids is not None and not isinstance(task_ids, torch.Tensor):
+                task_ids = torch.as_tensor(task_ids)
+            # generate() expands a batch for beams / several return sequences by repeat_interleave.
+            if (isinstance(task_ids, torch.Tensor) and task_ids.dim() == 1 and task_ids.numel()
+                    and batch != task_ids.shape[0] and batch % task_ids.shape[0] == 0):
+                task_ids = task_ids.repeat_interleave(batch // task_ids.shape[0])
+        ids = self.check_task_ids(task_ids, batch)
+        if ids is None:
+            ids = torch.zeros(batch, dtype=torch.long, device=self.lora_A.device)
+        return ids
+
+    # --------------------------------------------------------------------- math
+    def gate_weights(self, task_ids) -> torch.Tensor:
+        """(batch,) task ids -> (batch, E) gate weights g_t (zero outside S_t, rows sum to 1)."""
+        ids = self.check_task_ids(task_ids if task_ids is not None else torch.zeros(1, dtype=torch.long))
+        return self.gate(ids)
+
+    def _stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A as (E*r_e, d_in) and B as (d_out, E*r_e): the bank seen as one big LoRA."""
+        A = self.lora_A.reshape(-1, self.in_features)
+        B = self.lora_B.permute(1, 0, 2).reshape(self.out_features, -1)
+        return A, B
+
+    def delta_weight(self, task_id: int) -> torch.Tensor:
+        """dW_t = (alpha/r) B_cat diag(g_t repeated r_e times) A_cat, shaped like W0 (d_out, d_in)."""
+        ids = self.check_task_ids(torch.tensor([int(task_id)]))
+        g = self.gate(ids)[0].repeat_interleave(self.expert_rank)
+        A, B = self._stacked()
+        return self.scaling * (B * g) @ A
+
+    def adapter_output(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """The adapter's term (alpha/r) sum_e g_e B_e A_e dropout(x), for x (batch, ..., d_in)."""
+        batch = x.shape[0]
+        h_in = self.dropout(x).reshape(batch, -1, self.in_features)
+        g = self.gate(task_ids)                                           # (batch, E)
+        A, B = self._stacked()
+        k = self.rows.shape[1]                                            # |S_t| * r_e
+        if A.shape[0] > self.gather_ratio * k:
+            # Gather path: each sample uses only its task's k rows: cost of a rank-k LoRA.
+            rows = self.rows[task_ids]                                    # (batch, k)
+            g_rows = g.gather(1, self.allowed[task_ids]).repeat_interleave(self.expert_rank, dim=1)
+            h = torch.bmm(h_in, A[rows].transpose(1, 2)) * g_rows[:, None, :]
+            out = torch.bmm(h, B.T[rows])
+        else:
+            # Dense path: one LoRA of rank E*r_e, scaled per sample by the gate.
+            h = (h_in @ A.T) * g.repeat_interleave(self.expert_rank, dim=1)[:, None, :]
+            out = h @ B.T
+        return (self.scaling * out).reshape(*x.shape[:-1], self.out_features)
+
+    def forward(self, x: torch.Tensor, task_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        result = self.base_layer(x)
+        if self.merged_task is not None:
+            self._check_merged(task_ids if task_ids is not None else
+                               (self.router.task_ids if self.router is not None else None))
+            return result
+        ids = self._resolve_task_ids(task_ids, x.shape[0])
+        return result + self.adapter_output(x.to(self.lora_A.dtype), ids).to(result.dtype)
+
+    # ------------------------------------------------------------------ merging
+    def _check_merged(self, task_ids) -> None:
+        if task_ids is None:
+            return
+        ids = torch.as_tensor(task_ids).reshape(-1)
+        if ids.numel() and bool((ids != self.merged_task).any()):
+            other = sorted(set(ids.tolist()) - {self.merged_task})
+            raise ValueError(
+                f"{self.module_name}: task {self.merged_task} is merged into the weights, but task ids "
+                f"{other} were given; call unmerge(model) to serve several tasks, or merge_task(model, t) "
+                "for another task.")
+
+    @torch.no_grad()
+    def merge(self, task_id: int) -> None:
+        """Fold task ``task_id``'s adapter into W0: the layer then runs at the base layer's speed."""
+        if self.merged_task is not None:
+            raise ValueError(f"{self.module_name}: task {self.merged_task} is already merged; "
+                             "call unmerge(model) first.")
+        delta = self.delta_weight(task_id)
+        self.base_layer.weight += delta.to(self.base_layer.weight.dtype)
+        self.merged_task = int(task_id)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the merged task's adapter from W0 again (exact up to float rounding)."""
+        if self.merged_task is None:
+            return
+        self.base_layer.weight -= self.delta_weight(self.merged_task).to(self.base_layer.weight.dtype)
+        self.merged_task = None
