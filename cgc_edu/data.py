@@ -1,0 +1,228 @@
+"""TinyTasks: a generated multi-task instruction suite, its tokenizer and its collator.
+
+Every task reads a short string of letters and writes an answer. The prompt is the same
+for every task ("cab=") unless ``name_in_prompt=True`` ("reverse:cab="): by default the
+model cannot read which task it is asked, so the only signal is the task id that the
+adapters route on. That makes the conflict between tasks as strong as it can be (one input,
+several right answers), which is exactly what a single shared LoRA cannot resolve and a
+task-gated mixture can. Set ``name_in_prompt=True`` to see how far reading the instruction
+alone gets a shared adapter.
+
+Two clusters:
+
+* ``transform`` (the answer has the input's length): reverse, shift (+1 per letter),
+  rotate (first letter to the end) and the low-data ``reverse_shift`` (both sub-skills).
+* ``extract`` (a short answer about the input): first letter, last letter, length, and
+  the low-data ``ends`` (first + last letter).
+
+Within a cluster tasks share sub-skills (reverse_shift = reverse then shift; ends = first
+then last); across clusters the same input wants a different answer (reverse "cab" is
+"bac", its last letter is "b").
+
+Taught in: notebooks/03_multitask_learning.ipynb
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from datasets import Dataset, DatasetDict
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]
+# Characters the tokenizer knows: letters, digits and a little punctuation (task names
+# use "_", prompts use ":" and "=", the pretraining corpus uses the rest).
+CHARACTERS = string.ascii_lowercase + string.digits + " =:_|>,.+-?!"
+
+LETTERS = string.ascii_lowercase
+
+
+def _shift(s: str, k: int = 1) -> str:
+    return "".join(LETTERS[(LETTERS.index(c) + k) % 26] for c in s)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One TinyTasks task: its name, cluster, answer function and whether it is low-data.
+
+    Taught in: notebooks/03_multitask_learning.ipynb
+    """
+
+    name: str
+    cluster: str
+    fn: Callable[[str], str]
+    low_data: bool = False
+
+
+TASKS: tuple[TaskSpec, ...] = (
+    TaskSpec("reverse", "transform", lambda s: s[::-1]),
+    TaskSpec("shift", "transform", _shift),
+    TaskSpec("rotate", "transform", lambda s: s[1:] + s[0]),
+    TaskSpec("reverse_shift", "transform", lambda s: _shift(s[::-1]), low_data=True),
+    TaskSpec("first", "extract", lambda s: s[0]),
+    TaskSpec("last", "extract", lambda s: s[-1]),
+    TaskSpec("length", "extract", lambda s: str(len(s))),
+    TaskSpec("ends", "extract", lambda s: s[0] + s[-1], low_data=True),
+)
+TASK_NAMES: tuple[str, ...] = tuple(t.name for t in TASKS)
+_BY_NAME = {t.name: t for t in TASKS}
+
+
+def task_names() -> list[str]:
+    """The names of all TinyTasks tasks, in task-id order.
+
+    Taught in: notebooks/03_multitask_learning.ipynb
+    """
+    return list(TASK_NAMES)
+
+
+def format_prompt(word: str, task: str | None = None) -> str:
+    """The prompt for ``word``: ``"cab="``, or ``"reverse:cab="`` when a task is named.
+
+    Taught in: notebooks/03_multitask_learning.ipynb
+    """
+    return f"{task}:{word}=" if task else f"{word}="
+
+
+def _check_tasks(tasks) -> list[TaskSpec]:
+    if tasks is None:
+        return list(TASKS)
+    if isinstance(tasks, str):
+        raise TypeError(f"tasks must be a list of task names, got the string {tasks!r}; "
+                        f"write tasks=[{tasks!r}]")
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError(f"tasks is empty: select at least one of {list(TASK_NAMES)}")
+    unknown = [t for t in tasks if t not in _BY_NAME]
+    if unknown:
+        raise KeyError(f"unknown task name(s) {unknown}; known tasks are {list(TASK_NAMES)}")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks lists a task twice: {tasks}; give each task once")
+    # Keep the global order, so a task's id never depends on the selection's order.
+    return [t for t in TASKS if t.name in tasks]
+
+
+def make_tiny_tasks(
+    seed: int = 0,
+    n_train: int = 2000,
+    n_low: int = 200,
+    n_validation: int = 100,
+    n_test: int = 200,
+    tasks=None,
+    min_len: int = 3,
+    max_len: int = 6,
+    name_in_prompt: bool = False,
+) -> DatasetDict:
+    """Generate TinyTasks as a DatasetDict with train / validation / test splits.
+
+    Columns: ``prompt`` (e.g. "cab="), ``target`` (e.g. "bac"), ``task`` (name),
+    ``task_id`` (index in :data:`TASK_NAMES` restricted to the selection, in that order),
+    ``cluster``, ``low_data``. ``n_train`` examples per ordinary task, ``n_low`` per low-data
+    task (the tasks that should borrow from their cluster), ``n_validation`` / ``n_test``
+    per task. Words are distinct across splits within a task (no leakage), and the same
+    seed always gives the same data.
+
+    Taught in: notebooks/03_multitask_learning.ipynb
+    """
+    specs = _check_tasks(tasks)
+    for name, value in [("n_train", n_train), ("n_low", n_low), ("n_validation", n_validation),
+                        ("n_test", n_test), ("min_len", min_len), ("max_len", max_len)]:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+    if min(n_train, n_low) < 1 or min(n_validation, n_test) < 0:
+        raise ValueError(f"sizes must be positive (n_train={n_train}, n_low={n_low}) and "
+                         f"non-negative (n_validation={n_validation}, n_test={n_test})")
+    if not 1 <= min_len <= max_len <= 9:
+        raise ValueError(f"need 1 <= min_len <= max_len <= 9 (the length task answers one "
+                         f"digit), got min_len={min_len}, max_len={max_len}")
+    n_words = sum(26 ** n for n in range(min_len, max_len + 1))
+    need = max(n_train, n_low) + n_validation + n_test
+    if need > n_words:
+        raise ValueError(f"asked for {need} distinct words per task but only {n_words} words "
+                         f"of length {min_len}..{max_len} exist; lower the sizes or raise max_len")
+
+    rng = random.Random(seed)
+    rows = {split: [] for split in ("train", "validation", "test")}
+    for task_id, spec in enumerate(specs):
+        sizes = {"train": n_low if spec.low_data else n_train,
+                 "validation": n_validation, "test": n_test}
+        words: set[str] = set()
+        for split, size in sizes.items():
+            for _ in range(size):
+                while True:  # rejection keeps words unique within a task (no split leakage)
+                    n = rng.randint(min_len, max_len)
+                    word = "".join(rng.choice(LETTERS) for _ in range(n))
+                    if word not in words:
+                        words.add(word)
+                        break
+                rows[split].append({
+                    "prompt": format_prompt(word, spec.name if name_in_prompt else None),
+                    "target": spec.fn(word), "task": spec.name, "task_id": task_id,
+                    "cluster": spec.cluster, "low_data": spec.low_data})
+    out = {}
+    for split, split_rows in rows.items():
+        rng.shuffle(split_rows)  # mixed-task order
+        out[split] = Dataset.from_list(split_rows) if split_rows else Dataset.from_dict(
+            {k: [] for k in ("prompt", "target", "task", "task_id", "cluster", "low_data")})
+    return DatasetDict(out)
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level fast tokenizer, built locally with the ``tokenizers`` library.
+
+    Each character is one token (a WordLevel model over single characters), ``<bos>`` is
+    prepended by the post-processor, decoding fuses characters back without spaces. Save
+    it with ``tok.save_pretrained(dir)`` and reload it with
+    ``AutoTokenizer.from_pretrained(dir)``.
+
+    Taught in: notebooks/00_tour.ipynb
+    """
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + list(CHARACTERS))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        padding_side="right", model_max_length=64)
+
+
+class TinyTasksCollator:
+    """Turn TinyTasks rows into a training batch: prompt + target + eos, loss on the target.
+
+    Returns ``input_ids``, ``attention_mask``, ``labels`` (-100 on the prompt and on
+    padding, so the loss is the answer's alone) and ``task_ids`` (for the adapters' gates).
+    Extra columns are ignored, so it works with ``transformers.Trainer`` and
+    ``remove_unused_columns=False``.
+
+    Taught in: notebooks/04_moe_lora.ipynb
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast):
+        self.tokenizer = tokenizer
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("cannot collate an empty list of examples")
+        tok = self.tokenizer
+        prompts = tok([f["prompt"] for f in features], add_special_tokens=True)["input_ids"]
+        targets = tok([f["target"] for f in features], add_special_tokens=False)["input_ids"]
+        seqs = [p + t + [tok.eos_token_id] for p, t in zip(prompts, targets)]
+        width = max(map(len, seqs))
+        input_ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, (p, s) in enumerate(zip(prompts, seqs)):
+            input_ids[i, : len(s)] = torch.tensor(s)
+            labels[i, len(p): len(s)] = torch.tensor(s[len(p):])
+            attention_mask[i, : len(s)] = 1
+        task_ids = torch.tensor([int(f["task_id"]) for f in features], dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "labels": labels, "task_ids": task_ids}

@@ -1,0 +1,109 @@
+"""TinyTasks, its tokenizer and its collator."""
+import pytest
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from cgc_edu.data import (TASKS, TinyTasksCollator, build_tokenizer, make_tiny_tasks,
+                          task_names)
+
+SMALL = dict(n_train=40, n_low=8, n_validation=5, n_test=6)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def test_splits_columns_and_sizes():
+    ds = make_tiny_tasks(seed=0, **SMALL)
+    assert set(ds) == {"train", "validation", "test"}
+    assert {"prompt", "target", "task", "task_id", "cluster"} <= set(ds["train"].column_names)
+    n_low = sum(t.low_data for t in TASKS)
+    assert n_low >= 2 and len(TASKS) >= 8 and len({t.cluster for t in TASKS}) >= 2
+    assert ds["train"].num_rows == 40 * (len(TASKS) - n_low) + 8 * n_low
+    assert ds["validation"].num_rows == 5 * len(TASKS)
+    assert ds["test"].num_rows == 6 * len(TASKS)
+    # task ids follow task_names(), and the answers are the tasks' functions
+    for row in ds["test"]:
+        spec = TASKS[row["task_id"]]
+        assert spec.name == row["task"] and spec.cluster == row["cluster"]
+        assert spec.fn(row["prompt"][:-1]) == row["target"]
+
+
+def test_known_answers():
+    by_name = {t.name: t.fn for t in TASKS}
+    assert by_name["reverse"]("cab") == "bac"
+    assert by_name["shift"]("azz") == "baa"
+    assert by_name["rotate"]("cab") == "abc"
+    assert by_name["reverse_shift"]("cab") == "cbd"
+    assert by_name["ends"]("cab") == "cb"
+    assert by_name["length"]("cabd") == "4"
+
+
+def test_deterministic_and_seed_dependent():
+    a, b, c = (make_tiny_tasks(seed=s, **SMALL) for s in (1, 1, 2))
+    assert a["train"].to_list() == b["train"].to_list()
+    assert a["train"].to_list() != c["train"].to_list()
+
+
+def test_no_leakage_between_splits():
+    ds = make_tiny_tasks(seed=0, **SMALL)
+    seen = {(r["task"], r["prompt"]) for r in ds["train"]}
+    assert not seen & {(r["task"], r["prompt"]) for r in ds["test"]}
+
+
+def test_conflict_same_prompt_different_answers():
+    # The default prompt does not name the task: the same word asks for different answers.
+    ds = make_tiny_tasks(seed=0, n_train=2000, n_low=200, n_validation=0, n_test=0)
+    answers = {}
+    for r in ds["train"]:
+        answers.setdefault(r["prompt"], set()).add(r["target"])
+    assert max(len(v) for v in answers.values()) >= 3
+    named = make_tiny_tasks(seed=0, name_in_prompt=True, **SMALL)
+    assert all(r["prompt"].startswith(r["task"] + ":") for r in named["test"])
+
+
+def test_task_selection_reindexes():
+    ds = make_tiny_tasks(seed=0, tasks=["last", "reverse"], **SMALL)
+    ids = {(r["task"], r["task_id"]) for r in ds["train"]}
+    assert ids == {("reverse", 0), ("last", 1)}  # global order, ids 0..n-1
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(tasks=["reverse", "nope"]), KeyError, "nope"),
+    (dict(tasks=[]), ValueError, "empty"),
+    (dict(tasks="reverse"), TypeError, "tasks=['reverse']"),
+    (dict(n_train=0), ValueError, "n_train=0"),
+    (dict(n_train=30, min_len=1, max_len=1), ValueError, "distinct words"),
+    (dict(min_len=5, max_len=3), ValueError, "min_len=5"),
+])
+def test_clear_errors(kwargs, error, words):
+    with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):
+        make_tiny_tasks(**kwargs)
+
+
+def test_tokenizer_is_fast_char_level_and_round_trips(tok, tmp_path):
+    assert isinstance(tok, PreTrainedTokenizerFast) and tok.is_fast
+    ids = tok("cab=bac")["input_ids"]
+    assert ids[0] == tok.bos_token_id and len(ids) == 1 + len("cab=bac")
+    assert tok.decode(ids, skip_special_tokens=True) == "cab=bac"
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again("cab=bac")["input_ids"] == ids
+    assert (again.pad_token_id, again.eos_token_id) == (tok.pad_token_id, tok.eos_token_id)
+    assert task_names() == [t.name for t in TASKS]
+
+
+def test_collator_masks_labels_to_target(tok):
+    rows = [{"prompt": "cab=", "target": "bac", "task_id": 0, "task": "reverse"},
+            {"prompt": "abcdef=", "target": "f", "task_id": 5}]
+    batch = TinyTasksCollator(tok)(rows)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    torch.testing.assert_close(batch["task_ids"], torch.tensor([0, 5]))
+    first = batch["labels"][0]
+    kept = first[first != -100].tolist()
+    assert tok.decode(kept[:-1]) == "bac" and kept[-1] == tok.eos_token_id
+    assert batch["attention_mask"][0].sum() == len("cab=bac") + 2  # bos + eos
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+    with pytest.raises(ValueError, match="empty"):
+        TinyTasksCollator(tok)([])
