@@ -1,0 +1,348 @@
+"""Pictures of what the gates learned, and of the experiments' results (matplotlib).
+
+Every function returns its ``matplotlib.figure.Figure``. Functions that draw one panel take
+``ax=`` to draw into an existing axes (the figure is then ``ax.figure``); the grid takes
+``fig=`` to reuse a figure. Gate plots read a `cgc_edu.recording.GateRecording`; modules,
+tasks and steps are named (or indexed, ``step=-1`` is the last recorded step).
+
+Taught in: notebooks/08_gate_lab.ipynb (gates), notebooks/06_one_plus_n.ipynb (affinity),
+notebooks/07_experiments.ipynb (method comparison).
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.patches import Rectangle
+
+from .recording import GateRecording
+
+#: Heatmaps annotate every cell when they have at most this many cells.
+ANNOTATE_MAX_CELLS = 80
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.(.+)$")
+
+
+# ------------------------------------------------------------------ helpers
+def _new_axes(ax, figsize):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return ax.figure, ax
+
+
+def _annotate_cells(ax, values: np.ndarray, mask: Optional[np.ndarray] = None, fmt="{:.2f}"):
+    """Write each value in its cell, in black or white, whichever reads on the colour."""
+    for (i, j), v in np.ndenumerate(values):
+        if mask is not None and not mask[i, j]:
+            continue
+        ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
+                color="white" if v < 0.55 else "black")
+
+
+def layer_groups(module_names: Sequence[str]) -> list[tuple[str, list[int]]]:
+    """Group module indices by transformer layer: [("layer 0", [0, 1, ...]), ...].
+
+    Names like ``model.layers.3.self_attn.q_proj`` group by their layer number; modules whose
+    names carry no layer number are each their own group, in model order.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(module_names):
+        match = _LAYER.search(name)
+        groups.setdefault(f"layer {match.group(1)}" if match else name, []).append(i)
+    return list(groups.items())
+
+
+def short_module_name(name: str) -> str:
+    """``model.layers.0.self_attn.q_proj`` -> ``L0 self_attn.q_proj`` (labels that fit)."""
+    match = _LAYER.search(name)
+    return f"L{match.group(1)} {match.group(2)}" if match else name
+
+
+def _task_rows(recording: GateRecording, tasks) -> list[int]:
+    if tasks is None:
+        return list(range(recording.n_tasks))
+    if isinstance(tasks, (str, int, np.integer)):
+        tasks = [tasks]
+    return [recording.task_index(t) for t in tasks]
+
+
+# ----------------------------------------------------------- gate heatmaps
+def gate_heatmap(recording: GateRecording, module=0, step=-1, tasks=None, ax=None,
+                 annotate: Optional[bool] = None, colorbar: bool = True, title: Optional[str] = None):
+    """Task x expert heatmap of one module's gate weights at one step.
+
+    Common and specific experts are separated by a thick line (and labelled above),
+    task blocks by thin lines; cells outside a task's allowed set S_t are grey.
+    ``tasks`` picks rows (names or indices; default all). Values are written in the cells
+    when there are at most `ANNOTATE_MAX_CELLS` of them (or as ``annotate`` says).
+
+    Taught in: notebooks/08_gate_lab.ipynb.
+    """
+    m, s = recording.module_index(module), recording.step_index(step)
+    rows = _task_rows(recording, tasks)
+    values = recording.gates[s, m][rows]
+    allowed = recording.allowed_mask()[rows]
+    n_tasks, n_experts = values.shape
+    fig, ax = _new_axes(ax, (1.2 + 0.55 * n_experts, 1.4 + 0.45 * n_tasks))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
+    image = ax.imshow(np.ma.masked_array(values, ~allowed), cmap=cmap, vmin=0.0, vmax=1.0,
+                      aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(n_experts), recording.expert_labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n_tasks), [recording.task_names[r] for r in rows], fontsize=8)
+    ax.set_xlabel("expert")
+    ax.set_ylabel("task")
+    _mark_expert_blocks(ax, recording)
+    if annotate if annotate is not None else values.size <= ANNOTATE_MAX_CELLS:
+        _annotate_cells(ax, values, allowed)
+    step_value = int(recording.steps[s])
+    ax.set_title(title if title is not None else
+                 f"{recording.module_names[m]} (step {step_value})", fontsize=9, pad=14)
+    if colorbar:
+        fig.colorbar(image, ax=ax, label="gate weight", shrink=0.9)
+    return fig
+
+
+def _mark_expert_blocks(ax, recording: GateRecording):
+    """Thick line between common and specific experts, thin lines between task blocks."""
+    c, k = recording.n_common, recording.n_specific
+    if c and k:
+        ax.axvline(c - 0.5, color="white", lw=3)
+    for t in range(1, recording.n_tasks if k else 0):
+        ax.axvline(c + t * k - 0.5, color="white", lw=1)
+    blocks = [("common", 0, c), ("task-specific", c, recording.n_experts)]
+    for label, lo, hi in blocks:
+        if hi > lo:
+            ax.annotate(label, xy=((lo + hi - 1) / 2, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=7, color="0.35")
+
+
+def gate_heatmap_grid(recording: GateRecording, step=-1, tasks=None, fig=None,
+                      annotate: bool = False):
+    """Every module's task x expert heatmap in a grid, one row per layer.
+
+    Rows are transformer layers (see `layer_groups`), columns the adapted modules of a layer.
+    All panels share one colour scale (0..1) and one colour bar. ``fig``: a figure to clear
+    and reuse (the widget redraws into one figure).
+
+    Taught in: notebooks/08_gate_lab.ipynb.
+    """
+    s = recording.step_index(step)
+    rows = _task_rows(recording, tasks)
+    groups = layer_groups(recording.module_names)
+    ncols = max(len(members) for _, members in groups)
+    size = (1.0 + ncols * (0.9 + 0.32 * recording.n_experts),
+            0.8 + len(groups) * (0.9 + 0.3 * len(rows)))
+    if fig is None:
+        fig = plt.figure(figsize=size, layout="constrained")
+    else:
+        fig.clear()
+        fig.set_size_inches(*size)
+    axes = fig.subplots(len(groups), ncols, squeeze=False)
+    image = None
+    for r, (label, members) in enumerate(groups):
+        for c in range(ncols):
+            ax = axes[r, c]
+            if c >= len(members):
+                ax.set_axis_off()
+                continue
+            m = members[c]
+            gate_heatmap(recording, m, step, rows, ax=ax, annotate=annotate, colorbar=False,
+                         title=short_module_name(recording.module_names[m]))
+            image = ax.images[0]
+            ax.set_xlabel("")
+            ax.set_ylabel(label if c == 0 else "")
+            if r < len(groups) - 1:
+                ax.set_xticklabels([])
+            if c > 0:
+                ax.set_yticklabels([])
+    fig.suptitle(f"gate weights of every module (step {int(recording.steps[s])})", fontsize=10)
+    fig.colorbar(image, ax=axes, label="gate weight", shrink=0.8)
+    return fig
+
+
+# ------------------------------------------------------------ over training
+def gate_evolution(recording: GateRecording, module=0, task=None, ax=None, step=None):
+    """Gate weights of one module over the recorded training steps.
+
+    With a ``task``: one line per expert the task may use (its S_t). Without: one line per
+    task, its gate mass on the common experts. ``step`` marks a step with a dashed line.
+
+    Taught in: notebooks/08_gate_lab.ipynb.
+    """
+    m = recording.module_index(module)
+    fig, ax = _new_axes(ax, (6.0, 3.4))
+    steps = recording.steps
+    if task is None:
+        share = recording.common_share()[:, m]
+        for t, name in enumerate(recording.task_names):
+            ax.plot(steps, share[:, t], marker="o", ms=3, label=name)
+        ax.set_ylabel("gate mass on common experts")
+        ax.set_title(f"{recording.module_names[m]}: common share per task", fontsize=9)
+    else:
+        t = recording.task_index(task)
+        for e in np.flatnonzero(recording.allowed_mask()[t]):
+            ax.plot(steps, recording.gates[:, m, t, e], marker="o", ms=3,
+                    ls="-" if e < recording.n_common else "--", label=recording.expert_labels[e])
+        ax.set_ylabel("gate weight")
+        ax.set_title(f"{recording.module_names[m]}: gate of task {recording.task_names[t]}",
+                     fontsize=9)
+    if step is not None:
+        ax.axvline(recording.steps[recording.step_index(step)], color="0.4", ls=":", lw=1.5)
+    ax.set_xlabel("training step")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return fig
+
+
+# -------------------------------------------------------------- common share
+def common_share_table(recording: GateRecording, step=-1, tasks=None, by: str = "layer"):
+    """(values, task names, column labels): the gate mass on common experts per task and layer.
+
+    ``by="layer"`` averages the modules of a transformer layer, ``by="module"`` keeps each.
+    """
+    if by not in ("layer", "module"):
+        raise ValueError(f"common_share: by={by!r}; choose 'layer' or 'module'.")
+    s = recording.step_index(step)
+    rows = _task_rows(recording, tasks)
+    share = recording.common_share()[s][:, rows]                     # (modules, tasks)
+    if by == "module":
+        columns = [short_module_name(n) for n in recording.module_names]
+        values = share.T
+    else:
+        groups = layer_groups(recording.module_names)
+        columns = [label for label, _ in groups]
+        values = np.stack([share[members].mean(0) for _, members in groups], axis=1)
+    return values, [recording.task_names[r] for r in rows], columns
+
+
+def common_share(recording: GateRecording, step=-1, tasks=None, by: str = "layer", ax=None,
+                 annotate: Optional[bool] = None):
+    """Heatmap of the share of gate mass on common (vs task-specific) experts, task x layer.
+
+    1 means a task relies only on the shared experts, 0 only on its own.
+
+    Taught in: notebooks/08_gate_lab.ipynb.
+    """
+    values, task_names, columns = common_share_table(recording, step, tasks, by)
+    fig, ax = _new_axes(ax, (1.8 + 0.7 * len(columns), 1.4 + 0.45 * len(task_names)))
+    image = ax.imshow(values, cmap="RdBu", vmin=0.0, vmax=1.0, aspect="auto",
+                      interpolation="nearest")
+    ax.set_xticks(range(len(columns)), columns, rotation=45 if by == "module" else 0,
+                  ha="right" if by == "module" else "center", fontsize=8)
+    ax.set_yticks(range(len(task_names)), task_names, fontsize=8)
+    ax.set_xlabel(by)
+    ax.set_ylabel("task")
+    if annotate if annotate is not None else values.size <= ANNOTATE_MAX_CELLS:
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(v - 0.5) > 0.3 else "black")
+    step_value = int(recording.steps[recording.step_index(step)])
+    ax.set_title(f"gate mass on common experts (step {step_value})", fontsize=9)
+    fig.colorbar(image, ax=ax, label="common share (1 = all common)", shrink=0.9)
+    return fig
+
+
+# -------------------------------------------------------------- 1+N and results
+def affinity_matrix(matrix, task_names: Sequence[str], clusters: Optional[Sequence] = None,
+                    ax=None, annotate: Optional[bool] = None):
+    """The task-affinity matrix, tasks ordered by cluster, each cluster outlined.
+
+    Args:
+        matrix: (n_tasks, n_tasks) affinities (e.g. cosine similarities of task gradients).
+        task_names: one name per row.
+        clusters: one cluster label per task (None: one cluster); tasks are grouped by
+            cluster, clusters in order of first appearance.
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+    matrix = np.asarray(matrix, dtype=float)
+    n = len(task_names)
+    if matrix.ndim != 2 or matrix.shape != (n, n):
+        raise ValueError(f"affinity_matrix: matrix has shape {matrix.shape} but there are {n} task "
+                         f"names; pass a square ({n}, {n}) matrix, one row per task.")
+    clusters = [0] * n if clusters is None else list(clusters)
+    if len(clusters) != n:
+        raise ValueError(f"affinity_matrix: {len(clusters)} cluster labels for {n} tasks; "
+                         "pass one cluster label per task.")
+    first_seen = {c: i for i, c in reversed(list(enumerate(clusters)))}
+    order = sorted(range(n), key=lambda i: (first_seen[clusters[i]], i))
+    values = matrix[np.ix_(order, order)]
+    fig, ax = _new_axes(ax, (2.0 + 0.55 * n, 1.2 + 0.5 * n))
+    limit = max(float(np.abs(values).max()), 1e-12)
+    image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    names = [str(task_names[i]) for i in order]
+    ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    if annotate if annotate is not None else n * n <= ANNOTATE_MAX_CELLS:
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(v) > 0.6 * limit else "black")
+    start = 0
+    for label in sorted(first_seen, key=first_seen.get):
+        size = clusters.count(label)
+        ax.add_patch(Rectangle((start - 0.5, start - 0.5), size, size, fill=False,
+                               edgecolor="black", lw=2.0))
+        ax.annotate(f"cluster {label}", xy=(1.0, start + (size - 1) / 2),
+                    xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points",
+                    va="center", ha="left", rotation=90, fontsize=8)
+        start += size
+    ax.set_title("task affinity (clusters outlined)", fontsize=9)
+    fig.colorbar(image, ax=ax, label="affinity", shrink=0.9)
+    return fig
+
+
+RESULT_COLUMNS = ("method", "seed", "task")
+
+
+def method_comparison(results: pd.DataFrame, metric: str = "exact_match", ax=None,
+                      average: bool = True):
+    """Grouped bars: per task (and on average over tasks), one bar per method.
+
+    ``results`` is long format, one row per (method, seed, task) with a ``metric`` column,
+    e.g. ``method="cgc_lora", seed=0, task="add", exact_match=0.83``. A bar is the mean over
+    seeds; its error bar spans the lowest to the highest seed. The "average" group first
+    averages the tasks within each seed. Methods and tasks keep their order of appearance.
+
+    Taught in: notebooks/07_experiments.ipynb.
+    """
+    if not isinstance(results, pd.DataFrame):
+        raise TypeError(f"method_comparison: results is a {type(results).__name__}; pass a pandas "
+                        f"DataFrame with columns {list(RESULT_COLUMNS) + [metric]}.")
+    missing = [c for c in (*RESULT_COLUMNS, metric) if c not in results.columns]
+    if missing:
+        raise ValueError(f"method_comparison: results lack columns {missing} (it has "
+                         f"{list(results.columns)}); pass long format with one row per method, "
+                         f"seed and task and a '{metric}' column.")
+    if results.empty:
+        raise ValueError("method_comparison: results is empty; there is nothing to compare.")
+    table = results[list(RESULT_COLUMNS) + [metric]]
+    if average:
+        per_seed = table.groupby(["method", "seed"], sort=False)[metric].mean().reset_index()
+        table = pd.concat([table, per_seed.assign(task="average")], ignore_index=True)
+    stats = table.groupby(["task", "method"], sort=False)[metric].agg(["mean", "min", "max"])
+    methods, tasks = list(pd.unique(table["method"])), list(pd.unique(table["task"]))
+    fig, ax = _new_axes(ax, (1.5 + 0.45 * len(tasks) * len(methods), 3.4))
+    width = 0.8 / len(methods)
+    x = np.arange(len(tasks))
+    for k, method in enumerate(methods):
+        rows = stats.xs(method, level="method").reindex(tasks)
+        err = np.vstack([rows["mean"] - rows["min"], rows["max"] - rows["mean"]])
+        ax.bar(x + (k - (len(methods) - 1) / 2) * width, rows["mean"], width, yerr=err,
+               capsize=2, label=method, error_kw={"lw": 1})
+    ax.set_xticks(x, tasks, rotation=30 if len(tasks) > 5 else 0, fontsize=8)
+    if average:
+        ax.axvline(len(tasks) - 1.5, color="0.6", lw=1, ls=":")
+    ax.set_ylabel(metric.replace("_", " "))
+    low, high = table[metric].min(), table[metric].max()
+    if 0.0 <= low and high <= 1.0:
+        ax.set_ylim(0, 1.05)
+    n_seeds = results["seed"].nunique()
+    ax.set_title(f"{metric.replace('_', ' ')} per task: mean over {n_seeds} seed"
+                 f"{'s' if n_seeds != 1 else ''}, bars span min..max", fontsize=9)
+    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(axis="y", alpha=0.3)
+    return fig
