@@ -34,10 +34,15 @@ class TaskRouter:
 
     @property
     def task_ids(self) -> Optional[torch.Tensor]:
-        for stack in (self.call_ids, self.context_ids):
-            if stack and stack[-1] is not None:
-                return stack[-1]
-        return None
+        return self.current()[0]
+
+    def current(self) -> tuple[Optional[torch.Tensor], bool]:
+        """(task ids, whether they come from a task_context): a call's own ids win."""
+        if self.call_ids and self.call_ids[-1] is not None:
+            return self.call_ids[-1], False
+        if self.context_ids:
+            return self.context_ids[-1], True
+        return None, False
 
 
 def adapter_layers(model: nn.Module) -> dict[str, CGCLoRALinear]:

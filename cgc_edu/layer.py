@@ -168,12 +168,11 @@ class CGCLoRALinear(nn.Module):
     def _resolve_task_ids(self, task_ids, batch: int) -> torch.Tensor:
         """Explicit ids win; else the ids the model's router carries; else task 0 if allowed."""
         if task_ids is None and self.router is not None:
-            task_ids = self.router.task_ids
-            if task_ids is not None and not isinstance(task_ids, torch.Tensor):
-                task_ids = torch.as_tensor(task_ids)
-            # generate() expands a batch for beams / several return sequences by repeat_interleave.
-            if (isinstance(task_ids, torch.Tensor) and task_ids.dim() == 1 and task_ids.numel()
-                    and batch != task_ids.shape[0] and batch % task_ids.shape[0] == 0):
+            task_ids, from_context = self.router.current()
+            # Inside a task_context, generate() expands the batch for beams or several return
+            # sequences by repeat_interleave: expand the context's ids the same way.
+            if (from_context and isinstance(task_ids, torch.Tensor) and task_ids.dim() == 1
+                    and task_ids.numel() and batch != task_ids.shape[0] and batch % task_ids.shape[0] == 0):
                 task_ids = task_ids.repeat_interleave(batch // task_ids.shape[0])
         ids = self.check_task_ids(task_ids, batch)
         if ids is None:

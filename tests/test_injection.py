@@ -1,0 +1,209 @@
+"""Injection into transformers and plain models, task routing, merging and its errors."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from cgc_edu import (AdapterConfig, CGCLoRALinear, add_adapters, adapter_layers, merge_task,
+                     task_context, trainable_parameters, unmerge)
+
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+
+
+def tiny_llama(seed=0, hidden=32):
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=40, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         pad_token_id=0)
+    return LlamaForCausalLM(config).eval()
+
+
+def randomize(model, seed=1):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for layer in adapter_layers(model).values():
+            layer.lora_B.normal_(std=0.5)
+            if layer.gate.learned:
+                layer.gate.weight.normal_()
+    return model
+
+
+def adapted(config=None, seed=0):
+    config = config or AdapterConfig.cgc_lora(rank=6, n_tasks=3, target_modules=TARGETS)
+    return randomize(add_adapters(tiny_llama(seed), config))
+
+
+@pytest.fixture
+def inputs():
+    torch.manual_seed(3)
+    return torch.randint(1, 40, (4, 9)), torch.tensor([0, 2, 1, 2])
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(model, before):
+    after = model.state_dict()
+    assert set(after) == set(before)
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+
+
+def test_fresh_adapters_give_base_outputs_exactly(inputs):
+    x, ids = inputs
+    base = tiny_llama()
+    model = add_adapters(copy.deepcopy(base), AdapterConfig.cgc_lora(rank=6, n_tasks=3))
+    assert torch.equal(model(x, task_ids=ids).logits, base(x).logits)
+
+
+def test_wraps_targets_and_freezes_base():
+    model = add_adapters(tiny_llama(), AdapterConfig.cgc_lora(rank=6, n_tasks=3, target_modules=TARGETS))
+    names = list(adapter_layers(model))
+    assert len(names) == 2 * len(TARGETS)
+    assert all(n.rsplit(".", 1)[-1] in TARGETS for n in names)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(("lora_" in n) or (".gate." in n) for n in trainable)
+    default = add_adapters(tiny_llama(), AdapterConfig.lora(rank=4))
+    assert "lm_head" not in adapter_layers(default) and len(adapter_layers(default)) == 14
+
+
+def test_trainable_count_formulas_on_a_model():
+    r, n_tasks = 6, 4
+    for budget, per_module in (("per_task", lambda i, o, E: E * (r // 3) * (i + o)),
+                               ("total", lambda i, o, E: r * (i + o))):
+        config = AdapterConfig.cgc_lora(rank=r, n_tasks=n_tasks, gate="uniform", budget=budget,
+                                        target_modules=TARGETS)
+        model = add_adapters(tiny_llama(), config)
+        want = sum(per_module(l.in_features, l.out_features, config.n_experts)
+                   for l in adapter_layers(model).values())
+        assert trainable_parameters(model) == want
+
+
+def test_shared_gate_is_one_module():
+    model = add_adapters(tiny_llama(), AdapterConfig.moe_lora(rank=4, n_tasks=3, shared_gate=True,
+                                                              target_modules=TARGETS))
+    gates = {id(l.gate) for l in adapter_layers(model).values()}
+    assert len(gates) == 1
+    per_module = add_adapters(tiny_llama(), AdapterConfig.moe_lora(rank=4, n_tasks=3, target_modules=TARGETS))
+    gate_params = lambda m: sum(p.numel() for n, p in m.named_parameters() if ".gate." in n)
+    assert gate_params(per_module) == len(adapter_layers(per_module)) * gate_params(model)
+
+
+def test_task_ids_keyword_and_context_agree(inputs):
+    x, ids = inputs
+    model = adapted()
+    by_kwarg = model(x, task_ids=ids).logits
+    with task_context(model, ids):
+        by_context = model(x).logits
+    torch.testing.assert_close(by_kwarg, by_context)
+    assert model._cgc_router.task_ids is None  # nothing leaks out of a call or a context
+
+
+def test_mixed_batch_equals_each_task_alone(inputs):
+    x, ids = inputs
+    model = adapted()
+    mixed = model(x, task_ids=ids).logits
+    for i in range(len(ids)):
+        torch.testing.assert_close(mixed[i:i + 1], model(x[i:i + 1], task_ids=ids[i:i + 1]).logits,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_generate_inside_context_and_with_keyword(inputs):
+    x, ids = inputs
+    model = adapted()
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    with task_context(model, ids):
+        out = model.generate(x, **kw)
+        beams = model.generate(x, num_beams=2, **kw)
+    assert out.shape == (4, 13) and beams.shape == (4, 13)
+    assert torch.equal(model.generate(x, task_ids=ids, **kw), out)
+    for i in range(4):  # each row is what its task alone generates
+        with task_context(model, ids[i:i + 1]):
+            assert torch.equal(model.generate(x[i:i + 1], **kw), out[i:i + 1])
+    with task_context(model, torch.zeros(4, dtype=torch.long)):
+        assert not torch.equal(model.generate(x, **kw), out)
+
+
+def test_plain_module():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    base = copy.deepcopy(net)
+    model = add_adapters(net, AdapterConfig.cgc_lora(rank=4, n_tasks=2, n_common=1, n_specific=1))
+    x = torch.randn(5, 8)
+    ids = torch.tensor([0, 1, 1, 0, 1])
+    assert torch.equal(model(x, task_ids=ids), base(x))
+    randomize(model)
+    assert isinstance(model[0], CGCLoRALinear) and isinstance(model[2], CGCLoRALinear)
+    assert not torch.allclose(model(x, task_ids=ids), base(x))
+
+
+def test_merge_gives_unmerged_outputs_and_unmerge_restores(inputs):
+    x, _ = inputs
+    model = adapted()
+    W0 = {n: l.base_layer.weight.detach().clone() for n, l in adapter_layers(model).items()}
+    for task in range(3):
+        ids = torch.full((len(x),), task)
+        want = model(x, task_ids=ids).logits
+        merge_task(model, task)
+        torch.testing.assert_close(model(x).logits, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(x, task_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
+        unmerge(model)
+        for n, l in adapter_layers(model).items():
+            torch.testing.assert_close(l.base_layer.weight, W0[n], rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_target_module_is_clear_and_leaves_model_unchanged():
+    model = tiny_llama()
+    before = state(model)
+    with pytest.raises(ValueError, match=r"target module 'qproj' matches no nn.Linear.*'q_proj'"):
+        add_adapters(model, AdapterConfig.lora(rank=4, target_modules=["q_proj", "qproj"]))
+    assert_same_state(model, before)
+    assert all(p.requires_grad for p in model.parameters()) and not adapter_layers(model)
+
+
+def test_adding_twice_is_an_error():
+    model = adapted()
+    with pytest.raises(ValueError, match="already has adapters"):
+        add_adapters(model, AdapterConfig.lora(rank=4))
+
+
+def test_bad_task_ids_at_model_level_leave_model_unchanged(inputs):
+    x, ids = inputs
+    model = adapted()
+    before = state(model)
+    for bad, error, match in [
+        (None, ValueError, r"model\.layers\.0\.self_attn\.q_proj: task_ids missing"),
+        (torch.tensor([0, 1, 2, 9]), ValueError, r"q_proj: task id 9 is out of range"),
+        (ids.float(), TypeError, "dtype torch.float32"),
+        (ids[:2], ValueError, "got 2 task ids for a batch of 4"),
+    ]:
+        with pytest.raises(error, match=match):
+            model(x, task_ids=bad) if bad is not None else model(x)
+        assert model._cgc_router.task_ids is None
+    with pytest.raises(ValueError, match="task id 5 is out of range"):
+        with task_context(model, torch.tensor([5])):
+            pass
+    assert_same_state(model, before)
+
+
+def test_merge_errors_leave_model_unchanged(inputs):
+    x, ids = inputs
+    model = adapted()
+    before = state(model)
+    with pytest.raises(ValueError, match=r"task id 3 is out of range"):
+        merge_task(model, 3)
+    with pytest.raises(TypeError, match=r"task_id=1.5 must be an int"):
+        merge_task(model, 1.5)
+    assert_same_state(model, before)
+    merge_task(model, 1)
+    merged = state(model)
+    with pytest.raises(ValueError, match=r"task 1 is merged into the weights, but task ids \[0, 2\].*unmerge"):
+        model(x, task_ids=ids)
+    with pytest.raises(ValueError, match="task 1 is already merged"):
+        merge_task(model, 2)
+    assert_same_state(model, merged)
+    with pytest.raises(ValueError, match="has no adapters"):
+        merge_task(tiny_llama(), 0)
