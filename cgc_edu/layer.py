@@ -77,7 +77,7 @@ class CGCLoRALinear(nn.Module):
     Taught in: notebooks/05_cgc_lora.ipynb.
     """
 
-    #: Use the per-sample gather when the bank has more than this many times the rank one
+    #: Use the per-sample gather when the bank has more than this many times the experts one
     #: task uses (see benchmarks/bench_layer.py for the measurement behind the choice).
     gather_ratio: float = 2.0
 
@@ -200,22 +200,25 @@ class CGCLoRALinear(nn.Module):
 
     def adapter_output(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         """The adapter's term (alpha/r) sum_e g_e B_e A_e dropout(x), for x (batch, ..., d_in)."""
-        batch = x.shape[0]
+        batch, r_e = x.shape[0], self.expert_rank
         h_in = self.dropout(x).reshape(batch, -1, self.in_features)
-        g = self.gate(task_ids)                                           # (batch, E)
-        A, B = self._stacked()
-        k = self.rows.shape[1]                                            # |S_t| * r_e
-        if A.shape[0] > self.gather_ratio * k:
-            # Gather path: each sample uses only its task's k rows: cost of a rank-k LoRA.
-            rows = self.rows[task_ids]                                    # (batch, k)
-            g_rows = g.gather(1, self.allowed[task_ids]).repeat_interleave(self.expert_rank, dim=1)
-            h = torch.bmm(h_in, A[rows].transpose(1, 2)) * g_rows[:, None, :]
-            out = torch.bmm(h, B.T[rows])
+        # The scaling rides on the (batch, E) gate, not on the (batch, tokens, d_out) output:
+        # one full-size multiply fewer, forward and backward.
+        g = self.gate(task_ids) * self.scaling                            # (batch, E)
+        if self.n_experts > self.gather_ratio * self.config.experts_per_task:
+            # Gather path: each sample uses only its task's |S_t| experts: the cost of a LoRA
+            # of rank |S_t| r_e, however many tasks the bank serves.
+            experts = self.allowed[task_ids]                              # (batch, |S|)
+            A = self.lora_A[experts].reshape(batch, -1, self.in_features)  # (batch, |S| r_e, d_in)
+            h = torch.bmm(h_in, A.transpose(1, 2))
+            h = h.unflatten(-1, (-1, r_e)) * g.gather(1, experts)[:, None, :, None]
+            out = torch.einsum("bnsr,bsor->bno", h, self.lora_B[experts])
         else:
-            # Dense path: one LoRA of rank E*r_e, scaled per sample by the gate.
-            h = (h_in @ A.T) * g.repeat_interleave(self.expert_rank, dim=1)[:, None, :]
-            out = h @ B.T
-        return (self.scaling * out).reshape(*x.shape[:-1], self.out_features)
+            # Dense path: one LoRA of rank E r_e, each sample's rows scaled by its gate.
+            h = h_in @ self.lora_A.reshape(-1, self.in_features).T        # (batch, tokens, E r_e)
+            h = h.unflatten(-1, (self.n_experts, r_e)) * g[:, None, :, None]
+            out = torch.einsum("bner,eor->bno", h, self.lora_B)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def forward(self, x: torch.Tensor, task_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         result = self.base_layer(x)
