@@ -195,7 +195,10 @@ class GateInspector(widgets.VBox):
             plots.common_share(rec, step, tasks, ax=fig.add_subplot())
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=self.dpi)
-        self.image.value = buffer.getvalue()
+        png = buffer.getvalue()
+        # Show the picture at its own size (the PNG header holds it), shrunk only to fit.
+        self.image.width = str(int.from_bytes(png[16:20], "big"))
+        self.image.value = png
         self._state = dict(module=module, task=task, step=step, view=view,
                            values=np.array(values, dtype=float), rows=list(rows),
                            columns=list(columns), message=None)

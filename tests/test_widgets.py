@@ -29,7 +29,10 @@ def test_starts_on_the_last_step_of_the_first_module_for_all_tasks(rec):
     np.testing.assert_allclose(state["values"], rec.gates[-1, 0], rtol=1e-6)
     np.testing.assert_allclose(_heatmap_data(inspector), state["values"], rtol=1e-6)
     assert state["rows"] == TASKS and state["columns"] == rec.expert_labels
-    assert inspector.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    png = inspector.image.value
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width_px = round(inspector.figure.get_figwidth() * inspector.dpi)
+    assert abs(int(inspector.image.width) - width_px) <= 1        # shown at its own size
 
 
 def test_dropdowns_and_slider_drive_state_figure_and_picture(rec):
