@@ -1,0 +1,148 @@
+"""A short training loop for adapters, and exact-match evaluation by greedy decoding.
+
+Each batch may mix tasks: it carries ``task_ids`` that reach the adapters as
+``model(..., task_ids=...)`` during training and through ``task_context`` during
+``model.generate``. For bigger models use ``transformers.Trainer`` with
+``TinyTasksCollator`` and ``remove_unused_columns=False``: the collator's ``task_ids``
+reach the model the same way.
+
+Taught in: notebooks/04_moe_lora.ipynb
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .data import TinyTasksCollator
+from .injection import adapter_layers, task_context
+from .utils import seed_everything
+
+
+def _rows(dataset) -> list[dict]:
+    rows = dataset.to_list() if hasattr(dataset, "to_list") else list(dataset)
+    if not rows:
+        raise ValueError("the dataset is empty: pass a split with examples, e.g. tasks['train']")
+    missing = {"prompt", "target", "task_id"} - set(rows[0])
+    if missing:
+        raise KeyError(f"dataset rows lack the column(s) {sorted(missing)}; pass a TinyTasks split "
+                       "(cgc_edu.data.make_tiny_tasks(...)['train'])")
+    return rows
+
+
+def _routed(model, task_ids):
+    """task_context for a model with adapters; nothing to route for a bare model."""
+    if task_ids is None or not adapter_layers(model):
+        return contextlib.nullcontext()
+    return task_context(model, task_ids)
+
+
+def train(model, dataset, tokenizer, steps: int = 300, lr: float = 3e-3, batch_size: int = 32,
+          seed: int = 0, callback: Optional[Callable] = None, callback_every: int = 10,
+          progress: bool = True, weight_decay: float = 0.0) -> list[float]:
+    """Train the model's trainable parameters (its adapters) for ``steps`` AdamW steps.
+
+    Batches are drawn by reshuffling ``dataset`` each epoch (so tasks mix in proportion to
+    their data, and low-data tasks are seen less often), collated with the loss on the
+    target only. The learning rate decays linearly to zero. ``callback(step, model)`` is
+    called before the first step (step 0), every ``callback_every`` steps and after the
+    last one; a ``GateRecorder`` is such a callback. Returns the loss of every step.
+
+    Taught in: notebooks/04_moe_lora.ipynb
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r}: train for at least one step")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be a positive integer")
+    if not isinstance(callback_every, int) or callback_every < 1:
+        raise ValueError(f"callback_every={callback_every!r}: must be a positive integer")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters; add adapters first "
+                         "(cgc_edu.add_adapters(model, config))")
+    rows = _rows(dataset)
+    seed_everything(seed)
+    collate = TinyTasksCollator(tokenizer)
+    routed = bool(adapter_layers(model))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
+    order = torch.Generator().manual_seed(seed)
+    queue: list[int] = []
+    losses = []
+    model.train()
+    if callback is not None:
+        callback(0, model)
+    bar = tqdm(range(1, steps + 1), desc="training", disable=not progress)
+    for step in bar:
+        if len(queue) < batch_size:  # a new epoch: reshuffle
+            queue += torch.randperm(len(rows), generator=order).tolist()
+        batch = collate([rows[i] for i in queue[:batch_size]])
+        del queue[:batch_size]
+        task_ids = batch.pop("task_ids")
+        loss = model(**batch, **({"task_ids": task_ids} if routed else {})).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 20 == 0 or step == steps:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if callback is not None and (step % callback_every == 0 or step == steps):
+            callback(step, model)
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def greedy_decode(model, tokenizer, prompts: Sequence[str], task_ids=None,
+                  max_new_tokens: int = 8, batch_size: int = 256) -> list[str]:
+    """Greedy answers to ``prompts`` (left-padded batches; routed by ``task_ids`` if given).
+
+    Taught in: notebooks/04_moe_lora.ipynb
+    """
+    was_training = model.training
+    model.eval()
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start: start + batch_size])
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left")
+        ids = None if task_ids is None else torch.as_tensor(task_ids[start: start + batch_size])
+        with _routed(model, ids):
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+        answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
+                                          skip_special_tokens=True)
+    model.train(was_training)
+    return answers
+
+
+def evaluate(model, dataset, tokenizer, batch_size: int = 256,
+             task_names: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """Exact match of greedy answers, per task, plus an "average" row (mean over tasks).
+
+    Returns a DataFrame indexed by task name with columns ``exact_match`` and ``n``.
+
+    Taught in: notebooks/04_moe_lora.ipynb
+    """
+    rows = _rows(dataset)
+    longest = max(len(r["target"]) for r in rows)
+    answers = greedy_decode(model, tokenizer, [r["prompt"] for r in rows],
+                            task_ids=[int(r["task_id"]) for r in rows],
+                            max_new_tokens=longest + 1, batch_size=batch_size)
+    frame = pd.DataFrame({
+        "task": [r.get("task", str(r["task_id"])) for r in rows],
+        "task_id": [int(r["task_id"]) for r in rows],
+        "exact_match": [float(a == r["target"]) for a, r in zip(answers, rows)]})
+    table = (frame.groupby(["task_id", "task"], sort=True)["exact_match"]
+             .agg(exact_match="mean", n="size").reset_index(level=0, drop=True))
+    if task_names is not None:
+        table = table.reindex([n for n in task_names if n in table.index])
+    table.loc["average"] = [table["exact_match"].mean(), int(table["n"].sum())]
+    table["n"] = table["n"].astype(int)
+    table.index.name = "task"
+    return table
