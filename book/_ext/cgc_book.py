@@ -2,6 +2,7 @@
 exist, and keeping the vendored JavaScript off pages that do not need it."""
 import importlib.util
 import pkgutil
+import re
 
 from docutils import nodes
 from docutils.statemachine import StringList
@@ -42,6 +43,43 @@ class CgcApi(SphinxDirective):
         return node.children
 
 
+# Napoleon's section headers and list items: their indented lines are not formulas.
+SECTION = re.compile(r"(Args|Arguments|Parameters|Returns?|Yields?|Raises|Attributes|Examples?|"
+                     r"Notes?|Warnings?|Warns|See Also|References|Todo|Keyword Args|"
+                     r"Other Parameters|Methods)\s*:\s*$")
+LIST_ITEM = re.compile(r"([-*+]|\d+[.)])\s")
+
+
+def plain_text_docstring(app, what, name, obj, options, lines):
+    """Read the library's docstrings as the plain text they are written in.
+
+    They lay out formulas and diagrams as indented blocks after a paragraph, and write set
+    sizes as |S_t|; in reStructuredText those would be block quotes (reflowed, often with
+    indentation errors) and substitutions. Indented blocks become literal blocks, kept as
+    typed, and bars outside them are escaped. Napoleon sections and lists are left alone.
+    """
+    out, in_block, previous = [], False, ""
+    for i, line in enumerate(lines):
+        indented = line[:1].isspace() and line.strip()
+        if in_block and (indented or not line.strip()):
+            out.append(line)
+            continue
+        in_block = False
+        if (indented and i > 0 and not lines[i - 1].strip() and previous and not previous[0].isspace()
+                and not SECTION.match(previous) and not LIST_ITEM.match(previous)
+                and not previous.rstrip().endswith("::")):
+            out += ["::", ""]
+            in_block = True
+            out.append(line)
+            continue
+        if line.strip():
+            previous = line
+        stripped = line.lstrip()
+        table_row = stripped.startswith(("| ", "+"))  # grid tables and line blocks keep theirs
+        out.append(line if table_row else line.replace("|", r"\|"))
+    lines[:] = out
+
+
 def drop_vendor_assets(app, config):
     """Jupyter Book adds every .js/.css under _static/ to every page; the vendored
     bundles (MathJax's components, the widget manager) must load only on demand."""
@@ -70,6 +108,7 @@ def _name(entry):
 
 def setup(app):
     app.add_directive("cgc-api", CgcApi)
+    app.connect("autodoc-process-docstring", plain_text_docstring, priority=400)  # before napoleon
     app.connect("config-inited", drop_vendor_assets, priority=900)
     app.connect("html-page-context", drop_duplicate_scripts, priority=999)  # after all others
     return {"parallel_read_safe": True, "parallel_write_safe": True}
