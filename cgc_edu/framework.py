@@ -1,0 +1,532 @@
+"""The 1+N framework: one central model, N adapter sets, one per cluster of tasks.
+
+Three steps, as in Song et al. 2024:
+
+1. measure how tasks relate (`task_affinity`): the cosine similarity of each task's
+   gradient on a fresh LoRA at the central model (tasks that pull the weights the same way
+   can share experts), or the lookahead affinity of Fifty et al. 2021 (how much a step on
+   task i lowers task j's loss);
+2. group them (`cluster_tasks`, scipy's hierarchical clustering; or `prior_clusters`, the
+   suite's own labels);
+3. `OnePlusN`: one CGC-LoRA adapter set per cluster over the one frozen central model. A
+   request names its task; it is routed to its cluster's set and local task id. The sets are
+   views that share the base's weight tensors, so serving holds one base plus N small sets.
+
+Taught in: notebooks/06_one_plus_n.ipynb.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from datasets import Dataset
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import squareform
+from torch import nn
+
+from .config import AdapterConfig
+from .data import TinyTasksCollator, build_tokenizer
+from .injection import add_adapters, adapter_layers
+from .io import export_peft_lora, load_adapters, save_adapters
+
+FORMAT = "cgc_edu-one-plus-n"
+MANIFEST = "one_plus_n.json"
+
+
+# ------------------------------------------------------------------ datasets
+def _task_order(dataset) -> list[str]:
+    """Task names of a TinyTasks split, in task-id order."""
+    pairs = sorted({(int(i), t) for i, t in zip(dataset["task_id"], dataset["task"])})
+    return [t for _, t in pairs]
+
+
+def prior_clusters(dataset) -> dict[str, list[str]]:
+    """Clusters from prior knowledge: the suite's ``cluster`` column, tasks in task-id order.
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+    if "cluster" not in dataset.column_names:
+        raise KeyError(f"prior_clusters: the dataset has no 'cluster' column (columns "
+                       f"{dataset.column_names}); pass a TinyTasks split or measure clusters "
+                       "with task_affinity + cluster_tasks.")
+    label = dict(zip(dataset["task"], dataset["cluster"]))
+    clusters: dict[str, list[str]] = {}
+    for task in _task_order(dataset):
+        clusters.setdefault(label[task], []).append(task)
+    return clusters
+
+
+def subset_tasks(dataset, tasks: Sequence[str]):
+    """The rows of ``tasks`` only, with ``task_id`` renumbered 0..len(tasks)-1 in that order.
+
+    This is how a cluster's adapter set sees its tasks: local ids, like a suite of its own.
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+    local = {t: i for i, t in enumerate(tasks)}
+    missing = sorted(set(tasks) - set(dataset["task"]))
+    if missing:
+        raise KeyError(f"subset_tasks: tasks {missing} have no rows in the dataset; its tasks "
+                       f"are {_task_order(dataset)}.")
+    rows = [dict(row, task_id=local[row["task"]]) for row in dataset if row["task"] in local]
+    return Dataset.from_list(rows)
+
+
+# ------------------------------------------------------------------ affinity
+def _task_batches(dataset, tokenizer, n_per_task: int, seed: int) -> dict[str, dict]:
+    collate = TinyTasksCollator(tokenizer)
+    rng = np.random.default_rng(seed)
+    rows_by_task: dict[str, list[dict]] = {}
+    for row in dataset:
+        rows_by_task.setdefault(row["task"], []).append(row)
+    batches = {}
+    for task in _task_order(dataset):
+        rows = rows_by_task[task]
+        pick = rng.permutation(len(rows))[:n_per_task]
+        batch = collate([rows[i] for i in pick])
+        batch.pop("task_ids")
+        batches[task] = batch
+    return batches
+
+
+def task_affinity(model: nn.Module, dataset, tokenizer=None, method: str = "gradient",
+                  n_per_task: int = 64, rank: int = 8, lookahead_lr: float = 0.1,
+                  seed: int = 0) -> pd.DataFrame:
+    """Task x task affinity measured at the central model (a DataFrame indexed by task name).
+
+    ``method="gradient"``: cosine similarity of the per-task gradients of a fresh LoRA of
+    rank ``rank`` on every linear layer (B starts at zero, so its gradient is the weight
+    gradient seen through LoRA's random A: a cheap random projection of it).
+    ``method="lookahead"`` (Fifty et al. 2021): entry (i, j) = 1 - L_j(after one SGD step of
+    size ``lookahead_lr`` on task i) / L_j(before); positive when training on i helps j.
+    ``n_per_task`` examples of each task (drawn with ``seed``) make its batch. The model is
+    not changed (the probe is a copy).
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+    if method not in ("gradient", "lookahead"):
+        raise ValueError(f"task_affinity: method={method!r}; choose 'gradient' or 'lookahead'.")
+    if adapter_layers(model):
+        raise ValueError(f"task_affinity: {type(model).__name__} already has adapters; measure "
+                         "affinity at the bare central model (before add_adapters).")
+    tokenizer = tokenizer or build_tokenizer()
+    batches = _task_batches(dataset, tokenizer, n_per_task, seed)
+    tasks = list(batches)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        probe = add_adapters(copy.deepcopy(model), AdapterConfig.lora(rank=rank, alpha=rank))
+    probe.eval()  # no dropout: the measure is deterministic
+    params = [p for p in probe.parameters() if p.requires_grad]
+
+    def loss_of(batch):
+        return probe(**batch).loss
+
+    grads = []
+    for task in tasks:
+        g = torch.autograd.grad(loss_of(batches[task]), params, allow_unused=True)
+        grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1)
+                                for x, p in zip(g, params)]))
+    if method == "gradient":
+        G = torch.nn.functional.normalize(torch.stack(grads), dim=1)
+        values = (G @ G.T).numpy()
+    else:
+        with torch.no_grad():
+            before = torch.stack([loss_of(batches[t]) for t in tasks])
+            values = np.zeros((len(tasks), len(tasks)))
+            saved = [p.detach().clone() for p in params]
+            for i, g in enumerate(grads):
+                offset = 0
+                for p in params:   # theta - lr * grad_i, one parameter at a time
+                    p.sub_(lookahead_lr * g[offset: offset + p.numel()].view_as(p))
+                    offset += p.numel()
+                after = torch.stack([loss_of(batches[t]) for t in tasks])
+                values[i] = (1.0 - after / before).numpy()
+                for p, s in zip(params, saved):
+                    p.copy_(s)
+    return pd.DataFrame(values, index=tasks, columns=tasks)
+
+
+# ---------------------------------------------------------------- clustering
+def _check_affinity(affinity) -> pd.DataFrame:
+    if not isinstance(affinity, pd.DataFrame):
+        raise TypeError(f"cluster_tasks: affinity is a {type(affinity).__name__}; pass the DataFrame "
+                        "that task_affinity returns (tasks as index and columns).")
+    if affinity.shape[0] != affinity.shape[1] or list(affinity.index) != list(affinity.columns):
+        raise ValueError(f"cluster_tasks: affinity has shape {affinity.shape} and index "
+                         f"{list(affinity.index)} vs columns {list(affinity.columns)}; pass a square "
+                         "matrix with the same tasks as rows and columns.")
+    return affinity
+
+
+def task_linkage(affinity: pd.DataFrame, method: str = "average") -> np.ndarray:
+    """scipy's linkage matrix of the tasks (for ``scipy.cluster.hierarchy.dendrogram``).
+
+    The affinity is symmetrised and turned into a distance, max(affinity) - affinity (average
+    linkage only depends on the order of distances, so the offset does not matter).
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+    a = _check_affinity(affinity).to_numpy(dtype=float)
+    sym = (a + a.T) / 2
+    off = sym[~np.eye(len(sym), dtype=bool)]
+    dist = (off.max() if off.size else 0.0) - sym
+    np.fill_diagonal(dist, 0.0)
+    return linkage(squareform(np.clip(dist, 0.0, None), checks=False), method=method)
+
+
+def cluster_tasks(affinity: pd.DataFrame, n_clusters: int, method: str = "average") -> dict[str, list[str]]:
+    """Group tasks into ``n_clusters`` clusters by hierarchical clustering of their affinity.
+
+    Returns ``{"cluster 0": [tasks...], ...}``, clusters numbered by their first task in the
+    affinity's order, tasks kept in that order.
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+    tasks = list(_check_affinity(affinity).index)
+    if not isinstance(n_clusters, int) or isinstance(n_clusters, bool) or not 1 <= n_clusters <= len(tasks):
+        raise ValueError(f"cluster_tasks: n_clusters={n_clusters!r}; pass an int between 1 and the "
+                         f"number of tasks ({len(tasks)}).")
+    if n_clusters == len(tasks):
+        labels = np.arange(len(tasks))
+    elif n_clusters == 1:
+        labels = np.zeros(len(tasks), dtype=int)
+    else:
+        labels = fcluster(task_linkage(affinity, method), n_clusters, criterion="maxclust")
+    clusters: dict[int, list[str]] = {}
+    for task, label in zip(tasks, labels):
+        clusters.setdefault(int(label), []).append(task)
+    return {f"cluster {k}": members for k, members in enumerate(clusters.values())}
+
+
+def clustering_agreement(a: Mapping[str, Sequence[str]], b: Mapping[str, Sequence[str]]) -> float:
+    """Rand index of two clusterings of the same tasks: the share of task pairs they treat alike
+    (both together or both apart). 1.0 means the same partition, whatever the cluster names.
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+    label_a = {t: k for k, ts in a.items() for t in ts}
+    label_b = {t: k for k, ts in b.items() for t in ts}
+    if set(label_a) != set(label_b):
+        raise ValueError(f"clustering_agreement: the clusterings cover different tasks "
+                         f"({sorted(set(label_a) ^ set(label_b))}); compare clusterings of one suite.")
+    tasks = sorted(label_a)
+    pairs = [(s, t) for i, s in enumerate(tasks) for t in tasks[i + 1:]]
+    if not pairs:
+        return 1.0
+    alike = sum((label_a[s] == label_a[t]) == (label_b[s] == label_b[t]) for s, t in pairs)
+    return alike / len(pairs)
+
+
+# ---------------------------------------------------------------------- 1+N
+def _shared_view(base: nn.Module) -> nn.Module:
+    """A copy of ``base`` whose modules are new but whose parameters and buffers ARE the base's.
+
+    deepcopy consults its memo before copying, so every tensor listed there is reused as is.
+    """
+    memo = {id(t): t for t in list(base.parameters()) + list(base.buffers())}
+    return copy.deepcopy(base, memo)
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """A short hash of a model's weights (names, shapes and values): is this the same base?
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def unique_parameter_bytes(*models: nn.Module) -> int:
+    """Bytes of the distinct tensor storages behind the models' parameters (shared ones once).
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+    seen, total = set(), 0
+    for model in models:
+        for p in model.parameters():
+            storage = p.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+    return total
+
+
+class OnePlusN:
+    """One frozen central model plus N CGC-LoRA adapter sets, one per cluster of tasks.
+
+    Args:
+        base_model: the central model (kept frozen, never copied: every adapter set is a view
+            that shares its weight tensors; see `unique_parameter_bytes`).
+        clusters: ``{cluster name: [task names]}``; each task in exactly one cluster.
+        config: an AdapterConfig template (its ``n_tasks`` is set per cluster), or one
+            AdapterConfig per cluster name.
+        tokenizer: for `generate`, `train` and `evaluate` (default: TinyTasks' tokenizer).
+        base_reference: where the base can be loaded from (saved by `save`); default the
+            base's ``name_or_path``.
+        seed: seeds the adapters' initialisation (cluster k uses seed + k).
+
+    Never call ``merge_task`` on an adapter set: it would write into the shared base. Use
+    `merged_model` (a separate copy) instead.
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+
+    def __init__(self, base_model: nn.Module, clusters: Mapping[str, Sequence[str]],
+                 config: Union[AdapterConfig, Mapping[str, AdapterConfig]], tokenizer=None,
+                 base_reference: Optional[str] = None, seed: int = 0):
+        self.clusters = self._check_clusters(clusters)
+        if adapter_layers(base_model):
+            raise ValueError(f"OnePlusN: {type(base_model).__name__} already has adapters; pass the bare "
+                             "central model (OnePlusN adds one adapter set per cluster).")
+        configs = self._configs(config)
+        self.base = base_model
+        for p in base_model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
+        self.base_reference = base_reference if base_reference is not None else (
+            getattr(base_model, "name_or_path", None) or None)
+        self.routes = {t: (c, i) for c, tasks in self.clusters.items() for i, t in enumerate(tasks)}
+        self.sets: dict[str, nn.Module] = {}
+        with torch.random.fork_rng():
+            for k, (name, cfg) in enumerate(configs.items()):
+                torch.manual_seed(seed + k)
+                self.sets[name] = add_adapters(_shared_view(base_model), cfg).eval()
+
+    # ------------------------------------------------------------ validation
+    @staticmethod
+    def _check_clusters(clusters) -> dict[str, list[str]]:
+        if not isinstance(clusters, Mapping) or not clusters:
+            raise TypeError(f"OnePlusN: clusters={clusters!r}; pass a non-empty dict "
+                            "{cluster name: [task names]}, e.g. from prior_clusters or cluster_tasks.")
+        out, seen = {}, {}
+        for name, tasks in clusters.items():
+            if isinstance(tasks, str) or not tasks:
+                raise ValueError(f"OnePlusN: cluster {name!r} has tasks {tasks!r}; give each cluster "
+                                 "a non-empty list of task names.")
+            for t in tasks:
+                if t in seen:
+                    raise ValueError(f"OnePlusN: task {t!r} is in clusters {seen[t]!r} and {name!r}; "
+                                     "put each task in exactly one cluster.")
+                seen[t] = name
+            out[str(name)] = list(tasks)
+        return out
+
+    def _configs(self, config) -> dict[str, AdapterConfig]:
+        if isinstance(config, AdapterConfig):
+            return {c: dataclasses.replace(config, n_tasks=len(t)) for c, t in self.clusters.items()}
+        if isinstance(config, Mapping) and set(config) == set(self.clusters):
+            for c, cfg in config.items():
+                if not isinstance(cfg, AdapterConfig) or cfg.n_tasks != len(self.clusters[c]):
+                    raise ValueError(f"OnePlusN: config of cluster {c!r} is {cfg!r}; it must be an "
+                                     f"AdapterConfig with n_tasks={len(self.clusters[c])}.")
+            return {c: config[c] for c in self.clusters}
+        raise TypeError(f"OnePlusN: config={config!r}; pass one AdapterConfig (a template) or a dict "
+                        f"with one AdapterConfig per cluster {list(self.clusters)}.")
+
+    # --------------------------------------------------------------- routing
+    @property
+    def tasks(self) -> list[str]:
+        """Every task the framework serves, cluster by cluster."""
+        return list(self.routes)
+
+    def route(self, task: str) -> tuple[str, int]:
+        """(cluster name, local task id) of ``task``; a KeyError lists the known tasks."""
+        try:
+            return self.routes[task]
+        except (KeyError, TypeError):
+            raise KeyError(f"OnePlusN: unknown task {task!r}; known tasks are {self.tasks}.") from None
+
+    def adapter_set(self, task_or_cluster: str) -> nn.Module:
+        """The adapted model (a view over the shared base) of a cluster, or of a task's cluster."""
+        if task_or_cluster in self.sets:
+            return self.sets[task_or_cluster]
+        return self.sets[self.route(task_or_cluster)[0]]
+
+    def _by_cluster(self, tasks: Sequence[str]) -> dict[str, list[int]]:
+        """Positions of the requests, grouped by cluster (all tasks checked first)."""
+        groups: dict[str, list[int]] = {}
+        routes = [self.route(t) for t in tasks]
+        for i, (cluster, _) in enumerate(routes):
+            groups.setdefault(cluster, []).append(i)
+        return groups
+
+    # ----------------------------------------------------------- train / use
+    def train(self, dataset, steps: int = 300, progress: bool = True, **train_kwargs) -> dict[str, list[float]]:
+        """Train the N adapter sets cluster by cluster on their tasks' rows of ``dataset``.
+
+        ``steps`` is the total; each cluster gets a share proportional to its rows, so every
+        example is seen about as often as in one joint run. ``train_kwargs`` go to
+        `cgc_edu.train.train` (lr, batch_size, seed, ...). Returns each cluster's losses.
+
+        Taught in: notebooks/06_one_plus_n.ipynb.
+        """
+        from .train import train as train_adapters
+
+        unknown = sorted(set(dataset["task"]) - set(self.routes))
+        if unknown:
+            raise KeyError(f"OnePlusN.train: the dataset has tasks {unknown} that no cluster serves; "
+                           f"known tasks are {self.tasks}.")
+        parts = {c: subset_tasks(dataset, [t for t in tasks if t in set(dataset["task"])])
+                 for c, tasks in self.clusters.items()}
+        total = sum(len(p) for p in parts.values())
+        losses = {}
+        for cluster, part in parts.items():
+            n = max(1, round(steps * len(part) / total))
+            losses[cluster] = train_adapters(self.sets[cluster], part, self.tokenizer, steps=n,
+                                             progress=progress, **train_kwargs)
+        return losses
+
+    @torch.no_grad()
+    def generate(self, prompts: Union[str, Sequence[str]], tasks: Union[str, Sequence[str]],
+                 max_new_tokens: int = 8) -> Union[str, list[str]]:
+        """Greedy answers, each request routed to its task's cluster set and local id.
+
+        ``prompts`` and ``tasks``: one string each, or equal-length lists (a mixed batch is
+        split by cluster, each part decoded in one batch, answers returned in request order).
+
+        Taught in: notebooks/06_one_plus_n.ipynb.
+        """
+        from .train import greedy_decode
+
+        single = isinstance(prompts, str)
+        prompts = [prompts] if single else list(prompts)
+        tasks = [tasks] * len(prompts) if isinstance(tasks, str) else list(tasks)
+        if len(tasks) != len(prompts):
+            raise ValueError(f"OnePlusN.generate: {len(prompts)} prompts but {len(tasks)} tasks; "
+                             "name one task per prompt (or one task for all).")
+        answers: list[Optional[str]] = [None] * len(prompts)
+        for cluster, idx in self._by_cluster(tasks).items():
+            local = [self.routes[tasks[i]][1] for i in idx]
+            out = greedy_decode(self.sets[cluster], self.tokenizer, [prompts[i] for i in idx],
+                                task_ids=local, max_new_tokens=max_new_tokens)
+            for i, a in zip(idx, out):
+                answers[i] = a
+        return answers[0] if single else answers
+
+    def evaluate(self, dataset, batch_size: int = 256) -> pd.DataFrame:
+        """Exact match per task (and "average"), like `cgc_edu.train.evaluate`, each task
+        answered by its cluster's set; column ``cluster`` names it.
+
+        Taught in: notebooks/06_one_plus_n.ipynb.
+        """
+        from .train import evaluate as evaluate_model
+
+        present = set(dataset["task"])
+        for t in sorted(present):
+            self.route(t)
+        frames = []
+        for cluster, tasks in self.clusters.items():
+            mine = [t for t in tasks if t in present]
+            if not mine:
+                continue
+            table = evaluate_model(self.sets[cluster], subset_tasks(dataset, mine), self.tokenizer,
+                                   batch_size=batch_size, task_names=mine).drop(index="average")
+            frames.append(table.assign(cluster=cluster))
+        table = pd.concat(frames).reindex([t for t in _task_order(dataset)])
+        table.loc["average"] = [table["exact_match"].mean(), int(table["n"].sum()), ""]
+        table["n"] = table["n"].astype(int)
+        table.index.name = "task"
+        return table
+
+    # --------------------------------------------------------------- serving
+    @torch.no_grad()
+    def merged_model(self, task: str) -> nn.Module:
+        """A separate copy of the base with ``task``'s adapter folded into its weights: a plain
+        model (no adapter code) that runs at the base model's speed and serves that task only.
+
+        Taught in: notebooks/06_one_plus_n.ipynb.
+        """
+        cluster, local = self.route(task)
+        merged = copy.deepcopy(self.base)
+        for name, layer in adapter_layers(self.sets[cluster]).items():
+            target = merged.get_submodule(name)
+            target.weight += layer.delta_weight(local).to(target.weight.dtype)
+        return merged.eval()
+
+    def export_peft(self, task: str, path: Union[str, Path]) -> Path:
+        """Write ``task``'s adapter as a plain peft LoRA (see `cgc_edu.io.export_peft_lora`).
+
+        Taught in: notebooks/06_one_plus_n.ipynb.
+        """
+        cluster, local = self.route(task)
+        return export_peft_lora(self.sets[cluster], local, path,
+                                base_model_name_or_path=self.base_reference)
+
+    def memory(self) -> dict[str, int]:
+        """Parameter bytes: the base, the adapter sets, and all of it counted once."""
+        base = unique_parameter_bytes(self.base)
+        total = unique_parameter_bytes(self.base, *self.sets.values())
+        return {"base_bytes": base, "adapter_bytes": total - base, "total_bytes": total}
+
+    # ------------------------------------------------------------ save / load
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write the base reference (and fingerprint), the clusters and the N adapter sets.
+
+        Layout: ``one_plus_n.json`` and one `save_adapters` folder per cluster (``set_0``, ...).
+
+        Taught in: notebooks/06_one_plus_n.ipynb.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        folders = {c: f"set_{k}" for k, c in enumerate(self.clusters)}
+        for cluster, folder in folders.items():
+            save_adapters(self.sets[cluster], path / folder)
+        manifest = {"format": FORMAT, "version": 1, "base_reference": self.base_reference,
+                    "base_fingerprint": base_fingerprint(self.base), "clusters": self.clusters,
+                    "folders": folders}
+        (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, Path], base_model: Optional[nn.Module] = None,
+             tokenizer=None) -> "OnePlusN":
+        """Rebuild a saved OnePlusN over ``base_model`` (default: load the saved base reference
+        with ``AutoModelForCausalLM.from_pretrained``). The base must be the one it was trained
+        on (its fingerprint is checked).
+
+        Taught in: notebooks/06_one_plus_n.ipynb.
+        """
+        path = Path(path)
+        file = path / MANIFEST
+        if not file.is_file():
+            raise FileNotFoundError(f"OnePlusN.load: {file} not found; pass the folder that "
+                                    "OnePlusN.save(path) wrote.")
+        manifest = json.loads(file.read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"OnePlusN.load: {file} has format {manifest.get('format')!r}, not "
+                             f"{FORMAT!r}; pass a folder written by OnePlusN.save.")
+        if base_model is None:
+            reference = manifest.get("base_reference")
+            if not reference:
+                raise ValueError("OnePlusN.load: the saved framework names no base model; pass "
+                                 "base_model=<the central model it was trained on>.")
+            from transformers import AutoModelForCausalLM
+            base_model = AutoModelForCausalLM.from_pretrained(reference).eval()
+        found = base_fingerprint(base_model)
+        if found != manifest["base_fingerprint"]:
+            raise ValueError(f"OnePlusN.load: the base model's fingerprint is {found} but the adapter "
+                             f"sets were trained on {manifest['base_fingerprint']}; pass the central "
+                             "model they were trained on.")
+        configs = {}
+        for cluster, folder in manifest["folders"].items():
+            meta = json.loads((path / folder / "adapter_config.json").read_text())
+            configs[cluster] = AdapterConfig.from_dict(meta["config"])
+        framework = cls(base_model, manifest["clusters"], configs, tokenizer=tokenizer,
+                        base_reference=manifest.get("base_reference"))
+        for cluster, folder in manifest["folders"].items():
+            load_adapters(framework.sets[cluster], path / folder)
+        return framework
+
+    def __repr__(self) -> str:
+        sets = ", ".join(f"{c}: {len(t)} tasks" for c, t in self.clusters.items())
+        return f"OnePlusN(base={type(self.base).__name__}, {len(self.sets)} adapter sets [{sets}])"

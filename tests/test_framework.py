@@ -1,0 +1,218 @@
+"""The 1+N framework: affinity, clustering, routing, shared base memory, merging, save/load."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from cgc_edu import AdapterConfig, task_context
+from cgc_edu.data import build_tokenizer, make_tiny_tasks
+from cgc_edu.framework import (OnePlusN, base_fingerprint, cluster_tasks, clustering_agreement,
+                               prior_clusters, subset_tasks, task_affinity, task_linkage,
+                               unique_parameter_bytes)
+from cgc_edu.injection import adapter_layers
+
+TOK = build_tokenizer()
+CONFIG = AdapterConfig.cgc_lora(rank=6, alpha=12, n_common=2, n_specific=1, budget="per_task")
+
+
+def tiny_base(seed=0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(TOK), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                         tie_word_embeddings=True, pad_token_id=TOK.pad_token_id,
+                         bos_token_id=TOK.bos_token_id, eos_token_id=TOK.eos_token_id)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return make_tiny_tasks(seed=0, n_train=24, n_low=8, n_validation=0, n_test=6)
+
+
+@pytest.fixture
+def framework(tasks):
+    fw = OnePlusN(tiny_base(), prior_clusters(tasks["train"]), CONFIG)
+    with torch.no_grad():  # non-zero B so that every adapter set changes the outputs
+        for s in fw.sets.values():
+            for layer in adapter_layers(s).values():
+                layer.lora_B.normal_(0, 0.5)
+                if layer.gate.learned:
+                    layer.gate.weight.normal_(0, 1.0)
+    return fw
+
+
+# ---------------------------------------------------------------- clustering
+def block_affinity(names, labels, noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    same = np.equal.outer(labels, labels)
+    values = np.where(same, 0.8, -0.2) + noise * rng.standard_normal((len(names), len(names)))
+    return pd.DataFrame(values, index=names, columns=names)
+
+
+def test_cluster_tasks_recovers_planted_blocks():
+    names = list("abcdefg")
+    labels = np.array([0, 1, 0, 2, 1, 2, 0])
+    clusters = cluster_tasks(block_affinity(names, labels), 3)
+    assert sorted(map(sorted, clusters.values())) == [["a", "c", "g"], ["b", "e"], ["d", "f"]]
+    assert list(clusters) == ["cluster 0", "cluster 1", "cluster 2"]
+    assert clusters["cluster 0"][0] == "a"          # numbered by first task
+    assert task_linkage(block_affinity(names, labels)).shape == (6, 4)
+
+
+def test_cluster_tasks_rejects_bad_input():
+    aff = block_affinity(list("abc"), np.array([0, 0, 1]))
+    with pytest.raises(ValueError, match="n_clusters=4"):
+        cluster_tasks(aff, 4)
+    with pytest.raises(TypeError, match="pass the DataFrame"):
+        cluster_tasks(aff.to_numpy(), 2)
+    with pytest.raises(ValueError, match="square"):
+        cluster_tasks(aff.iloc[:2], 2)
+
+
+def test_clustering_agreement_is_rand_index():
+    a = {"x": ["p", "q"], "y": ["r", "s"]}
+    assert clustering_agreement(a, {"u": ["r", "s"], "v": ["q", "p"]}) == 1.0   # names do not matter
+    # moving s to the other cluster changes 3 of the 6 pairs
+    assert clustering_agreement(a, {"x": ["p", "q", "s"], "y": ["r"]}) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="different tasks"):
+        clustering_agreement(a, {"x": ["p"]})
+
+
+def test_prior_clusters_and_subset(tasks):
+    clusters = prior_clusters(tasks["train"])
+    assert clusters == {"transform": ["reverse", "shift", "rotate", "reverse_shift"],
+                        "extract": ["first", "last", "length", "ends"]}
+    part = subset_tasks(tasks["train"], ["last", "first"])
+    assert set(part["task"]) == {"first", "last"}
+    assert {t: i for t, i in zip(part["task"], part["task_id"])} == {"last": 0, "first": 1}
+    with pytest.raises(KeyError, match="no rows"):
+        subset_tasks(tasks["train"], ["nope"])
+
+
+def test_gradient_affinity_is_a_cosine_matrix_and_leaves_model_alone(tasks):
+    base = tiny_base()
+    before = base_fingerprint(base)
+    aff = task_affinity(base, tasks["train"], TOK, n_per_task=8)
+    assert list(aff.index) == list(aff.columns) == list(prior_clusters(tasks["train"])["transform"]) + \
+        prior_clusters(tasks["train"])["extract"]
+    np.testing.assert_allclose(np.diag(aff), 1.0, atol=1e-5)
+    np.testing.assert_allclose(aff, aff.T, atol=1e-6)
+    assert (aff.abs() <= 1 + 1e-6).all().all()
+    assert base_fingerprint(base) == before and not adapter_layers(base)
+    again = task_affinity(base, tasks["train"], TOK, n_per_task=8)
+    pd.testing.assert_frame_equal(aff, again)       # deterministic
+
+
+def test_lookahead_affinity_shape(tasks):
+    aff = task_affinity(tiny_base(), tasks["train"], TOK, method="lookahead", n_per_task=4)
+    assert aff.shape == (8, 8) and np.isfinite(aff.to_numpy()).all()
+    assert (np.diag(aff) > 0).all()   # a step on a task lowers that task's own loss
+    with pytest.raises(ValueError, match="method='nope'"):
+        task_affinity(tiny_base(), tasks["train"], TOK, method="nope")
+
+
+# ------------------------------------------------------------------ 1+N
+def test_sets_share_the_base_weights_and_memory_is_one_base_plus_small_sets(framework):
+    base = framework.base
+    for s in framework.sets.values():
+        for name, layer in adapter_layers(s).items():
+            assert layer.base_layer.weight.data_ptr() == base.get_submodule(name).weight.data_ptr()
+        assert s.model.embed_tokens.weight.data_ptr() == base.model.embed_tokens.weight.data_ptr()
+    base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
+    adapter_bytes = sum(p.numel() * p.element_size() for s in framework.sets.values()
+                        for p in s.parameters() if p.requires_grad)
+    mem = framework.memory()
+    assert mem["base_bytes"] == base_bytes
+    assert mem["total_bytes"] == base_bytes + adapter_bytes == unique_parameter_bytes(base, *framework.sets.values())
+
+
+def test_routing_matches_each_cluster_set_with_local_ids(framework, tasks):
+    prompts = ["abc=", "xyz=", "hello=", "qq="]
+    names = ["last", "reverse", "ends", "shift"]
+    got = framework.generate(prompts, names, max_new_tokens=4)
+    for prompt, task, answer in zip(prompts, names, got):
+        cluster, local = framework.route(task)
+        assert framework.generate(prompt, task, max_new_tokens=4) == answer
+        model = framework.sets[cluster]
+        enc = TOK([prompt], return_tensors="pt")
+        with task_context(model, torch.tensor([local])):
+            out = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=TOK.pad_token_id)
+        assert TOK.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True) == answer
+    # the clusters' sets really differ (else routing would be untestable)
+    enc = TOK(["abc="], return_tensors="pt")
+    a = framework.sets["transform"](**enc, task_ids=torch.tensor([0])).logits
+    b = framework.sets["extract"](**enc, task_ids=torch.tensor([0])).logits
+    assert not torch.allclose(a, b)
+
+
+def test_unknown_task_lists_known_ones(framework):
+    with pytest.raises(KeyError, match=r"unknown task 'sort'.*known tasks are \['reverse', 'shift'"):
+        framework.generate("abc=", "sort")
+    with pytest.raises(KeyError, match="unknown task 'sort'"):
+        framework.merged_model("sort")
+
+
+def test_bad_clusters_fail_clearly():
+    with pytest.raises(ValueError, match="task 'a' is in clusters 'x' and 'y'"):
+        OnePlusN(tiny_base(), {"x": ["a", "b"], "y": ["a"]}, CONFIG)
+    with pytest.raises(TypeError, match="non-empty dict"):
+        OnePlusN(tiny_base(), ["a", "b"], CONFIG)
+
+
+def test_merged_model_equals_routed_set_and_leaves_base_alone(framework):
+    before = base_fingerprint(framework.base)
+    tokens = torch.randint(4, 40, (2, 7))
+    for task in ["rotate", "length"]:
+        cluster, local = framework.route(task)
+        merged = framework.merged_model(task)
+        assert not adapter_layers(merged)
+        want = framework.sets[cluster](tokens, task_ids=torch.tensor([local, local])).logits
+        torch.testing.assert_close(merged(tokens).logits, want, atol=1e-4, rtol=1e-4)
+    assert base_fingerprint(framework.base) == before
+
+
+def test_evaluate_routes_by_cluster(framework, tasks):
+    table = framework.evaluate(tasks["test"])
+    assert list(table.index) == framework.tasks[:4] + framework.tasks[4:] + ["average"]
+    assert table.loc["first", "cluster"] == "extract" and table.loc["rotate", "cluster"] == "transform"
+    assert table.loc[framework.tasks, "n"].tolist() == [6] * 8
+    answers = framework.generate(tasks["test"]["prompt"], tasks["test"]["task"], max_new_tokens=7)
+    hits = pd.Series([a == t for a, t in zip(answers, tasks["test"]["target"])]).groupby(
+        pd.Series(tasks["test"]["task"])).mean()
+    for task in framework.tasks:
+        assert table.loc[task, "exact_match"] == pytest.approx(hits[task])
+
+
+def test_train_changes_only_adapters(tasks):
+    fw = OnePlusN(tiny_base(), prior_clusters(tasks["train"]), CONFIG)
+    before = base_fingerprint(fw.base)
+    losses = fw.train(tasks["train"], steps=4, batch_size=8, lr=1e-2, progress=False)
+    assert set(losses) == {"transform", "extract"} and all(len(v) >= 1 for v in losses.values())
+    assert sum(len(v) for v in losses.values()) == 4
+    assert base_fingerprint(fw.base) == before
+    assert any(l.lora_B.abs().sum() > 0 for s in fw.sets.values() for l in adapter_layers(s).values())
+
+
+def test_save_load_roundtrip(framework, tmp_path, tasks):
+    framework.save(tmp_path)
+    loaded = OnePlusN.load(tmp_path, base_model=tiny_base())
+    assert loaded.clusters == framework.clusters
+    tokens = torch.randint(4, 40, (2, 6))
+    for cluster in framework.clusters:
+        ids = torch.tensor([0, 1])
+        assert torch.equal(loaded.sets[cluster](tokens, task_ids=ids).logits,
+                           framework.sets[cluster](tokens, task_ids=ids).logits)
+    with pytest.raises(ValueError, match="fingerprint"):
+        OnePlusN.load(tmp_path, base_model=tiny_base(seed=1))
+    with pytest.raises(FileNotFoundError, match="one_plus_n.json"):
+        OnePlusN.load(tmp_path / "nowhere", base_model=tiny_base())
+
+
+def test_save_load_from_base_reference(framework, tmp_path):
+    framework.base.save_pretrained(tmp_path / "base")
+    fw = OnePlusN(LlamaForCausalLM.from_pretrained(tmp_path / "base"), framework.clusters, CONFIG)
+    assert fw.base_reference == str(tmp_path / "base")
+    fw.save(tmp_path / "fw")
+    loaded = OnePlusN.load(tmp_path / "fw")
+    assert base_fingerprint(loaded.base) == base_fingerprint(framework.base)
