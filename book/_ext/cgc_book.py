@@ -68,7 +68,7 @@ def plain_text_docstring(app, what, name, obj, options, lines):
         if (indented and i > 0 and not lines[i - 1].strip() and previous and not previous[0].isspace()
                 and not SECTION.match(previous) and not LIST_ITEM.match(previous)
                 and not previous.rstrip().endswith("::")):
-            out += ["::", ""]
+            out += [".. code-block:: text", ""]  # as typed, not highlighted as Python
             in_block = True
             out.append(line)
             continue
