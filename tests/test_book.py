@@ -100,6 +100,21 @@ def test_api_reference_documents_the_library(book_html):
     assert 'id="cgc_edu.injection.add_adapters"' in page
 
 
+def test_docstrings_are_read_as_plain_text():
+    """The API page's docstring reader keeps formulas as typed and sections for napoleon."""
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    try:
+        from cgc_book import plain_text_docstring
+    finally:
+        sys.path.pop(0)
+    lines = ["A layer of rank |S_t|*r_e:", "", "    y = W0 x + B A x", "      (aligned)", "",
+             "Args:", "    x: the input.", "", "- a list item", "", "  its second paragraph"]
+    plain_text_docstring(None, "function", "f", None, {}, lines)
+    assert lines == ["A layer of rank \\|S_t\\|*r_e:", "", ".. code-block:: text", "",
+                     "    y = W0 x + B A x", "      (aligned)", "",
+                     "Args:", "    x: the input.", "", "- a list item", "", "  its second paragraph"]
+
+
 # ---------------------------------------------------------------- real browser, offline
 @pytest.fixture(scope="session")
 def browser():
