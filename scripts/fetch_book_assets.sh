@@ -27,25 +27,29 @@ for tgz in "$TMP"/*.tgz; do
     mkdir -p "${tgz%.tgz}" && tar xzf "$tgz" -C "${tgz%.tgz}"
 done
 
-rm -rf "$VENDOR" && mkdir -p "$VENDOR/html-manager"
-cp -r "$TMP/mathjax-$MATHJAX/package/es5" "$VENDOR/mathjax"
-cp "$TMP/requirejs-$REQUIREJS/package/require.js" "$VENDOR/require.js"
+# Assemble in the temporary folder and replace the vendor folder only at the end, so a
+# failed fetch or patch leaves the previous assets as they were.
+NEW="$TMP/vendor"
+mkdir -p "$NEW/html-manager"
+cp -r "$TMP/mathjax-$MATHJAX/package/es5" "$NEW/mathjax"
+cp "$TMP/requirejs-$REQUIREJS/package/require.js" "$NEW/require.js"
 # embed-amd.js with its fonts (no source maps, no non-AMD bundle).
 find "$TMP/jupyter-widgets-html-manager-$HTML_MANAGER/package/dist" -maxdepth 1 -type f \
-    ! -name '*.map' ! -name 'embed.js' ! -name 'libembed-amd.js' -exec cp {} "$VENDOR/html-manager/" \;
+    ! -name '*.map' ! -name 'embed.js' ! -name 'libembed-amd.js' -exec cp {} "$NEW/html-manager/" \;
 # The bundle finds its fonts (Font Awesome, for icons such as a Play button) next to the
 # URL require.js gives its module, which here is relative to the page, not to the bundle;
 # and it builds that URL from `origin`, the string "null" on file:// pages. Point it at the
 # <script> that loaded it and build the URL from protocol and host, so icons work offline.
 # It also typesets widget text with the MathJax 2 call MathJax.Hub.Queue; the book loads
 # MathJax 3, whose equivalent is MathJax.typesetPromise.
-EMBED="$VENDOR/html-manager/embed-amd.js"
+EMBED="$NEW/html-manager/embed-amd.js"
 sed -i -e 's/new URL([a-z]*\.uri,document\.location)/new URL(document.querySelector("script[src*=\\"embed-amd.js\\"]").src,document.location)/g' \
        -e 's/MathJax\.Hub\.Queue(\["Typeset",MathJax\.Hub,\([a-z]*\)\])/MathJax.typesetPromise\&\&MathJax.typesetPromise([\1])/g' \
        -e 's/\${\([a-z]*\)\.origin}\${\1\.pathname}/${\1.protocol}\/\/${\1.host}${\1.pathname}/g' "$EMBED"
 if grep -q '\.uri,document\.location)\|\.origin}\${\|Hub\.Queue' "$EMBED"; then
-    echo "could not patch $EMBED (a new html-manager version?)" >&2; exit 1
+    echo "could not patch embed-amd.js (a new html-manager version?)" >&2; exit 1
 fi
 
-echo "$WANT patches=$PATCHES" > "$STAMP"
+echo "$WANT patches=$PATCHES" > "$NEW/.versions"
+mkdir -p "$(dirname "$VENDOR")" && rm -rf "$VENDOR" && mv "$NEW" "$VENDOR"
 echo "book assets fetched into $VENDOR ($(du -sh "$VENDOR" | cut -f1))"
