@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
 
 from .data import build_tokenizer
 
@@ -49,5 +50,11 @@ def load_central_model(path: str | Path | None = None) -> LlamaForCausalLM:
         raise FileNotFoundError(
             f"no central model weights at {path / 'model.safetensors'}; recreate them with "
             "`python -m cgc_edu.central` (or pass the folder you saved them to)")
-    model = LlamaForCausalLM.from_pretrained(path)
+    quiet = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in notebooks and test logs
+    try:
+        model = LlamaForCausalLM.from_pretrained(path)
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
     return model.eval()

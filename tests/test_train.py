@@ -1,0 +1,104 @@
+"""The adapter training loop, greedy evaluation, and transformers.Trainer with task ids."""
+import pandas as pd
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from cgc_edu import AdapterConfig, add_adapters
+from cgc_edu.data import TinyTasksCollator, build_tokenizer, make_tiny_tasks
+from cgc_edu.injection import adapter_layers
+from cgc_edu.models import load_central_model
+from cgc_edu.train import evaluate, greedy_decode, train
+
+# "first" and "last" read the same prompt and want different answers: only task ids tell them apart.
+TASKS = ["first", "last"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_tiny_tasks(seed=0, tasks=TASKS, n_train=300, n_validation=0, n_test=40)
+
+
+def _loss(model, rows, tok):
+    batch = TinyTasksCollator(tok)(rows)
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+def test_train_learns_two_conflicting_tasks_and_calls_back(data, tok, capsys):
+    torch.manual_seed(0)
+    model = add_adapters(load_central_model(), AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=2))
+    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    rows = data["test"].to_list()
+    before = _loss(model, rows, tok)
+    calls = []
+    losses = train(model, data["train"], tok, steps=60, lr=1e-2, batch_size=32, seed=0,
+                   callback=lambda step, m: calls.append(step), callback_every=25, progress=False)
+    assert calls == [0, 25, 50, 60] and len(losses) == 60
+    assert _loss(model, rows, tok) < 0.5 * before
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    table = evaluate(model, data["test"], tok)
+    assert list(table.index) == TASKS + ["average"] and (table["n"][:-1] == 40).all()
+    assert (table.loc[TASKS, "exact_match"] > 0.9).all()
+    assert table.loc["average", "exact_match"] == pytest.approx(table.loc[TASKS, "exact_match"].mean())
+    assert capsys.readouterr().err == ""  # progress=False prints no bar
+
+
+def test_train_is_deterministic_for_a_seed(data, tok):
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(5)  # the adapters' initialisation
+        model = add_adapters(load_central_model(), AdapterConfig.lora(rank=4, alpha=8, n_tasks=2))
+        runs.append(train(model, data["train"], tok, steps=3, batch_size=8, seed=5, progress=False))
+    assert runs[0] == pytest.approx(runs[1], rel=1e-5) and runs[0][-1] < runs[0][0]
+
+
+def test_mixed_batches_decode_like_single_prompts(tok):
+    torch.manual_seed(0)
+    model = add_adapters(load_central_model(), AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=2))
+    for layer in adapter_layers(model).values():  # make the two tasks' adapters differ
+        torch.nn.init.normal_(layer.lora_B, std=0.05)
+    prompts, ids = ["cab=", "hello=", "xyzzyq=", "ab="], [0, 1, 1, 0]
+    batched = greedy_decode(model, tok, prompts, task_ids=ids, max_new_tokens=6, batch_size=3)
+    alone = [greedy_decode(model, tok, [p], task_ids=[i], max_new_tokens=6)[0]
+             for p, i in zip(prompts, ids)]
+    assert batched == alone
+    swapped = greedy_decode(model, tok, prompts, task_ids=[1 - i for i in ids], max_new_tokens=6)
+    assert swapped != batched  # the answer depends on the routed task
+
+
+def test_trainer_routes_task_ids(data, tok, tmp_path):
+    torch.manual_seed(0)
+    # Three task slots, data for two: the third expert must stay untouched.
+    model = add_adapters(load_central_model(), AdapterConfig.independent(rank=6, alpha=12, n_tasks=3))
+    rows = data["test"].to_list()
+    before = _loss(model, rows, tok)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=32,
+                             learning_rate=1e-2, remove_unused_columns=False, report_to=[],
+                             save_strategy="no", logging_strategy="no", use_cpu=True,
+                             disable_tqdm=True, seed=0)
+    Trainer(model=model, args=args, train_dataset=data["train"],
+            data_collator=TinyTasksCollator(tok)).train()
+    assert _loss(model, rows, tok) < 0.7 * before
+    for layer in adapter_layers(model).values():
+        assert layer.lora_B[0].abs().sum() > 0 and layer.lora_B[1].abs().sum() > 0
+        assert layer.lora_B[2].abs().sum() == 0  # no sample of task 2: its expert never moved
+
+
+def test_clear_errors(data, tok):
+    bare = load_central_model().requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        train(bare, data["train"], tok, steps=1, progress=False)
+    model = add_adapters(load_central_model(), AdapterConfig.lora(rank=4, n_tasks=2))
+    with pytest.raises(ValueError, match="steps=0"):
+        train(model, data["train"], tok, steps=0, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        train(model, data["train"].select([]), tok, steps=1, progress=False)
+    with pytest.raises(KeyError, match="target"):
+        evaluate(model, [{"prompt": "ab=", "task_id": 0}], tok)
+    assert isinstance(evaluate(model, data["test"].select(range(4)), tok), pd.DataFrame)
