@@ -231,13 +231,15 @@ def test_pages_render_offline(book_html, browser):
 def test_gate_lab_widget_renders_from_saved_state(book_html, browser):
     page = OfflinePage(browser, book_html, f"notebooks/{GATE_LAB.stem}.html")
     try:
+        views = page.page.locator(f'script[type="{WIDGET_VIEW}"]').count()
+        assert views, ("the gate lab page has no widget views: run "
+                       "`python scripts/run_notebooks.py notebooks/08_gate_lab.ipynb`")
         page.page.wait_for_selector(".cell_output .jupyter-widgets", timeout=30_000)
         page.page.wait_for_timeout(500)  # let the views finish rendering before counting
-        rendered = page.page.evaluate("""() => [...document.querySelectorAll(
-                'script[type="application/vnd.jupyter.widget-view+json"]')]
+        rendered = page.page.evaluate(f"""() => [...document.querySelectorAll(
+                'script[type="{WIDGET_VIEW}"]')]
             .map(view => view.parentElement.querySelectorAll('.jupyter-widgets').length)""")
         page.screenshot("gate_lab_widget")
-        assert rendered, "the gate lab page has no widget views (was it run with run_notebooks.py?)"
         assert all(rendered), f"widget views left unrendered (controls per view: {rendered})"
         assert not page.broken_images(), f"widget images that did not load: {page.broken_images()}"
         page.assert_offline()
