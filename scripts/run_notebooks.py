@@ -23,7 +23,7 @@ IGNORE_OUTPUT = "nbval-ignore-output"
 
 def kernel_environment():
     """The test environment (see scripts/test.sh), set before the kernel starts."""
-    os.environ.update(PYTHONHASHSEED="0", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    os.environ.update(PYTHONHASHSEED="0", HF_HUB_OFFLINE="1")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     # A non-inline MPLBACKEND (e.g. Agg) inherited by the kernel would hide every figure.
     os.environ.pop("MPLBACKEND", None)
