@@ -165,6 +165,19 @@ class OfflinePage:
         self.page.evaluate("() => MathJax.startup.promise")
         return self.page.locator("mjx-container").count()
 
+    def wait_for_widgets(self):
+        """Wait until every saved widget view is rendered; return the controls per view."""
+        script = f"""() => [...document.querySelectorAll('script[type="{WIDGET_VIEW}"]')]
+            .map(view => view.parentElement.querySelectorAll('.jupyter-widgets').length)"""
+        if not self.page.evaluate(script):
+            return []
+        try:
+            self.page.wait_for_function(f"() => ({script})().every(n => n > 0)", timeout=30_000)
+        except PlaywrightTimeout:
+            pass  # the caller reports which views stayed empty
+        self.page.wait_for_timeout(300)  # let the views' images decode
+        return self.page.evaluate(script)
+
     def raw_tex(self):
         """Formulas MathJax left untouched, and TeX delimiters left in prose."""
         return self.page.evaluate(r"""() => {
@@ -212,12 +225,14 @@ def content_pages():
 @pytest.mark.browser
 def test_pages_render_offline(book_html, browser):
     """Every page renders with the network blocked: math typeset, no raw TeX, images loaded,
-    and each notebook's figures on its page."""
+    widgets drawn from their saved state, and each notebook's figures on its page."""
     formulas = {}
     for relpath in content_pages():
         page = OfflinePage(browser, book_html, relpath)
         try:
             formulas[relpath] = page.wait_for_math()
+            views = page.wait_for_widgets()
+            assert all(views), f"{relpath}: widget views left unrendered (controls per view: {views})"
             page.screenshot(relpath.replace("/", "_").removesuffix(".html"))
             assert not page.raw_tex(), f"{relpath}: TeX left unrendered: {page.raw_tex()[:5]}"
             assert not page.broken_images(), f"{relpath}: images that did not load: {page.broken_images()}"
@@ -237,16 +252,11 @@ def test_pages_render_offline(book_html, browser):
 def test_gate_lab_widget_renders_from_saved_state(book_html, browser):
     page = OfflinePage(browser, book_html, f"notebooks/{GATE_LAB.stem}.html")
     try:
-        views = page.page.locator(f'script[type="{WIDGET_VIEW}"]').count()
+        views = page.wait_for_widgets()
+        page.screenshot("gate_lab_widget")
         assert views, ("the gate lab page has no widget views: run "
                        "`python scripts/run_notebooks.py notebooks/08_gate_lab.ipynb`")
-        page.page.wait_for_selector(".cell_output .jupyter-widgets", timeout=30_000)
-        page.page.wait_for_timeout(500)  # let the views finish rendering before counting
-        rendered = page.page.evaluate(f"""() => [...document.querySelectorAll(
-                'script[type="{WIDGET_VIEW}"]')]
-            .map(view => view.parentElement.querySelectorAll('.jupyter-widgets').length)""")
-        page.screenshot("gate_lab_widget")
-        assert all(rendered), f"widget views left unrendered (controls per view: {rendered})"
+        assert all(views), f"widget views left unrendered (controls per view: {views})"
         assert not page.broken_images(), f"widget images that did not load: {page.broken_images()}"
         page.assert_offline()
     finally:
