@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the course book (Jupyter Book 1) as static HTML that works offline.
 #
-# Usage: bash scripts/build_book.sh [OUTPUT_DIR]     (default: book/, i.e. book/_build/html)
+# Usage: bash scripts/build_book.sh [OUTPUT_DIR]   (relative to the repository root;
+#        default book/, so the pages land in book/_build/html)
 # Fetches the vendored JavaScript first (cached), uses the outputs committed in notebooks/
 # (no execution) and treats every Sphinx warning as an error.
 set -euo pipefail
