@@ -136,8 +136,10 @@ class GateRecorder:
     """Snapshots the gate weights of every adapted module, for every task, during training.
 
     Use it as the training loop's callback (``train(..., callback=recorder,
-    callback_every=k)`` calls ``recorder(step, model)``) or by hand with
-    ``recorder.record(step)``. Called as a callback it records only when ``step % every == 0``.
+    callback_every=k)`` calls ``recorder(step, model)`` at step 0, every k steps and after
+    the last step) or by hand with ``recorder.record(step)``. Called as a callback it records
+    only when ``step % every == 0``: keep the default ``every=1`` when the loop already
+    chooses the steps (so the last step is kept), or call it every step with ``every=k``.
 
     Args:
         model: a model with adapters (see ``cgc_edu.add_adapters``).

@@ -70,7 +70,7 @@ class GateInspector(widgets.VBox):
 
     Attributes: the controls (``module_dropdown``, ``task_dropdown``, ``step_slider``,
     ``play``, ``view_buttons``), ``image`` (the PNG shown), ``figure`` (the matplotlib
-    figure behind it) and ``recording``.
+    figure behind it), ``recording``, and ``note`` (the text shown above the picture).
 
     Taught in: notebooks/08_gate_lab.ipynb.
     """
@@ -79,9 +79,10 @@ class GateInspector(widgets.VBox):
                  view: str = "heatmap", dpi: int = 90):
         recording, problem, note = _as_recording(source, task_names)
         self.recording, self.problem, self.dpi = recording, problem, dpi
+        self.note = problem or note     # plain text; shown above the picture
         self.figure = Figure(layout="constrained")
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.message = widgets.HTML(html.escape(problem or note))
+        self.message = widgets.HTML(html.escape(self.note))
         self._state = dict(module=None, task=None, step=None, view=None, values=None,
                            rows=None, columns=None, message=problem or None)
         self._holding = False

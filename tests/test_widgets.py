@@ -152,7 +152,7 @@ def test_models_without_gates_get_a_message_not_a_crash(model, words):
 def test_uniform_gate_is_shown_with_a_note():
     config = AdapterConfig.cgc_lora(rank=6, alpha=6, n_tasks=3, gate="uniform")
     inspector = GateInspector(tiny_model(config), task_names=TASKS)
-    assert "fixed" in inspector.message.value
+    assert "fixed" in inspector.message.value and "gate='uniform'" in inspector.note
     np.testing.assert_allclose(inspector.state["values"][0, :3], 1 / 3, rtol=1e-6)
 
 
