@@ -90,7 +90,8 @@ class GateInspector(widgets.VBox):
             super().__init__([self.message])
             return
         steps = [int(s) for s in recording.steps]
-        self.module_dropdown = widgets.Dropdown(options=recording.module_names, description="module")
+        self.module_dropdown = widgets.Dropdown(options=recording.module_names, description="module",
+                                                layout=widgets.Layout(width="max-content"))
         self.task_dropdown = widgets.Dropdown(options=[ALL_TASKS, *recording.task_names],
                                               description="task")
         self.step_slider = widgets.SelectionSlider(

@@ -67,6 +67,32 @@ def test_as_training_callback_records_every_k_steps_and_follows_learning():
     assert np.abs(rec.gates[-1] - rec.gates[0]).max() > 1e-3   # training moved the gates
 
 
+def test_with_the_library_training_loop():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cgc_edu import add_adapters
+    from cgc_edu.data import build_tokenizer, make_tiny_tasks
+    from cgc_edu.train import train
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+        pad_token_id=tokenizer.pad_token_id))
+    add_adapters(model, AdapterConfig.cgc_lora(rank=3, n_tasks=2, n_common=2, n_specific=1,
+                                               target_modules=["q_proj", "v_proj"]))
+    data = make_tiny_tasks(seed=0, tasks=["reverse", "first"], n_train=16, n_low=4,
+                           n_validation=0, n_test=0)
+    recorder = GateRecorder(model, task_names=["reverse", "first"])
+    train(model, data["train"], tokenizer, steps=5, lr=0.05, batch_size=8, callback=recorder,
+          callback_every=2, progress=False)
+    rec = recorder.recording
+    assert rec.steps.tolist() == [0, 2, 4, 5]          # start, every 2 steps, and the last
+    assert rec.module_names == ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
+    assert np.abs(rec.gates[-1] - rec.gates[0]).max() > 1e-4
+
+
 def test_save_and_load_round_trip(tmp_path):
     model = tiny_model()
     recorder = GateRecorder(model, task_names=TASKS)
