@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cgc_edu import AdapterConfig, task_context
-from cgc_edu.data import build_tokenizer, make_tiny_tasks
+from cgc_edu.data import TASKS, build_tokenizer, make_tiny_tasks
 from cgc_edu.framework import (OnePlusN, base_fingerprint, cluster_tasks, clustering_agreement,
                                prior_clusters, subset_tasks, task_affinity, task_linkage,
                                unique_parameter_bytes)
@@ -81,8 +81,10 @@ def test_clustering_agreement_is_rand_index():
 
 def test_prior_clusters_and_subset(tasks):
     clusters = prior_clusters(tasks["train"])
-    assert clusters == {"transform": ["reverse", "shift", "rotate", "reverse_shift"],
-                        "extract": ["first", "last", "length", "ends"]}
+    want = {}
+    for spec in TASKS:
+        want.setdefault(spec.cluster, []).append(spec.name)
+    assert clusters == want and list(clusters) == ["transform", "extract"]
     part = subset_tasks(tasks["train"], ["last", "first"])
     assert set(part["task"]) == {"first", "last"}
     assert {t: i for t, i in zip(part["task"], part["task_id"])} == {"last": 0, "first": 1}
@@ -216,3 +218,27 @@ def test_save_load_from_base_reference(framework, tmp_path):
     fw.save(tmp_path / "fw")
     loaded = OnePlusN.load(tmp_path / "fw")
     assert base_fingerprint(loaded.base) == base_fingerprint(framework.base)
+
+
+def test_measured_clusters_against_the_designed_ones_on_tinytasks():
+    """On TinyTasks, the gradient affinity at the shipped central model finds the designed
+    `extract` core (first, last, ends: one cluster, far closer to each other than to the
+    transform tasks) but NOT the whole designed 2-cluster partition: the Rand index is about
+    0.43 (12 of 28 task pairs grouped alike). Why: before any training a task's gradient is
+    dominated by its first answer character (reverse and last both start with the word's last
+    letter), and rotate and length resemble no other task, so average linkage splits them off.
+    The designed clusters are about sub-skills, which a one-step gradient does not see; the
+    1+N runs therefore use the suite's clusters (prior knowledge). See notebooks/06_one_plus_n.ipynb.
+    """
+    from cgc_edu.models import load_central_model
+
+    data = make_tiny_tasks(seed=0, n_train=64, n_low=32, n_validation=0, n_test=0)
+    designed = prior_clusters(data["train"])
+    aff = task_affinity(load_central_model(), data["train"], TOK, n_per_task=32)
+    measured = cluster_tasks(aff, 2)
+    core = ["first", "last", "ends"]
+    assert any(set(core) <= set(tasks) for tasks in measured.values())
+    within = aff.loc[core, core].to_numpy()[~np.eye(3, dtype=bool)].mean()
+    assert within > aff.loc[core, designed["transform"]].to_numpy().mean() + 0.2
+    rand = clustering_agreement(measured, designed)
+    assert 0.3 < rand < 1.0, f"Rand index {rand:.2f}: update the note above if the measure now recovers the design"
