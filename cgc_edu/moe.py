@@ -31,25 +31,30 @@ def _check_counts(n_experts: int, k: int) -> None:
                          f"experts; pass 1 <= k <= {n_experts}.")
 
 
-def top_k_gating(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep each row's k largest probabilities and renormalise them to sum to one.
+def top_k_gating(probs: torch.Tensor, k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep each row's k largest probabilities and (by default) renormalise them to sum to one.
 
     g_e = p_e / sum_{j in top-k} p_j for the k selected experts, 0 elsewhere. The same as a
     softmax over the k selected logits (the normalising constant cancels).
+    With k = 1 renormalising makes every weight exactly 1, so the task loss sends the router
+    no gradient; the Switch Transformer (k = 1) keeps the raw probability: renormalize=False.
 
     Args:
         probs: router probabilities, (tokens, E), rows summing to one.
         k: number of experts per token, 1 <= k <= E.
+        renormalize: divide the kept probabilities by their sum.
 
     Returns:
-        (weights, indices): weights (tokens, E) with exactly k non-zeros per row summing to one,
-        indices (tokens, k) of the selected experts, most probable first.
+        (weights, indices): weights (tokens, E) with exactly k non-zeros per row (summing to one
+        when renormalised), indices (tokens, k) of the selected experts, most probable first.
 
     Taught in: notebooks/02_mixture_of_experts.ipynb
     """
     _check_counts(probs.shape[-1], k)
     top_p, indices = probs.topk(k, dim=-1)
-    weights = torch.zeros_like(probs).scatter(-1, indices, top_p / top_p.sum(-1, keepdim=True))
+    if renormalize:
+        top_p = top_p / top_p.sum(-1, keepdim=True)
+    weights = torch.zeros_like(probs).scatter(-1, indices, top_p)
     return weights, indices
 
 
@@ -73,17 +78,18 @@ class Router(nn.Module):
 
     logits = W_r x, plus Gaussian noise of std `noise_std` while training (a fixed-scale
     version of the noisy top-k gating of Shazeer et al. 2017, which helps unused experts get
-    picked now and then); p = softmax(logits); then `top_k_gating(p, k)`.
+    picked now and then); p = softmax(logits); then `top_k_gating(p, k, renormalize)`.
 
     Taught in: notebooks/02_mixture_of_experts.ipynb
     """
 
-    def __init__(self, d_model: int, n_experts: int, k: int = 1, noise_std: float = 0.0):
+    def __init__(self, d_model: int, n_experts: int, k: int = 1, noise_std: float = 0.0,
+                 renormalize: bool = True):
         super().__init__()
         _check_counts(n_experts, k)
         if noise_std < 0:
             raise ValueError(f"noise_std={noise_std}: the noise scale must be >= 0 (0 turns noise off).")
-        self.n_experts, self.k, self.noise_std = n_experts, k, noise_std
+        self.n_experts, self.k, self.noise_std, self.renormalize = n_experts, k, noise_std, renormalize
         self.proj = nn.Linear(d_model, n_experts, bias=False)
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
@@ -91,7 +97,7 @@ class Router(nn.Module):
         if self.training and self.noise_std > 0:
             logits = logits + self.noise_std * torch.randn_like(logits)
         probs = logits.softmax(dim=-1)
-        weights, indices = top_k_gating(probs, self.k)
+        weights, indices = top_k_gating(probs, self.k, self.renormalize)
         return RouterOutput(probs, weights, indices)
 
 
@@ -147,10 +153,11 @@ class MoELayer(nn.Module):
     Taught in: notebooks/02_mixture_of_experts.ipynb
     """
 
-    def __init__(self, d_model: int, n_experts: int, d_hidden: int, k: int = 1, noise_std: float = 0.0):
+    def __init__(self, d_model: int, n_experts: int, d_hidden: int, k: int = 1, noise_std: float = 0.0,
+                 renormalize: bool = True):
         super().__init__()
         self.d_model = d_model
-        self.router = Router(d_model, n_experts, k, noise_std)
+        self.router = Router(d_model, n_experts, k, noise_std, renormalize)
         self.experts = nn.ModuleList(
             nn.Sequential(nn.Linear(d_model, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_model))
             for _ in range(n_experts))

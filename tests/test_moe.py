@@ -110,3 +110,13 @@ def test_wrong_feature_size():
     with pytest.raises(ValueError, match="d_model=8"):
         layer(torch.randn(3, 7))
     assert layer.last_routing is None  # nothing recorded from the failed call
+
+
+def test_top_1_without_renormalisation_keeps_the_router_gradient():
+    logits = torch.randn(5, 4, requires_grad=True)
+    renormalised, _ = top_k_gating(logits.softmax(-1), 1)
+    torch.testing.assert_close(renormalised.sum(-1), torch.ones(5))  # always 1: nothing to learn from
+    raw, indices = top_k_gating(logits.softmax(-1), 1, renormalize=False)
+    torch.testing.assert_close(raw.gather(-1, indices), logits.softmax(-1).gather(-1, indices))
+    raw.sum().backward()
+    assert logits.grad.abs().sum() > 0
