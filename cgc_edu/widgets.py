@@ -77,6 +77,8 @@ class GateInspector(widgets.VBox):
 
     def __init__(self, source, task_names: Optional[Sequence[str]] = None,
                  view: str = "heatmap", dpi: int = 90):
+        if view not in VIEWS:
+            raise ValueError(f"GateInspector: view={view!r}; choose one of {list(VIEWS)}.")
         recording, problem, note = _as_recording(source, task_names)
         self.recording, self.problem, self.dpi = recording, problem, dpi
         self.note = problem or note     # plain text; shown above the picture
@@ -100,8 +102,6 @@ class GateInspector(widgets.VBox):
         self.play = widgets.Play(min=0, max=len(steps) - 1, value=len(steps) - 1, interval=600,
                                  disabled=len(steps) == 1, description="play")
         widgets.link((self.play, "value"), (self.step_slider, "index"))
-        if view not in VIEWS:
-            raise ValueError(f"GateInspector: view={view!r}; choose one of {list(VIEWS)}.")
         self.view_buttons = widgets.ToggleButtons(options=VIEWS, value=view,
                                                   style={"button_width": "auto"})
         for control in (self.module_dropdown, self.task_dropdown, self.step_slider,
@@ -119,8 +119,9 @@ class GateInspector(widgets.VBox):
         """What is shown: module, task, step, view, values (the gate numbers drawn), the
         labels of their rows and columns, and a message when there is nothing to show."""
         state = dict(self._state)
-        if state["values"] is not None:
-            state["values"] = state["values"].copy()
+        for key in ("values", "rows", "columns"):       # copies: the caller may edit them
+            if state[key] is not None:
+                state[key] = state[key].copy()
         return state
 
     def select(self, module=None, task=None, step=None, view=None) -> dict:

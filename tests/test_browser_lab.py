@@ -166,7 +166,7 @@ def _drive_inspector(lab, page):
     page.click(".lm-MenuBar-item:has-text('Run')")
     page.click("li.lm-Menu-item[data-command='runmenu:run-all']")
     summary = page.locator(".jp-OutputArea-output:has-text('task=')")
-    summary.wait_for()                                 # the last cell ran
+    summary.wait_for(timeout=90_000)                   # the last cell ran (imports torch, trains)
     _wait_idle(page)
     assert "task=all tasks" in summary.inner_text()
     image = page.locator("img.widget-image")
