@@ -92,8 +92,10 @@ class GateInspector(widgets.VBox):
             super().__init__([self.message])
             return
         steps = [int(s) for s in recording.steps]
-        self.module_dropdown = widgets.Dropdown(options=recording.module_names, description="module",
-                                                layout=widgets.Layout(width="max-content"))
+        longest = max(len(name) for name in recording.module_names)   # room for the full name
+        self.module_dropdown = widgets.Dropdown(
+            options=recording.module_names, description="module",
+            layout=widgets.Layout(width=f"calc({min(longest, 60) + 4}ch + 90px)"))
         self.task_dropdown = widgets.Dropdown(options=[ALL_TASKS, *recording.task_names],
                                               description="task")
         self.step_slider = widgets.SelectionSlider(
