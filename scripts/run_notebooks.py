@@ -25,6 +25,7 @@ def kernel_environment():
     """The test environment (see scripts/test.sh), set before the kernel starts."""
     os.environ.update(PYTHONHASHSEED="0", HF_HUB_OFFLINE="1")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no busy-waiting threads on a shared CPU
     # A non-inline MPLBACKEND (e.g. Agg) inherited by the kernel would hide every figure.
     os.environ.pop("MPLBACKEND", None)
 
