@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-browser
 . .venv/bin/activate
-export PYTHONHASHSEED=0 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=PASSIVE MPLBACKEND=Agg HF_HUB_OFFLINE=1
+export PYTHONHASHSEED=0 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1
 python -m pytest -p no:cacheprovider "$@"
