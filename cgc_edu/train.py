@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .data import TinyTasksCollator
 from .injection import adapter_layers, task_context
+from .layer import TaskGate
 from .utils import seed_everything
 
 
@@ -43,14 +44,18 @@ def _routed(model, task_ids):
 
 def train(model, dataset, tokenizer, steps: int = 300, lr: float = 3e-3, batch_size: int = 32,
           seed: int = 0, callback: Optional[Callable] = None, callback_every: int = 10,
-          progress: bool = True, weight_decay: float = 0.0) -> list[float]:
+          progress: bool = True, weight_decay: float = 0.0,
+          gate_lr: Optional[float] = None) -> list[float]:
     """Train the model's trainable parameters (its adapters) for ``steps`` AdamW steps.
 
     Batches are drawn by reshuffling ``dataset`` each epoch (so tasks mix in proportion to
     their data, and low-data tasks are seen less often), collated with the loss on the
     target only. The learning rate decays linearly to zero. ``callback(step, model)`` is
     called before the first step (step 0), every ``callback_every`` steps and after the
-    last one; a ``GateRecorder`` is such a callback. Returns the loss of every step.
+    last one; a ``GateRecorder`` is such a callback. ``gate_lr`` gives the task gates their
+    own learning rate (they have few parameters and start neutral, so a larger step lets
+    them commit to a mixture early); by default they share ``lr``. Returns the loss of
+    every step.
 
     Taught in: notebooks/04_moe_lora.ipynb
     """
@@ -68,7 +73,11 @@ def train(model, dataset, tokenizer, steps: int = 300, lr: float = 3e-3, batch_s
     seed_everything(seed)
     collate = TinyTasksCollator(tokenizer)
     routed = bool(adapter_layers(model))
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    gate_ids = {id(p) for m in model.modules() if isinstance(m, TaskGate)
+                for p in m.parameters() if p.requires_grad} if gate_lr is not None else set()
+    groups = [{"params": [p for p in params if id(p) not in gate_ids]},
+              {"params": [p for p in params if id(p) in gate_ids], "lr": gate_lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
     order = torch.Generator().manual_seed(seed)
     queue: list[int] = []

@@ -102,3 +102,16 @@ def test_clear_errors(data, tok):
     with pytest.raises(KeyError, match="target"):
         evaluate(model, [{"prompt": "ab=", "task_id": 0}], tok)
     assert isinstance(evaluate(model, data["test"].select(range(4)), tok), pd.DataFrame)
+
+
+def test_gate_lr_sets_the_gates_own_step(data, tok):
+    torch.manual_seed(0)
+    model = add_adapters(load_central_model(),
+                         AdapterConfig.moe_lora(rank=4, alpha=8, n_tasks=2, n_experts=2))
+    gates = {n: p.clone() for n, p in model.named_parameters() if ".gate." in n}
+    assert gates
+    train(model, data["train"], tok, steps=3, batch_size=8, gate_lr=0.0, progress=False)
+    for n, p in model.named_parameters():
+        if n in gates:
+            torch.testing.assert_close(p, gates[n])  # frozen by a zero gate step
+    assert all(l.lora_B.abs().sum() > 0 for l in adapter_layers(model).values())
