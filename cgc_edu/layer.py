@@ -26,6 +26,14 @@ from torch import nn
 from .config import AdapterConfig
 
 
+def _select(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` as a one-hot matmul: the same values, but a backward pass that sums
+    the gradients of repeated indices in a fixed order (indexing's backward accumulates them
+    in a thread-dependent order on CPU, so training would not repeat bit for bit)."""
+    one_hot = F.one_hot(index, table.shape[0]).to(table.dtype)
+    return (one_hot @ table.reshape(table.shape[0], -1)).reshape(*index.shape, *table.shape[1:])
+
+
 def _expert_mask(config: AdapterConfig) -> torch.Tensor:
     """(n_tasks, E) boolean: mask[t, e] is True when expert e is in S_t."""
     mask = torch.zeros(config.n_tasks, config.n_experts, dtype=torch.bool)
@@ -58,7 +66,7 @@ class TaskGate(nn.Module):
         allowed = self.mask[task_ids]
         if not self.learned:
             return allowed.float() / allowed.sum(-1, keepdim=True)
-        logits = self.task_embedding[task_ids] @ self.weight.T
+        logits = _select(self.task_embedding, task_ids) @ self.weight.T
         return torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
 
 
@@ -209,10 +217,10 @@ class CGCLoRALinear(nn.Module):
             # Gather path: each sample uses only its task's |S_t| experts: the cost of a LoRA
             # of rank |S_t| r_e, however many tasks the bank serves.
             experts = self.allowed[task_ids]                              # (batch, |S|)
-            A = self.lora_A[experts].reshape(batch, -1, self.in_features)  # (batch, |S| r_e, d_in)
+            A = _select(self.lora_A, experts).reshape(batch, -1, self.in_features)  # (batch, |S| r_e, d_in)
             h = torch.bmm(h_in, A.transpose(1, 2))
             h = h.unflatten(-1, (-1, r_e)) * g.gather(1, experts)[:, None, :, None]
-            out = torch.einsum("bnsr,bsor->bno", h, self.lora_B[experts])
+            out = torch.einsum("bnsr,bsor->bno", h, _select(self.lora_B, experts))
         else:
             # Dense path: one LoRA of rank E r_e, each sample's rows scaled by its gate.
             h = h_in @ self.lora_A.reshape(-1, self.in_features).T        # (batch, tokens, E r_e)

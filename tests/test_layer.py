@@ -231,3 +231,27 @@ def test_expert_labels():
     assert layer.expert_labels(["add", "copy"]) == ["common 0", "common 1", "task add / 0", "task copy / 0"]
     with pytest.raises(ValueError, match="got 1 task names for 2 tasks"):
         layer.expert_labels(["add"])
+
+
+def test_training_repeats_bit_for_bit_with_two_threads():
+    """Mixed-task training must repeat exactly (nbval compares notebooks that train)."""
+    def run():
+        torch.manual_seed(0)
+        layer = CGCLoRALinear(nn.Linear(64, 64), AdapterConfig.cgc_lora(rank=6, n_tasks=8, n_common=2, n_specific=1))
+        opt = torch.optim.AdamW([p for p in layer.parameters() if p.requires_grad], lr=1e-2)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(10):
+            x, ids = torch.randn(64, 8, 64, generator=g), torch.randint(0, 8, (64,), generator=g)
+            loss = (layer(x, ids) - x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return torch.cat([p.detach().flatten() for p in layer.parameters()])
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = run()
+        assert all(torch.equal(first, run()) for _ in range(3))
+    finally:
+        torch.set_num_threads(threads)
