@@ -102,7 +102,7 @@ class Settings:
     batch_size: int = 32
     rank: int = 24
     n_train: int = 2000
-    n_low: int = 200
+    n_low: int = 50
     n_test: int = 100
     base: Optional[str] = None      # central model folder; None: the shipped one
     threads: int = 2
