@@ -102,7 +102,7 @@ class AdapterConfig:
 
     @property
     def experts_per_task(self) -> int:
-        """|S_t|: the experts one task may use."""
+        """The number of experts one task may use, written |S_t| in the design."""
         return self.n_common + self.n_specific
 
     @property
