@@ -117,14 +117,12 @@ def test_docstrings_are_read_as_plain_text():
 
 # ---------------------------------------------------------------- real browser, offline
 @pytest.fixture(scope="session")
-def browser():
+def browser(playwright_session):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing (install it: `bash scripts/setup.sh --with-browser`)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    chromium = playwright_session.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    yield chromium
+    chromium.close()
 
 
 try:
