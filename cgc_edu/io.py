@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import AdapterConfig
-from .injection import _find_targets, add_adapters, adapter_layers
+from .injection import _find_targets, _router, add_adapters, adapter_layers
 
 WEIGHTS_NAME = "adapters.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -30,11 +30,8 @@ FORMAT = "cgc_edu-adapters"
 
 
 def _model_config(model: nn.Module, caller: str) -> AdapterConfig:
-    config = getattr(model, "_cgc_config", None)
-    if config is None:
-        raise ValueError(f"{caller}: {type(model).__name__} has no adapters; call add_adapters(model, "
-                         "config) first.")
-    return config
+    _router(model, caller)  # raises the "no adapters" error
+    return model._cgc_config
 
 
 def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -20,18 +20,17 @@ import math
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import AdapterConfig
 
 
 def _select(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[index]`` as a one-hot matmul: the same values, but a backward pass that sums
-    the gradients of repeated indices in a fixed order (indexing's backward accumulates them
-    in a thread-dependent order on CPU, so training would not repeat bit for bit)."""
-    one_hot = F.one_hot(index, table.shape[0]).to(table.dtype)
-    return (one_hot @ table.reshape(table.shape[0], -1)).reshape(*index.shape, *table.shape[1:])
+    """``table[index]`` through ``index_select``: the same values, but on CPU its backward
+    (index_add_) sums the gradients of repeated indices in a fixed order, while advanced
+    indexing's backward accumulates them in a thread-dependent order, so mixed-task training
+    would not repeat bit for bit (tests/test_layer.py checks that it does)."""
+    return table.index_select(0, index.reshape(-1)).reshape(*index.shape, *table.shape[1:])
 
 
 def _expert_mask(config: AdapterConfig) -> torch.Tensor:
