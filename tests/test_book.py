@@ -18,9 +18,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 GATE_LAB = ROOT / "notebooks" / "08_gate_lab.ipynb"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = ROOT / "artifacts" / "book"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 REMOTE_ASSET = re.compile(r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=["'](?:https?:)?//""")
@@ -116,15 +113,6 @@ def test_docstrings_are_read_as_plain_text():
 
 
 # ---------------------------------------------------------------- real browser, offline
-@pytest.fixture(scope="session")
-def browser(playwright_session):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (install it: `bash scripts/setup.sh --with-browser`)")
-    chromium = playwright_session.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-    yield chromium
-    chromium.close()
-
-
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 except ImportError:  # the browser fixture skips before any page is opened
