@@ -145,12 +145,13 @@ def train_lora_layer(problem: dict, rank: int, alpha: float, rslora: bool = Fals
     layer.scaling = lora_scaling(rank, alpha, rslora)   # the layer reads this attribute
     opt = torch.optim.Adam([layer.lora_A, layer.lora_B], lr=lr)
     losses = []
-    for _ in range(steps):
-        loss = ((layer(problem["X"]) - problem["Y"]) ** 2).mean()
-        losses.append(loss.item())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with one_thread():
+        for _ in range(steps):
+            loss = ((layer(problem["X"]) - problem["Y"]) ** 2).mean()
+            losses.append(loss.item())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     with torch.no_grad():
         losses.append(((layer(problem["X"]) - problem["Y"]) ** 2).mean().item())
     return layer, losses
@@ -282,11 +283,12 @@ def train_router(X, Y, temperature: float = 1.0, k: int = 1, aux_coef: float = 0
         layer(X)
     before = router_stats(layer.last_routing)
     opt = torch.optim.Adam(layer.parameters(), lr=lr)
-    for _ in range(steps):
-        loss = nn.functional.mse_loss(layer(X), Y) + aux_coef * layer.aux_loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with one_thread():
+        for _ in range(steps):
+            loss = nn.functional.mse_loss(layer(X), Y) + aux_coef * layer.aux_loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return layer, before
 
 
