@@ -26,7 +26,7 @@ def _plain_lora_norm(problem, rank, alpha, rslora, steps=40, lr=1e-2):
     B = nn.Parameter(torch.zeros(24, rank))
     s = alpha / math.sqrt(rank) if rslora else alpha / rank
     opt = torch.optim.Adam([A, B], lr=lr)
-    for _ in range(steps):
+    for _ in range(steps):   # a few tiny steps
         pred = problem["X"] @ problem["W0"].T + s * problem["X"] @ A.T @ B.T
         loss = ((pred - problem["Y"]) ** 2).mean()
         opt.zero_grad(); loss.backward(); opt.step()
