@@ -694,7 +694,7 @@ class CounterfactualGate(_Knobs):
         ax1.set_xticks(x, [lab.replace("task ", "") for lab in labels], rotation=45, ha="right",
                        fontsize=7)
         ax1.set(ylabel="gate weight", ylim=(0, 1),
-                title=f"{s['task']}'s gate in {self.module.split('.', 2)[-1]}")
+                title=f"{s['task']}'s gate in {plots.short_module_name(self.module)}")
         ax1.legend(fontsize=7, frameon=False)
         ax2.bar([0, 1], [s["exact_match_learned"], s["exact_match_override"]],
                 color=[plots.PART_COLORS["gate"], "0.55"])

@@ -101,7 +101,7 @@ def test_cgc_diagram_prints_a_trained_gate_and_task_names():
     layer = CGCLoRALinear(nn.Linear(8, 8), config)
     with torch.no_grad():
         layer.gate.weight.normal_()
-    g = layer.gate_weights(torch.tensor([1]))[0]
+    g = layer.gate_weights(torch.tensor([1]))[0].detach()
     fig = cgc_lora_diagram(config, task="sub", task_names=["add", "sub", "rev"], weights=g)
     texts = _texts(fig)
     assert [t for t in texts if t[:2] in ("0.", "1.")] == [f"{float(w):.2f}" for w in g]
