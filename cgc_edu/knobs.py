@@ -40,7 +40,10 @@ from .synthetic import make_correlated_tasks
 
 @contextlib.contextmanager
 def one_thread():
-    """Run tiny tensor work on one thread: on a busy laptop, threads only wait for each other."""
+    """Run tiny tensor work on one thread: on a busy laptop, threads only wait for each other.
+
+    Taught in: notebooks/02_mixture_of_experts.ipynb.
+    """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -50,7 +53,10 @@ def one_thread():
 
 
 def render_png(fig: Figure, image: widgets.Image, dpi: int) -> bytes:
-    """Draw ``fig`` into ``image`` as PNG at its own pixel width (shrunk only to fit)."""
+    """Draw ``fig`` into ``image`` as PNG at its own pixel width (shrunk only to fit).
+
+    Taught in: notebooks/08_gate_lab.ipynb.
+    """
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     png = buffer.getvalue()
