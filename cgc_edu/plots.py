@@ -24,6 +24,38 @@ from .recording import GateRecording
 ANNOTATE_MAX_CELLS = 80
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.(.+)$")
 
+# ------------------------------------------------------------------ palette
+# One colour and one name per method, and one colour per part of an adapted layer, for every
+# figure of the course (Okabe-Ito colours, readable with colour-blind vision). A method and its
+# analogue in chapter 03 share a colour: one shared part (LoRA, shared-bottom) is blue, private
+# parts (independent LoRAs) orange, gated shared experts (MoE-LoRA, MMoE) green, common plus
+# specific experts (CGC-LoRA, CGC) vermillion.
+METHOD_COLORS = {
+    "central": "#7f7f7f", "lora": "#0072B2", "independent": "#E69F00", "moe_lora": "#009E73",
+    "cgc_lora": "#D55E00", "one_plus_n": "#CC79A7", "cgc_no_gate": "#56B4E9",
+    "shared_bottom": "#0072B2", "mmoe": "#009E73", "cgc": "#D55E00", "ple": "#CC79A7",
+}
+METHOD_NAMES = {
+    "central": "central model", "lora": "LoRA", "independent": "independent LoRAs",
+    "moe_lora": "MoE-LoRA", "cgc_lora": "CGC-LoRA", "one_plus_n": "1+N", "cgc_no_gate":
+    "CGC-LoRA, uniform gate", "shared_bottom": "shared-bottom", "mmoe": "MMoE", "cgc": "CGC",
+    "ple": "PLE",
+}
+#: The parts of an adapted layer, as the diagrams draw them (common = LoRA's blue, ...).
+PART_COLORS = {"frozen": "#bdbdbd", "common": "#0072B2", "specific": "#E69F00",
+               "gate": "#009E73", "masked": "#eeeeee", "router": "#CC79A7"}
+
+
+def method_style(method: str) -> tuple[str, str]:
+    """(colour, display name) of a method key (``"cgc_lora"``) or display name (``"MMoE"``).
+
+    Unknown methods get a dark grey and their own name, so a new method still plots.
+
+    Taught in: notebooks/07_experiments.ipynb.
+    """
+    key = method.lower().replace("-", "_").replace(" ", "_")
+    return METHOD_COLORS.get(key, "#4d4d4d"), METHOD_NAMES.get(key, method)
+
 
 # ------------------------------------------------------------------ helpers
 def _new_axes(ax, figsize):

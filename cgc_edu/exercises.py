@@ -1,0 +1,488 @@
+"""Exercises that check themselves: ``check = Checks("05")``, then ``check.ex1(answer)``.
+
+Each check computes the right answer from the library (never a number typed in here), compares
+the learner's answer with it, prints right or wrong and why, and returns a bool. Some checks
+read the learner's own objects (``check.ex1(answer, recording)``): the answer is then judged
+on their run, not ours. ``check.questions()`` prints the chapter's questions.
+
+Taught in: notebooks/05_cgc_lora.ipynb.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+#: chapter -> exercise number -> check(answer, *context) -> (right, why)
+_CHECKS: dict[str, dict[int, Callable]] = {}
+
+
+def _check(chapter: str, number: int):
+    def register(fn):
+        _CHECKS.setdefault(chapter, {})[number] = fn
+        return fn
+    return register
+
+
+def _close(answer, want, tol=1e-6) -> bool:
+    try:
+        a = np.asarray(answer, dtype=float)
+        w = np.asarray(want, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return a.shape == w.shape and bool(np.allclose(a, w, atol=tol, rtol=0))
+
+
+def _same_text(answer, want) -> bool:
+    return isinstance(answer, str) and answer.strip().lower() == str(want).strip().lower()
+
+
+class Checks:
+    """The self-checks of one chapter: ``Checks("01").ex2(answer)`` prints right / wrong and
+    why, and returns True or False. ``questions()`` prints what each exercise asks.
+
+    Taught in: notebooks/05_cgc_lora.ipynb.
+    """
+
+    def __init__(self, chapter: str):
+        chapter = f"{int(chapter):02d}" if str(chapter).isdigit() else str(chapter)
+        if chapter not in _CHECKS:
+            raise ValueError(f"Checks: no exercises for chapter {chapter!r}; choose one of "
+                             f"{sorted(_CHECKS)}.")
+        self.chapter = chapter
+
+    def questions(self) -> dict[int, str]:
+        """{exercise number: question}, also printed."""
+        qs = {n: " ".join(fn.__doc__.split()) for n, fn in sorted(_CHECKS[self.chapter].items())}
+        for n, q in qs.items():
+            print(f"{n}. {q}")
+        return qs
+
+    def __getattr__(self, name: str):
+        if name.startswith("ex") and name[2:].isdigit():
+            checks = _CHECKS[self.chapter]
+            number = int(name[2:])
+            if number not in checks:
+                raise AttributeError(f"chapter {self.chapter} has exercises {sorted(checks)}, "
+                                     f"not {number}.")
+            return lambda answer, *context: self._run(checks[number], number, answer, *context)
+        raise AttributeError(name)
+
+    def _run(self, fn, number, answer, *context) -> bool:
+        right, why = fn(answer, *context)
+        print(f"{'Right' if right else 'Not yet'} (exercise {number}): {why}")
+        return bool(right)
+
+
+# ------------------------------------------------------------------ 00 tour
+@_check("00", 1)
+def _tour_clusters(answer):
+    """Which tasks share the cluster of `reverse`? Answer a list of task names (reverse too)."""
+    from .data import TASKS
+
+    cluster = next(t.cluster for t in TASKS if t.name == "reverse")
+    want = {t.name for t in TASKS if t.cluster == cluster}
+    got = set(answer) if isinstance(answer, (list, tuple, set)) else set()
+    if got == want:
+        return True, f"the '{cluster}' cluster is {sorted(want)}: they rewrite the whole word."
+    return False, (f"the '{cluster}' cluster (see make_tiny_tasks(...)['train']['cluster']) has "
+                   f"{len(want)} tasks; you named {sorted(got)}.")
+
+
+@_check("00", 2)
+def _tour_prompt(answer):
+    """With make_tiny_tasks(..., name_in_prompt=True), what is the prompt of task `reverse` on
+    the word `cab`?"""
+    from .data import make_tiny_tasks
+
+    row = make_tiny_tasks(seed=0, tasks=["reverse"], n_train=1, n_low=1, n_validation=0,
+                          n_test=0, name_in_prompt=True)["train"][0]
+    word = row["target"][::-1]
+    want = row["prompt"].replace(word, "cab")
+    if answer == want:
+        return True, f"{want!r}: the task's name, a colon, the word and '='."
+    return False, (f"the prompt carries the task's name before the word: it is {want!r} "
+                   f"(you gave {answer!r}).")
+
+
+# ------------------------------------------------------------------ 01 LoRA
+@_check("01", 1)
+def _lora_rank(answer):
+    """Plant a rank-4 change (torch.randn(d_out, 4) @ torch.randn(4, d_in)). What is the smallest
+    LoRA rank that can reach the noise floor?"""
+    g = torch.Generator().manual_seed(0)
+    want = int(torch.linalg.matrix_rank(torch.randn(24, 4, generator=g) @ torch.randn(4, 32, generator=g)))
+    if answer == want:
+        return True, f"B A has rank at most r, and the change has rank {want}: r = {want} is the least."
+    if isinstance(answer, int) and answer < want:
+        return False, (f"rank {answer} cannot express a rank-{want} change: B A has rank at most "
+                       f"r, so the loss stays above the noise floor.")
+    return False, (f"rank {answer} reaches the floor too, but it is not the smallest: the change "
+                   f"has rank {want}.")
+
+
+@_check("01", 2)
+def _lora_scaling(answer):
+    """With alpha = 16 for every rank, what are the scalings at rank 2 and rank 8? Answer a
+    pair (s_2, s_8). Then: which rank's update moves faster per Adam step?"""
+    from .config import AdapterConfig
+    from .layer import CGCLoRALinear
+
+    want = [CGCLoRALinear(nn.Linear(4, 4), AdapterConfig.lora(rank=r, alpha=16)).scaling
+            for r in (2, 8)]
+    if _close(answer, want):
+        return True, (f"alpha/r = {want[0]:g} and {want[1]:g}: with alpha fixed, a higher rank "
+                      "gets a smaller scaling, so its update grows more slowly per step (rsLoRA's "
+                      "alpha/sqrt(r) shrinks it less; try LoRAKnobs).")
+    if _close(answer, [16 / math.sqrt(2), 16 / math.sqrt(8)]):
+        return False, "that is rsLoRA's alpha/sqrt(r); the library's LoRA scales by alpha/r."
+    return False, f"the scaling is alpha / r: for alpha = 16, {want[0]:g} at r=2 and {want[1]:g} at r=8."
+
+
+@_check("01", 3)
+def _lora_count(answer):
+    """Trainable numbers of LoRA at rank 8 on the seven projections of one Llama-7B block
+    (q, k, v, o: 4096 x 4096; gate, up: 4096 -> 11008; down: 11008 -> 4096)?"""
+    from .config import AdapterConfig
+    from .knobs import adapter_parameter_count
+
+    shapes = [(4096, 4096)] * 4 + [(4096, 11008)] * 2 + [(11008, 4096)]
+    want = sum(adapter_parameter_count(AdapterConfig.lora(rank=8), i, o)["total"] for i, o in shapes)
+    full = sum(i * o for i, o in shapes)
+    if answer == want:
+        return True, f"{want:,}: r (d_in + d_out) per projection, {100 * want / full:.2f}% of the block."
+    if answer == full:
+        return False, f"{full:,} is the whole block (d_in d_out each); LoRA trains r (d_in + d_out)."
+    return False, f"sum r (d_in + d_out) over the seven projections; you are {answer - want:+,} off."
+
+
+# ------------------------------------------------------------------ 02 mixture of experts
+@_check("02", 1)
+def _moe_collapse(answer):
+    """With E = 4 experts, what is the Switch load-balancing loss when every token goes to
+    expert 0 with probability 1, and when routing is perfectly uniform? Answer (collapsed, uniform)."""
+    from .moe import load_balancing_loss
+
+    E, n = 4, 8
+    collapsed = load_balancing_loss(torch.eye(E)[[0] * n], torch.zeros(n, 1, dtype=torch.long))
+    uniform = load_balancing_loss(torch.full((n, E), 1 / E), torch.arange(n).remainder(E)[:, None])
+    want = [float(collapsed), float(uniform)]
+    if _close(answer, want):
+        return True, f"E = {want[0]:g} when collapsed, 1 when balanced: E sum_e f_e P_e."
+    return False, (f"E sum_e f_e P_e: collapse puts f_0 = P_0 = 1, giving E = {want[0]:g}; "
+                   f"uniform routing has f_e = P_e = 1/E, giving {want[1]:g}.")
+
+
+@_check("02", 2)
+def _moe_topk(answer):
+    """Router probabilities [0.5, 0.3, 0.2] and top-2 with renormalisation: what weights do the
+    three experts get?"""
+    from .moe import top_k_gating
+
+    want = top_k_gating(torch.tensor([[0.5, 0.3, 0.2]]), k=2)[0][0].tolist()
+    if _close(answer, want, 1e-3):
+        return True, f"{[round(w, 3) for w in want]}: the top two, divided by their sum 0.8."
+    if _close(answer, [0.5, 0.3, 0.0], 1e-3):
+        return False, "those are the raw probabilities; renormalising divides them by their sum."
+    return False, f"keep the two largest and divide by their sum: {[round(w, 3) for w in want]}."
+
+
+@_check("02", 3)
+def _moe_no_gradient(answer):
+    """With k = 1 and renormalize=True, how large is the gradient the task loss sends to the
+    router's weights? (A number.)"""
+    from .moe import MoELayer
+
+    torch.manual_seed(0)
+    layer = MoELayer(4, n_experts=3, d_hidden=4, k=1, renormalize=True)
+    layer(torch.randn(16, 4)).pow(2).mean().backward()
+    want = float(layer.router.proj.weight.grad.abs().max())
+    if abs(want) < 1e-6 and _close(answer, 0.0, 1e-6):
+        return True, ("zero (up to rounding): the one kept weight is renormalised to exactly 1, whatever the "
+                      "router says, so the loss does not depend on its probabilities. Switch "
+                      "keeps the raw probability (renormalize=False).")
+    return False, (f"measure it: it is {want:.1g}, zero up to rounding. With k = 1, p / p = 1 for every token, so the "
+                   "loss does not depend on the router at all.")
+
+
+# ------------------------------------------------------------------ 03 multi-task learning
+@_check("03", 1)
+def _mtl_correlation(answer):
+    """The tasks of make_correlated_tasks(20_000, -0.5, in_features=20): what is their label
+    correlation (to two decimals)?"""
+    from .synthetic import make_correlated_tasks
+
+    y = make_correlated_tasks(20_000, -0.5, in_features=20)[1].numpy()
+    want = float(np.corrcoef(y.T)[0, 1])
+    if _close(answer, want, 0.02):
+        return True, (f"{want:+.3f}: close to the cosine -0.5; the sine terms make it differ a "
+                      "little (see the module doc of cgc_edu.synthetic).")
+    return False, f"measure it with np.corrcoef(y.T)[0, 1]: it is {want:+.3f}."
+
+
+@_check("03", 2)
+def _mtl_cgc_gate(answer):
+    """CGC(20, 2, n_shared=2, n_specific=2, expert_hidden=8, tower_hidden=8): over how many
+    experts does each task's gate mix?"""
+    from .mtl import CGC
+
+    model = CGC(20, 2, n_shared=2, n_specific=2, expert_hidden=8, tower_hidden=8)
+    want = model.gate_weights(torch.randn(3, 20))[0].shape[1]
+    if answer == want:
+        return True, f"{want}: the 2 shared experts and the task's own 2, never the other task's."
+    return False, (f"task t's gate mixes the shared experts and task t's own: {want} (you said "
+                   f"{answer}); the other task's experts are out of its reach.")
+
+
+@_check("03", 3)
+def _mtl_cgc_is_mmoe(answer):
+    """CGC with n_specific=0 is exactly which model of this chapter?"""
+    from .mtl import CGC, MMoE
+
+    torch.manual_seed(0)
+    mmoe = MMoE(6, 2, n_experts=3, expert_hidden=4, tower_hidden=4)
+    cgc = CGC(6, 2, n_shared=3, n_specific=0, expert_hidden=4, tower_hidden=4)
+    cgc.extraction.shared_experts.load_state_dict(mmoe.experts.state_dict())
+    cgc.extraction.task_gates.load_state_dict(mmoe.gates.state_dict())
+    cgc.towers.load_state_dict(mmoe.towers.state_dict())
+    x = torch.randn(5, 6)
+    same = all(torch.allclose(a, b) for a, b in zip(cgc(x), mmoe(x)))
+    if same and _same_text(answer, "MMoE"):
+        return True, "MMoE: with no specific experts every gate mixes the same shared experts."
+    return False, ("build CGC(..., n_specific=0) with an MMoE's weights: the outputs are the "
+                   "same, so it is MMoE.")
+
+
+# ------------------------------------------------------------------ 04 MoE-LoRA
+@_check("04", 1)
+def _moelora_gate_cost(answer):
+    """On a 128 x 128 layer, how many trainable numbers does moe_lora(rank=8, n_tasks=4,
+    n_experts=4, budget="total") add beyond one LoRA of rank 8 (lora(rank=8))?"""
+    from .config import AdapterConfig
+    from .knobs import adapter_parameter_count
+
+    moe = adapter_parameter_count(AdapterConfig.moe_lora(rank=8, n_tasks=4, n_experts=4,
+                                                         budget="total"), 128, 128)
+    lora = adapter_parameter_count(AdapterConfig.lora(rank=8), 128, 128)
+    want = moe["total"] - lora["total"]
+    if answer == want:
+        return True, (f"{want}: only the gate (task embeddings and W_g); with budget='total' the "
+                      "experts share one LoRA's rank.")
+    return False, (f"with budget='total' the experts cost exactly one LoRA of rank 8; the "
+                   f"difference is the gate: {want}.")
+
+
+@_check("04", 2)
+def _moelora_one_expert(answer):
+    """What is AdapterConfig.moe_lora(n_experts=1)? Name the method."""
+    from .config import AdapterConfig
+    from .diagrams import method_of
+
+    config = AdapterConfig.moe_lora(rank=8, n_tasks=4, n_experts=1)
+    want = method_of(config)
+    if _same_text(answer, want):
+        return True, (f"{want}: one expert, its gate weight is always 1 (has_learned_gate="
+                      f"{config.has_learned_gate}, needs_task_ids={config.needs_task_ids}).")
+    return False, (f"one expert shared by all tasks, gate weight always 1: that is {want} "
+                   f"(you said {answer!r}).")
+
+
+@_check("04", 3)
+def _moelora_uniform(answer):
+    """MoE-LoRA with gate="uniform": does the layer's output depend on the task id? (True/False)"""
+    from .config import AdapterConfig
+
+    config = AdapterConfig.moe_lora(rank=8, n_tasks=4, n_experts=4, gate="uniform")
+    want = config.needs_task_ids
+    if answer is want:
+        return True, ("no: every task gets the same 1/4 on each expert, so the bank is one "
+                      "shared LoRA and the conflict between tasks returns.")
+    return False, ("a uniform gate gives every task the same weights over the same shared "
+                   f"experts; needs_task_ids is {want}.")
+
+
+# ------------------------------------------------------------------ 05 CGC-LoRA
+@_check("05", 1)
+def _cgc_moelora(answer):
+    """AdapterConfig.moe_lora(rank=12, alpha=24, n_tasks=8, n_experts=3): how many experts does a
+    module have, and what is task 5's allowed set? Answer (E, S_5)."""
+    from .config import AdapterConfig
+
+    config = AdapterConfig.moe_lora(rank=12, alpha=24, n_tasks=8, n_experts=3)
+    want = (config.n_experts, config.allowed_experts(5))
+    try:
+        right = int(answer[0]) == want[0] and list(answer[1]) == want[1]
+    except (TypeError, ValueError, IndexError):
+        right = False
+    if right:
+        return True, f"E = {want[0]}, S_5 = {want[1]}: every expert is common, nothing is task 5's own."
+    return False, f"with no specific experts E = n_common = {want[0]} and every S_t = {want[1]}."
+
+
+@_check("05", 2)
+def _cgc_uniform_share(answer):
+    """The ablation without a gate: cgc_lora(rank=6, n_tasks=8, gate="uniform"). What is a
+    task's common share (gate mass on the common experts), before and after training?"""
+    from .config import AdapterConfig
+    from .layer import CGCLoRALinear
+
+    layer = CGCLoRALinear(nn.Linear(8, 8), AdapterConfig.cgc_lora(rank=6, n_tasks=8, gate="uniform"))
+    want = float(layer.gate_weights(torch.tensor([5]))[0, :layer.config.n_common].sum())
+    if _close(answer, want, 1e-3):
+        return True, (f"{want:.3f} always: a uniform gate has no parameters, so training cannot "
+                      "move it.")
+    return False, (f"2 common of 3 allowed experts at 1/3 each: {want:.3f}, and it never changes "
+                   "(the uniform gate has no parameters).")
+
+
+@_check("05", 3)
+def _cgc_total_budget(answer):
+    """budget="total", 8 tasks, 2 common + 1 specific expert: the smallest rank that divides,
+    and the trainable numbers of one 128 x 128 projection (gate aside)? Answer (rank, count)."""
+    from .config import AdapterConfig
+    from .knobs import adapter_parameter_count
+
+    rank = next(r for r in range(1, 1000)
+                if r % AdapterConfig.cgc_lora(rank=10, n_tasks=8, budget="total").n_experts == 0)
+    count = adapter_parameter_count(AdapterConfig.cgc_lora(rank=rank, n_tasks=8, budget="total"),
+                                    128, 128)["experts"]
+    try:
+        right = int(answer[0]) == rank and int(answer[1]) == count
+    except (TypeError, ValueError, IndexError):
+        right = False
+    if right:
+        return True, f"rank {rank} (E = {rank} experts of rank 1): {count:,} numbers, one LoRA of rank {rank}."
+    return False, (f"E = 2 + 8 x 1 = 10 experts, so the rank must be a multiple of 10: rank "
+                   f"{rank} gives r_e = 1 and E r_e (128 + 128) = {count:,}.")
+
+
+# ------------------------------------------------------------------ 06 1+N
+def _designed_clusters():
+    from .data import make_tiny_tasks
+    from .framework import prior_clusters
+
+    return prior_clusters(make_tiny_tasks(seed=0, n_train=1, n_low=1, n_validation=0, n_test=0)["train"])
+
+
+@_check("06", 1)
+def _onen_route(answer):
+    """With the designed clusters (prior_clusters), where does a request for `last` go?
+    Answer (cluster name, local task id)."""
+    clusters = _designed_clusters()
+    cluster = next(c for c, tasks in clusters.items() if "last" in tasks)
+    want = (cluster, clusters[cluster].index("last"))
+    if tuple(answer) == want if isinstance(answer, (tuple, list)) else False:
+        return True, f"{want}: the task's cluster, and its position inside that cluster."
+    return False, (f"the router looks up the cluster ({cluster}: {clusters[cluster]}) and "
+                   f"renumbers the task inside it: {want}.")
+
+
+@_check("06", 2)
+def _onen_peft_rank(answer):
+    """A cluster of 4 tasks served with cgc_lora(rank=12, n_common=2, n_specific=1,
+    budget="total"): what rank does export_peft give one task's LoRA?"""
+    from .config import AdapterConfig
+
+    config = AdapterConfig.cgc_lora(rank=12, alpha=24, n_tasks=4, n_common=2, n_specific=1,
+                                    budget="total")
+    want = config.experts_per_task * config.expert_rank
+    if answer == want:
+        return True, f"|S_t| r_e = {config.experts_per_task} x {config.expert_rank} = {want}."
+    return False, (f"a task uses its |S_t| = {config.experts_per_task} experts of rank "
+                   f"{config.expert_rank} (12 / E with E = {config.n_experts}): rank {want}.")
+
+
+@_check("06", 3)
+def _onen_memory(answer):
+    """1+N over the 8 tasks: how many copies of the central model's weights are in memory, and
+    how many would one merged model per task need? Answer (1+N copies, merged copies)."""
+    clusters = _designed_clusters()
+    want = (1, sum(len(t) for t in clusters.values()))
+    if _close(answer, want):
+        return True, f"{want}: the N sets are views of one base; merging copies it per task."
+    return False, f"the sets share one base's tensors; merged serving needs one copy per task: {want}."
+
+
+# ------------------------------------------------------------------ 07 experiments
+def _stored_stats():
+    from .experiments import load_results, summary
+
+    return summary(load_results())
+
+
+@_check("07", 1)
+def _exp_spread(answer):
+    """In the stored study, which task has the largest seed spread (std) under CGC-LoRA?"""
+    stats = _stored_stats()
+    cgc = stats[(stats["method"] == "cgc_lora") & (stats["task"] != "average")].set_index("task")
+    want = cgc["std"].idxmax()
+    if _same_text(answer, want):
+        return True, f"{want} (std {100 * cgc['std'].max():.1f} points)."
+    return False, (f"read summary(load_results()) for cgc_lora: the largest std is {want}'s "
+                   f"({100 * cgc['std'].max():.1f} points), not {answer!r}.")
+
+
+@_check("07", 2)
+def _exp_best(answer):
+    """In the stored study, which method has the best average exact match? (Its key, e.g.
+    'cgc_lora'.)"""
+    stats = _stored_stats()
+    average = stats[stats["task"] == "average"].set_index("method")["mean"]
+    want = average.idxmax()
+    if _same_text(answer, want):
+        return True, f"{want} ({100 * average.max():.0f} % on average over tasks and seeds)."
+    mine = average.get(str(answer))
+    hint = f"; {answer} has {100 * mine:.0f} %" if mine is not None else ""
+    return False, f"the best average is {want}'s ({100 * average.max():.0f} %){hint}."
+
+
+# ------------------------------------------------------------------ 08 gate lab
+@_check("08", 1)
+def _lab_layer(answer, recording):
+    """In which transformer layer does `last` rely most on its own expert (lowest common
+    share)? Pass your recording: check.ex1(answer, recording)."""
+    from .plots import common_share_table
+
+    values, tasks, layers = common_share_table(recording, step=-1)
+    want = layers[int(np.argmin(values[tasks.index("last")]))]
+    if _same_text(answer, want):
+        return True, f"{want}: the lowest common share of `last` in your recording."
+    return False, (f"plots.common_share_table(recording) row 'last': its lowest value is in "
+                   f"{want}.")
+
+
+@_check("08", 2)
+def _lab_uniform(answer):
+    """The ablation without a gate, cgc_lora(rank=6, n_tasks=4, gate="uniform"): what weight does
+    the inspector show on each allowed expert, at any step?"""
+    from .config import AdapterConfig
+    from .layer import CGCLoRALinear
+
+    layer = CGCLoRALinear(nn.Linear(8, 8), AdapterConfig.cgc_lora(rank=6, n_tasks=4, gate="uniform"))
+    g = layer.gate_weights(torch.tensor([0]))[0]
+    want = float(g[g > 0][0])
+    if _close(answer, want, 1e-3):
+        return True, f"{want:.3f} on each of the 3 allowed experts, fixed: one snapshot says it all."
+    return False, f"a uniform gate spreads 1 over |S_t| = 3 experts: {want:.3f} each, at every step."
+
+
+@_check("08", 3)
+def _lab_zero(answer):
+    """A task's learned gate is [0.5, 0.3, 0, 0.2, 0] over 5 experts. What are its weights after
+    override_gate(..., "zero:0")?"""
+    from .config import AdapterConfig
+    from .counterfactual import override_weights
+
+    learned = torch.tensor([[0.5, 0.3, 0.0, 0.2, 0.0]])
+    fake_gate = lambda ids: learned.expand(len(ids), -1)          # noqa: E731 - a fixed gate
+    want = override_weights(fake_gate, AdapterConfig.cgc_lora(rank=6, n_tasks=3), 1, "zero:0").tolist()
+    if _close(answer, want, 1e-3):
+        return True, f"{[round(w, 3) for w in want]}: expert 0 out, the rest divided by 0.5."
+    return False, (f"set expert 0 to 0 and divide the rest by their sum (0.5): "
+                   f"{[round(w, 3) for w in want]}.")
+
+
+__all__ = ["Checks"]
