@@ -275,6 +275,9 @@ def merge_task(model: nn.Module, task_id: int) -> nn.Module:
     if not isinstance(task_id, int) or isinstance(task_id, bool):
         raise TypeError(f"merge_task: task_id={task_id!r} must be an int in [0, {first.config.n_tasks - 1}].")
     model._cgc_config.check_task_ids(torch.tensor([task_id]), where="merge_task")
+    shared = next((l.shared_base for l in layers.values() if l.shared_base is not None), None)
+    if shared is not None:
+        raise ValueError(f"merge_task: {shared}")
     merged = {l.merged_task for l in layers.values()} - {None}
     if merged:
         raise ValueError(f"merge_task: task {merged.pop()} is already merged into "

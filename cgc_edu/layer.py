@@ -121,6 +121,9 @@ class CGCLoRALinear(nn.Module):
         self.register_buffer("allowed", allowed, persistent=False)
         self.register_buffer("rows", rows, persistent=False)
         self.merged_task: Optional[int] = None
+        # Set by OnePlusN: base_layer's weight is the central model's, shared by every adapter
+        # set, so this layer must never write into it (see `merge`).
+        self.shared_base: Optional[str] = None
         self.router = None  # set by add_adapters: holds the ids the model's forward resolved
 
     # ------------------------------------------------------------------ helpers
@@ -214,6 +217,8 @@ class CGCLoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self, task_id: int) -> None:
         """Fold task ``task_id``'s adapter into W0: the layer then runs at the base layer's speed."""
+        if self.shared_base is not None:
+            raise ValueError(f"{self.module_name}: {self.shared_base}")
         if self.merged_task is not None:
             raise ValueError(f"{self.module_name}: task {self.merged_task} is already merged; "
                              "call unmerge(model) first.")
