@@ -1,6 +1,6 @@
 """The CGC-LoRA layer: a frozen nn.Linear plus a bank of low-rank experts and a task gate.
 
-For a sample of task t (DESIGN.md, "The layer family"):
+For a sample of task t (docs/design.md, "The layer family and its equation"):
 
     logits_t = W_g · emb(t)                       task-motivated gate: the input is the task id only
     g_t      = softmax(logits_t masked to S_t)    zero outside S_t, uniform at initialisation

@@ -27,8 +27,8 @@ _ARRAYS = ("steps", "gates", "module_names", "task_names", "expert_labels", "n_c
 class GateRecording:
     """Gate weights over training: ``gates[s, m, t, e]`` is g_t,e of module m at ``steps[s]``.
 
-    Expert order follows DESIGN.md: [0, n_common) are common, then ``n_specific`` experts per
-    task. ``gate`` is the config's gate kind ("task": learned, "uniform": fixed).
+    Expert order is `ExpertLayout` (docs/design.md): [0, n_common) are common, then
+    ``n_specific`` experts per task. ``gate`` is the config's gate kind ("task": learned, "uniform": fixed).
 
     Taught in: notebooks/08_gate_lab.ipynb.
     """
