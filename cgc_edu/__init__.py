@@ -3,8 +3,8 @@
 LoRA -> mixture of experts -> CGC-LoRA (Song et al. 2024, arXiv 2402.01684) and the
 paper's "1+N" pattern: one central model plus N adapter sets, one per cluster of tasks.
 """
-from .config import AdapterConfig
-from .injection import (add_adapters, adapter_layers, merge_task, task_context,
+from .config import AdapterConfig, ExpertLayout
+from .injection import (add_adapters, adapter_layers, merge_task, remove_adapters, task_context,
                         trainable_parameters, unmerge)
 from .io import export_peft_lora, load_adapters, save_adapters
 from .layer import CGCLoRALinear, TaskGate
@@ -12,7 +12,8 @@ from .layer import CGCLoRALinear, TaskGate
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdapterConfig", "CGCLoRALinear", "TaskGate", "add_adapters", "adapter_layers",
+    "AdapterConfig", "ExpertLayout", "CGCLoRALinear", "TaskGate", "add_adapters", "remove_adapters",
+    "adapter_layers",
     "task_context", "merge_task", "unmerge", "trainable_parameters",
     "save_adapters", "load_adapters", "export_peft_lora",
 ]

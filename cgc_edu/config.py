@@ -13,14 +13,102 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
 
 GATES = ("task", "uniform")
 BUDGETS = ("per_task", "total")
 
 
-@dataclass
+class ExpertBlock(NamedTuple):
+    """A run of experts in the bank: the common block, or one task's specific experts."""
+    kind: str             # "common" or "specific"
+    task: Optional[int]   # the owning task (None for the common block)
+    start: int
+    stop: int             # exclusive
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    """Where each expert sits in the bank: the one definition every part of cgc_edu reads.
+
+    Experts [0, n_common) are common to every task; then each task owns ``n_specific``
+    experts in task order: task t owns n_common + t*n_specific ... n_common + (t+1)*n_specific - 1.
+    Task t may use S_t = the common experts, then its own. Get one from
+    ``AdapterConfig.layout`` (or, for a saved gate recording, ``GateRecording.layout``).
+
+    Taught in: notebooks/05_cgc_lora.ipynb.
+    """
+
+    n_common: int
+    n_specific: int
+    n_tasks: int
+
+    @property
+    def n_experts(self) -> int:
+        """E = n_common + n_tasks * n_specific."""
+        return self.n_common + self.n_tasks * self.n_specific
+
+    @property
+    def experts_per_task(self) -> int:
+        """|S_t| = n_common + n_specific, the same for every task."""
+        return self.n_common + self.n_specific
+
+    def common(self) -> range:
+        """The common experts."""
+        return range(self.n_common)
+
+    def specific(self, task_id: int) -> range:
+        """Task ``task_id``'s own experts."""
+        self._check_task(task_id)
+        start = self.n_common + task_id * self.n_specific
+        return range(start, start + self.n_specific)
+
+    def allowed(self, task_id: int) -> list[int]:
+        """S_t: the common experts, then task t's own specific experts."""
+        return list(self.common()) + list(self.specific(task_id))
+
+    def allowed_table(self) -> np.ndarray:
+        """(n_tasks, |S_t|) int64: row t lists S_t in order."""
+        return np.array([self.allowed(t) for t in range(self.n_tasks)], dtype=np.int64).reshape(
+            self.n_tasks, self.experts_per_task)
+
+    def allowed_mask(self) -> np.ndarray:
+        """(n_tasks, E) boolean: mask[t, e] is True when expert e is in S_t."""
+        mask = np.zeros((self.n_tasks, self.n_experts), dtype=bool)
+        np.put_along_axis(mask, self.allowed_table(), True, axis=1)
+        return mask
+
+    def blocks(self) -> list[ExpertBlock]:
+        """The bank in order: the common block (if any), then one block per task (if n_specific)."""
+        out = [ExpertBlock("common", None, 0, self.n_common)] if self.n_common else []
+        if self.n_specific:
+            out += [ExpertBlock("specific", t, r.start, r.stop)
+                    for t, r in ((t, self.specific(t)) for t in range(self.n_tasks))]
+        return out
+
+    def labels(self, task_names: Optional[Sequence[str]] = None, where: str = "ExpertLayout") -> list[str]:
+        """One label per expert, in order: "common 0", ..., "task <name> / 0", ..."""
+        names = [str(t) for t in range(self.n_tasks)] if task_names is None else list(task_names)
+        if len(names) != self.n_tasks:
+            raise ValueError(f"{where}: got {len(names)} task names for {self.n_tasks} tasks; "
+                             "pass one name per task.")
+        labels = [f"common {i}" for i in self.common()]
+        for t in range(self.n_tasks):
+            labels += [f"task {names[t]} / {j}" for j in range(self.n_specific)]
+        return labels
+
+    def _check_task(self, task_id) -> None:
+        if not isinstance(task_id, (int, np.integer)) or isinstance(task_id, bool) \
+                or not 0 <= task_id < self.n_tasks:
+            raise ValueError(f"ExpertLayout: task {task_id!r} is not a task index; pass an int in "
+                             f"[0, {self.n_tasks - 1}].")
+
+
+@dataclass(frozen=True)
 class AdapterConfig:
     """Configuration of a bank of low-rank experts with a task-motivated gate.
 
@@ -42,6 +130,10 @@ class AdapterConfig:
         shared_gate: one gate shared by all adapted modules (MOELoRA) instead of one each.
         gate_dim: size of the task embedding that feeds the gate.
 
+    The config is frozen (``dataclasses.replace(config, rank=16)`` makes a changed copy): a
+    model's adapters were built from it and ``save_adapters`` writes it, so it must not change
+    behind their back.
+
     Taught in: notebooks/05_cgc_lora.ipynb.
     """
 
@@ -59,9 +151,8 @@ class AdapterConfig:
 
     def __post_init__(self):
         if self.target_modules is not None:
-            if isinstance(self.target_modules, str):
-                self.target_modules = [self.target_modules]
-            self.target_modules = list(self.target_modules)
+            targets = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+            object.__setattr__(self, "target_modules", tuple(targets))  # frozen: a tuple, not a list
         self.validate()
 
     # ----------------------------------------------------------------- checks
@@ -96,14 +187,19 @@ class AdapterConfig:
 
     # ---------------------------------------------------------- derived sizes
     @property
+    def layout(self) -> ExpertLayout:
+        """The expert layout (which experts are common, which belong to each task)."""
+        return ExpertLayout(self.n_common, self.n_specific, self.n_tasks)
+
+    @property
     def n_experts(self) -> int:
         """E = n_common + n_tasks * n_specific."""
-        return self.n_common + self.n_tasks * self.n_specific
+        return self.layout.n_experts
 
     @property
     def experts_per_task(self) -> int:
         """The number of experts one task may use, written |S_t| in the design."""
-        return self.n_common + self.n_specific
+        return self.layout.experts_per_task
 
     @property
     def expert_rank(self) -> int:
@@ -128,9 +224,47 @@ class AdapterConfig:
         return self.n_specific > 0 or self.has_learned_gate
 
     def allowed_experts(self, task_id: int) -> list[int]:
-        """S_t: the common experts, then task t's own specific experts."""
-        start = self.n_common + task_id * self.n_specific
-        return list(range(self.n_common)) + list(range(start, start + self.n_specific))
+        """S_t: the common experts, then task t's own specific experts (see `layout`)."""
+        return self.layout.allowed(task_id)
+
+    # ----------------------------------------------------------- task ids
+    def check_task_ids(self, task_ids, batch: Optional[int] = None, where: str = "CGCLoRALinear",
+                       device=None) -> Optional[torch.Tensor]:
+        """Validate task ids for this adapter; return a LongTensor (batch,) on ``device``, or
+        None when ids are missing and the adapter does not need them (LoRA-like configs).
+
+        The one check of task ids: the model's router calls it once per forward, a standalone
+        layer on its own ``task_ids=``. Raises a ValueError/TypeError that names ``where``
+        (the module), the value and the fix. Costs one host synchronisation (the range check).
+        """
+        if task_ids is None:
+            if self.needs_task_ids:
+                raise ValueError(
+                    f"{where}: task_ids missing: this adapter serves {self.n_tasks} tasks and its output "
+                    "depends on the task; call model(..., task_ids=torch.tensor([...])) or run inside "
+                    "`with task_context(model, task_ids):`.")
+            return None
+        if isinstance(task_ids, (list, tuple)):
+            task_ids = torch.tensor(task_ids)
+        if not isinstance(task_ids, torch.Tensor):
+            raise TypeError(f"{where}: task_ids={task_ids!r} is a {type(task_ids).__name__}; "
+                            "pass a LongTensor of shape (batch,), e.g. torch.tensor([0, 1]).")
+        if task_ids.dtype.is_floating_point or task_ids.dtype == torch.bool or task_ids.is_complex():
+            raise TypeError(f"{where}: task_ids has dtype {task_ids.dtype}; task ids are integers: "
+                            "pass a LongTensor, e.g. task_ids.long().")
+        if task_ids.dim() != 1:
+            raise ValueError(f"{where}: task_ids has shape {tuple(task_ids.shape)}; it must be 1-D of "
+                             "shape (batch,), one task id per sample (use .reshape(-1)).")
+        if task_ids.numel():
+            lo, hi = (int(v) for v in torch.aminmax(task_ids))  # one host sync for both bounds
+            if lo < 0 or hi >= self.n_tasks:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"{where}: task id {bad} is out of range: this adapter has n_tasks="
+                                 f"{self.n_tasks}, so ids must be in [0, {self.n_tasks - 1}].")
+        if batch is not None and task_ids.shape[0] != batch:
+            raise ValueError(f"{where}: got {task_ids.shape[0]} task ids for a batch of {batch} samples; "
+                             "pass one task id per sample.")
+        return task_ids.to(device=device, dtype=torch.long)
 
     # ---------------------------------------------------------------- presets
     @classmethod
@@ -165,7 +299,10 @@ class AdapterConfig:
 
     # ------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["target_modules"] is not None:
+            data["target_modules"] = list(data["target_modules"])  # as JSON writes it
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "AdapterConfig":

@@ -34,7 +34,7 @@ from torch import nn
 from .config import AdapterConfig
 from .data import TinyTasksCollator, build_tokenizer
 from .injection import add_adapters, adapter_layers
-from .io import export_peft_lora, load_adapters, save_adapters
+from .io import export_peft_lora, load_adapters, read_adapter_config, save_adapters
 
 FORMAT = "cgc_edu-one-plus-n"
 MANIFEST = "one_plus_n.json"
@@ -275,8 +275,12 @@ class OnePlusN:
             base's ``name_or_path``.
         seed: seeds the adapters' initialisation (cluster k uses seed + k).
 
-    Never call ``merge_task`` on an adapter set: it would write into the shared base. Use
-    `merged_model` (a separate copy) instead.
+    The sets share the base's tensors, so nothing done to one set may write into them.
+    ``merge_task`` on a set (the one public operation that writes W0) raises a clear error
+    and changes nothing; `merged_model` gives a merged private copy instead. Raising was
+    chosen over merging into a silent private copy: a copy costs a whole base model, which
+    is what 1+N exists to avoid, so it is made only when asked for by name. Training a set,
+    ``unmerge``, ``load_adapters`` and export only touch the set's own adapter tensors.
 
     Taught in: notebooks/06_one_plus_n.ipynb.
     """
@@ -301,6 +305,12 @@ class OnePlusN:
             for k, (name, cfg) in enumerate(configs.items()):
                 torch.manual_seed(seed + k)
                 self.sets[name] = add_adapters(_shared_view(base_model), cfg).eval()
+        shared = (f"this layer's weights are the central model's, shared by the {len(self.sets)} adapter "
+                  "sets of a OnePlusN, so merging into them would change the central model and every "
+                  "set; use framework.merged_model(task) for a merged copy.")
+        for adapted in self.sets.values():
+            for layer in adapter_layers(adapted).values():
+                layer.shared_base = shared
 
     # ------------------------------------------------------------ validation
     @staticmethod
@@ -501,10 +511,15 @@ class OnePlusN:
         if not file.is_file():
             raise FileNotFoundError(f"OnePlusN.load: {file} not found; pass the folder that "
                                     "OnePlusN.save(path) wrote.")
-        manifest = json.loads(file.read_text())
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"OnePlusN.load: {file} has format {manifest.get('format')!r}, not "
-                             f"{FORMAT!r}; pass a folder written by OnePlusN.save.")
+        try:
+            manifest = json.loads(file.read_text())
+            if manifest.get("format") != FORMAT:
+                raise ValueError(f"format {manifest.get('format')!r}, not {FORMAT!r}")
+            clusters, folders = dict(manifest["clusters"]), dict(manifest["folders"])
+            fingerprint = str(manifest["base_fingerprint"])
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"OnePlusN.load: {file} is not a valid OnePlusN manifest ({err!r}); "
+                             "pass a folder written by OnePlusN.save.") from err
         if base_model is None:
             reference = manifest.get("base_reference")
             if not reference:
@@ -513,17 +528,16 @@ class OnePlusN:
             from transformers import AutoModelForCausalLM
             base_model = AutoModelForCausalLM.from_pretrained(reference).eval()
         found = base_fingerprint(base_model)
-        if found != manifest["base_fingerprint"]:
+        if found != fingerprint:
             raise ValueError(f"OnePlusN.load: the base model's fingerprint is {found} but the adapter "
-                             f"sets were trained on {manifest['base_fingerprint']}; pass the central "
+                             f"sets were trained on {fingerprint}; pass the central "
                              "model they were trained on.")
-        configs = {}
-        for cluster, folder in manifest["folders"].items():
-            meta = json.loads((path / folder / "adapter_config.json").read_text())
-            configs[cluster] = AdapterConfig.from_dict(meta["config"])
-        framework = cls(base_model, manifest["clusters"], configs, tokenizer=tokenizer,
+        # Each set's config is read and checked by load_adapters' own reader (same errors).
+        configs = {cluster: read_adapter_config(path / folder, caller="OnePlusN.load")[0]
+                   for cluster, folder in folders.items()}
+        framework = cls(base_model, clusters, configs, tokenizer=tokenizer,
                         base_reference=manifest.get("base_reference"))
-        for cluster, folder in manifest["folders"].items():
+        for cluster, folder in folders.items():
             load_adapters(framework.sets[cluster], path / folder)
         return framework
 

@@ -3,9 +3,9 @@
 `add_adapters` freezes a model and wraps its target ``nn.Linear`` modules in `CGCLoRALinear`
 in place (like peft's ``LoraModel`` does for LoRA). Task ids reach the layers the way peft
 carries ``adapter_names``: a forward pre-hook on the model takes ``task_ids=`` out of the
-call's keyword arguments and hands them to a router that every adapted layer reads.
-`task_context` sets the same router for a whole block, which is how ``model.generate`` is
-routed.
+call's keyword arguments, checks them once for the whole forward and hands them to a
+`TaskRouter` that every adapted layer reads. `task_context` sets the same router for a whole
+block, which is how ``model.generate`` is routed. `remove_adapters` undoes it all.
 
 Taught in: notebooks/05_cgc_lora.ipynb (injection, routing, merging).
 """
@@ -19,30 +19,92 @@ import torch
 from torch import nn
 
 from .config import AdapterConfig
-from .layer import CGCLoRALinear, TaskGate
+from .layer import CGCLoRALinear, TaskGate, check_merged
 
 #: Never adapted when target_modules is None: the output head is not a projection to adapt.
 DEFAULT_EXCLUDED = ("lm_head",)
 
 
-class TaskRouter:
-    """Carries the current task ids from the model's forward (or a task_context) to its layers."""
+class _Routing:
+    """One level of routing: checked ids (or None), plus the copies the layers ask for."""
 
-    def __init__(self):
-        self.context_ids: list[Optional[torch.Tensor]] = []   # a stack: contexts nest
-        self.call_ids: list[Optional[torch.Tensor]] = []      # a stack: forwards may nest
+    __slots__ = ("ids", "from_context", "_on_device", "_expanded")
+
+    def __init__(self, ids: Optional[torch.Tensor], from_context: bool = False):
+        self.ids, self.from_context = ids, from_context
+        self._on_device: dict = {}
+        self._expanded: dict[int, torch.Tensor] = {}
+
+    def on(self, device) -> torch.Tensor:
+        ids = self._on_device.get(device)
+        if ids is None:
+            ids = self._on_device[device] = self.ids.to(device)
+        return ids
+
+    def for_batch(self, batch: Optional[int], where: str) -> torch.Tensor:
+        """These ids for an inner forward of ``batch`` samples. Inside a task_context,
+        generate() repeats each sample for beams or several return sequences
+        (repeat_interleave): the ids are repeated the same way, once per batch size."""
+        n = self.ids.shape[0]
+        if batch is None or batch == n:
+            return self.ids
+        if self.from_context and n and batch % n == 0:
+            ids = self._expanded.get(batch)
+            if ids is None:
+                ids = self._expanded[batch] = self.ids.repeat_interleave(batch // n)
+            return ids
+        raise ValueError(f"{where}: got {n} task ids for a batch of {batch} samples; "
+                         "pass one task id per sample.")
+
+
+class TaskRouter:
+    """Resolves a model's task ids once per model forward and holds them for its adapted layers.
+
+    The model's forward pre-hook (``model(..., task_ids=...)``), `task_context` and
+    ``model.generate(..., task_ids=...)`` validate the ids once (`AdapterConfig.check_task_ids`),
+    expand them for generate's beams, and push them here; every adapted layer then reads a
+    ready LongTensor on its device (`ids_on`): no per-layer checks, no per-layer host sync.
+    """
+
+    def __init__(self, config: AdapterConfig, where: str):
+        self.config, self.where = config, where
+        self.merged_task: Optional[int] = None   # set by merge_task / unmerge
+        self._stack: list[_Routing] = []         # contexts and forwards nest
 
     @property
     def task_ids(self) -> Optional[torch.Tensor]:
-        return self.current()[0]
+        """The ids in force now (None outside any forward or context)."""
+        return self._stack[-1].ids if self._stack else None
 
-    def current(self) -> tuple[Optional[torch.Tensor], bool]:
-        """(task ids, whether they come from a task_context): a call's own ids win."""
-        if self.call_ids and self.call_ids[-1] is not None:
-            return self.call_ids[-1], False
-        if self.context_ids:
-            return self.context_ids[-1], True
-        return None, False
+    def ids_on(self, device) -> Optional[torch.Tensor]:
+        """What a layer reads: the ids in force, on ``device`` (copied once per device)."""
+        if not self._stack or self._stack[-1].ids is None:
+            return None
+        return self._stack[-1].on(device)
+
+    def enter_context(self, task_ids) -> None:
+        ids = self.config.check_task_ids(task_ids, where=f"task_context on {self.where}")
+        check_merged(self.merged_task, ids, f"task_context on {self.where}")
+        self._stack.append(_Routing(ids, from_context=True))
+
+    def begin_forward(self, task_ids, batch: Optional[int]) -> None:
+        """Resolve the ids of one model forward: the call's own, else the enclosing context's
+        (expanded to the batch), else none (an error where the adapter needs them)."""
+        self._stack.append(_Routing(None))  # end_forward pops it even when resolving raises
+        outer = self._stack[-2] if len(self._stack) > 1 else None
+        if task_ids is not None:
+            ids = self.config.check_task_ids(task_ids, batch, where=self.where)
+            check_merged(self.merged_task, ids, self.where)
+        elif outer is not None and outer.ids is not None:
+            ids = outer.for_batch(batch, self.where)
+        else:
+            ids = None
+            if self.merged_task is None:
+                self.config.check_task_ids(None, batch, where=self.where)  # raises if ids are needed
+        self._stack[-1] = _Routing(ids)
+
+    def leave(self) -> None:
+        self._stack.pop()
 
 
 def adapter_layers(model: nn.Module) -> dict[str, CGCLoRALinear]:
@@ -71,13 +133,25 @@ def _find_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
     return [n for n in linears if any(_matches(n, t) for t in config.target_modules)]
 
 
-def _pop_task_ids(module, args, kwargs):
-    module._cgc_router.call_ids.append(kwargs.pop("task_ids", None))
+def _batch_size(args, kwargs) -> Optional[int]:
+    """The batch size of a model call: its input_ids / inputs_embeds, else its first tensor."""
+    for key in ("input_ids", "inputs_embeds"):
+        value = kwargs.get(key)
+        if isinstance(value, torch.Tensor):
+            return value.shape[0]
+    for value in args:
+        if isinstance(value, torch.Tensor):
+            return value.shape[0]
+    return None
+
+
+def _route_forward(module, args, kwargs):
+    module._cgc_router.begin_forward(kwargs.pop("task_ids", None), _batch_size(args, kwargs))
     return args, kwargs
 
 
-def _drop_task_ids(module, args, kwargs, output):
-    module._cgc_router.call_ids.pop()
+def _end_forward(module, args, kwargs, output):
+    module._cgc_router.leave()
 
 
 def _generate_with_task_ids(self, *args, task_ids=None, **kwargs):
@@ -105,9 +179,12 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
         raise ValueError(f"add_adapters: {type(model).__name__} already has adapters; build a fresh "
                          "base model, or load weights into the existing ones with load_adapters.")
     targets = _find_targets(model, config)            # validates before anything changes
+    # The config is frozen, so the one the model carries cannot change behind its back.
+    requires_grad = [(p, p.requires_grad) for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
-    router = TaskRouter()
+    router = TaskRouter(config, where=f"{type(model).__name__} (adapters on {len(targets)} "
+                                      f"modules, first {targets[0]})")
     shared = None
     if config.shared_gate:
         first = model.get_submodule(targets[0])
@@ -120,11 +197,12 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
         setattr(parent, child, layer)
     model._cgc_router = router
     model._cgc_config = config
+    model._cgc_requires_grad = requires_grad
     model._cgc_hooks = (
-        model.register_forward_pre_hook(_pop_task_ids, with_kwargs=True),
-        model.register_forward_hook(_drop_task_ids, with_kwargs=True, always_call=True),
+        model.register_forward_pre_hook(_route_forward, with_kwargs=True),
+        model.register_forward_hook(_end_forward, with_kwargs=True, always_call=True),
     )
-    if callable(getattr(type(model), "generate", None)):
+    if callable(getattr(type(model), "generate", None)) and "generate" not in vars(model):
         # A bound method (not a closure) so that copy.deepcopy(model) rebinds it to the copy.
         model.generate = types.MethodType(_generate_with_task_ids, model)
     return model
@@ -138,24 +216,50 @@ def _router(model: nn.Module, caller: str) -> TaskRouter:
     return router
 
 
+def remove_adapters(model: nn.Module) -> nn.Module:
+    """Undo `add_adapters` in place and return the bare base model.
+
+    A merged task is unmerged first; each adapted layer is replaced by its original
+    ``nn.Linear`` (the same module, with its original weights); the routing hooks, the
+    ``generate`` wrapper and the adapter attributes go; every parameter's ``requires_grad``
+    is what it was before `add_adapters`.
+
+    Taught in: notebooks/05_cgc_lora.ipynb.
+    """
+    _router(model, "remove_adapters")
+    unmerge(model)
+    for name, layer in adapter_layers(model).items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer.base_layer)
+    for handle in model._cgc_hooks:
+        handle.remove()
+    for p, flag in model._cgc_requires_grad:
+        p.requires_grad_(flag)
+    if isinstance(vars(model).get("generate"), types.MethodType) and \
+            vars(model)["generate"].__func__ is _generate_with_task_ids:
+        del model.generate
+    for attr in ("_cgc_router", "_cgc_config", "_cgc_hooks", "_cgc_requires_grad"):
+        delattr(model, attr)
+    return model
+
+
 @contextlib.contextmanager
 def task_context(model: nn.Module, task_ids) -> Iterator[nn.Module]:
     """Route every forward inside the block (``model.generate`` too) with ``task_ids``.
 
-    ``task_ids``: LongTensor of shape (batch,), one task per sample. The ids are checked on
-    entry, so a bad id fails before any forward runs.
+    ``task_ids``: LongTensor of shape (batch,), one task per sample. The ids are checked once,
+    on entry, so a bad id fails before any forward runs; generate's beams or several return
+    sequences get the ids repeated to match.
 
     Taught in: notebooks/05_cgc_lora.ipynb.
     """
     router = _router(model, "task_context")
-    layers = adapter_layers(model)
-    first = next(iter(layers.values()))
-    ids = first.check_task_ids(task_ids)
-    router.context_ids.append(ids)
+    router.enter_context(task_ids)
     try:
         yield model
     finally:
-        router.context_ids.pop()
+        router.leave()
 
 
 def merge_task(model: nn.Module, task_id: int) -> nn.Module:
@@ -170,13 +274,17 @@ def merge_task(model: nn.Module, task_id: int) -> nn.Module:
         task_id = task_id.item()
     if not isinstance(task_id, int) or isinstance(task_id, bool):
         raise TypeError(f"merge_task: task_id={task_id!r} must be an int in [0, {first.config.n_tasks - 1}].")
-    first.check_task_ids(torch.tensor([task_id]))
+    model._cgc_config.check_task_ids(torch.tensor([task_id]), where="merge_task")
+    shared = next((l.shared_base for l in layers.values() if l.shared_base is not None), None)
+    if shared is not None:
+        raise ValueError(f"merge_task: {shared}")
     merged = {l.merged_task for l in layers.values()} - {None}
     if merged:
         raise ValueError(f"merge_task: task {merged.pop()} is already merged into "
                          f"{type(model).__name__}; call unmerge(model) first.")
     for layer in layers.values():
         layer.merge(task_id)
+    model._cgc_router.merged_task = task_id
     return model
 
 
@@ -185,9 +293,10 @@ def unmerge(model: nn.Module) -> nn.Module:
 
     Taught in: notebooks/06_one_plus_n.ipynb.
     """
-    _router(model, "unmerge")
+    router = _router(model, "unmerge")
     for layer in adapter_layers(model).values():
         layer.unmerge()
+    router.merged_task = None
     return model
 
 

@@ -66,12 +66,16 @@ def save_adapters(model: nn.Module, path: Union[str, Path]) -> Path:
     return path
 
 
-def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    cfg_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-    for f in (cfg_file, weights_file):
-        if not f.is_file():
-            raise FileNotFoundError(f"load_adapters: {f} not found; pass the folder that "
-                                    "save_adapters(model, path) wrote.")
+def read_adapter_config(path: Union[str, Path], caller: str = "load_adapters") -> tuple[AdapterConfig, dict]:
+    """(AdapterConfig, {module: (d_out, d_in)}) from the adapter_config.json that `save_adapters`
+    wrote in the folder ``path``; a missing or corrupt file raises a clear error naming ``caller``.
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+    cfg_file = Path(path) / CONFIG_NAME
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{caller}: {cfg_file} not found; pass the folder that "
+                                "save_adapters(model, path) wrote.")
     try:
         meta = json.loads(cfg_file.read_text())
         if meta.get("format") != FORMAT:
@@ -79,8 +83,17 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         config = AdapterConfig.from_dict(meta["config"])
         modules = {k: tuple(v) for k, v in meta["modules"].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"load_adapters: {cfg_file} is not a valid cgc_edu adapter config ({err}); "
+        raise ValueError(f"{caller}: {cfg_file} is not a valid cgc_edu adapter config ({err!r}); "
                          "re-save it with save_adapters.") from err
+    return config, modules
+
+
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    config, modules = read_adapter_config(path)
+    weights_file = path / WEIGHTS_NAME
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"load_adapters: {weights_file} not found; pass the folder that "
+                                "save_adapters(model, path) wrote.")
     try:
         tensors = load_file(str(weights_file))
     except (SafetensorError, OSError, ValueError) as err:

@@ -1,6 +1,6 @@
 """The CGC-LoRA layer: a frozen nn.Linear plus a bank of low-rank experts and a task gate.
 
-For a sample of task t (DESIGN.md, "The layer family"):
+For a sample of task t (docs/design.md, "The layer family and its equation"):
 
     logits_t = W_g · emb(t)                       task-motivated gate: the input is the task id only
     g_t      = softmax(logits_t masked to S_t)    zero outside S_t, uniform at initialisation
@@ -33,12 +33,16 @@ def _select(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table.index_select(0, index.reshape(-1)).reshape(*index.shape, *table.shape[1:])
 
 
-def _expert_mask(config: AdapterConfig) -> torch.Tensor:
-    """(n_tasks, E) boolean: mask[t, e] is True when expert e is in S_t."""
-    mask = torch.zeros(config.n_tasks, config.n_experts, dtype=torch.bool)
-    for t in range(config.n_tasks):
-        mask[t, config.allowed_experts(t)] = True
-    return mask
+def check_merged(merged_task: Optional[int], task_ids, where: str) -> None:
+    """Raise when ids other than the merged task reach weights that hold that task's adapter."""
+    if merged_task is None or task_ids is None:
+        return
+    ids = torch.as_tensor(task_ids).reshape(-1)
+    if ids.numel() and bool((ids != merged_task).any()):
+        other = sorted(set(ids.tolist()) - {merged_task})
+        raise ValueError(
+            f"{where}: task {merged_task} is merged into the weights, but task ids {other} were "
+            "given; call unmerge(model) to serve several tasks, or merge_task(model, t) for another task.")
 
 
 class TaskGate(nn.Module):
@@ -54,7 +58,7 @@ class TaskGate(nn.Module):
     def __init__(self, config: AdapterConfig):
         super().__init__()
         self.n_tasks, self.n_experts = config.n_tasks, config.n_experts
-        self.register_buffer("mask", _expert_mask(config), persistent=False)
+        self.register_buffer("mask", torch.from_numpy(config.layout.allowed_mask()), persistent=False)
         self.learned = config.has_learned_gate
         if self.learned:
             self.task_embedding = nn.Parameter(torch.randn(config.n_tasks, config.gate_dim))
@@ -110,13 +114,17 @@ class CGCLoRALinear(nn.Module):
                                                device=weight.device))
         self.gate = gate if gate is not None else TaskGate(config).to(weight.device)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        # rows[t] = the rows of the stacked A (E*r_e, d_in) that task t uses, in S_t order.
-        allowed = torch.tensor([config.allowed_experts(t) for t in range(config.n_tasks)])
+        # allowed[t] = S_t (from the config's layout); rows[t] = the rows of the stacked A
+        # (E*r_e, d_in) that task t uses, in S_t order.
+        allowed = torch.from_numpy(config.layout.allowed_table())
         rows = (allowed[:, :, None] * r_e + torch.arange(r_e)).reshape(config.n_tasks, -1)
         self.register_buffer("allowed", allowed, persistent=False)
         self.register_buffer("rows", rows, persistent=False)
         self.merged_task: Optional[int] = None
-        self.router = None  # set by add_adapters: carries task ids from the model's forward
+        # Set by OnePlusN: base_layer's weight is the central model's, shared by every adapter
+        # set, so this layer must never write into it (see `merge`).
+        self.shared_base: Optional[str] = None
+        self.router = None  # set by add_adapters: holds the ids the model's forward resolved
 
     # ------------------------------------------------------------------ helpers
     def extra_repr(self) -> str:
@@ -126,61 +134,27 @@ class CGCLoRALinear(nn.Module):
                 f"expert_rank={self.expert_rank}, scaling={self.scaling:g}, gate={c.gate!r}")
 
     def expert_labels(self, task_names: Optional[Sequence[str]] = None) -> list[str]:
-        """Labels in expert order: "common 0", ..., "task <name> / 0", ..."""
-        c = self.config
-        names = list(task_names) if task_names is not None else [str(t) for t in range(c.n_tasks)]
-        if len(names) != c.n_tasks:
-            raise ValueError(f"{self.module_name}: got {len(names)} task names for {c.n_tasks} tasks; "
-                             "pass one name per task.")
-        labels = [f"common {i}" for i in range(c.n_common)]
-        for t in range(c.n_tasks):
-            labels += [f"task {names[t]} / {j}" for j in range(c.n_specific)]
-        return labels
+        """Labels in expert order: "common 0", ..., "task <name> / 0", ... (see `ExpertLayout.labels`)."""
+        return self.config.layout.labels(task_names, where=self.module_name)
 
     def check_task_ids(self, task_ids, batch: Optional[int] = None) -> Optional[torch.Tensor]:
-        """Validate task ids; return a LongTensor (batch,) on the layer's device, or None.
+        """Validate task ids given to this layer (`AdapterConfig.check_task_ids`, naming this
+        module); return a LongTensor (batch,) on the layer's device, or None."""
+        return self.config.check_task_ids(task_ids, batch, where=self.module_name,
+                                          device=self.lora_A.device)
 
-        Raises a ValueError/TypeError that names this module, the value and the fix.
-        """
-        c, name = self.config, self.module_name
-        if task_ids is None:
-            if c.needs_task_ids:
-                raise ValueError(
-                    f"{name}: task_ids missing: this adapter serves {c.n_tasks} tasks and its output "
-                    "depends on the task; call model(..., task_ids=torch.tensor([...])) or run inside "
-                    "`with task_context(model, task_ids):`.")
-            return None
-        if isinstance(task_ids, (list, tuple)):
-            task_ids = torch.tensor(task_ids)
-        if not isinstance(task_ids, torch.Tensor):
-            raise TypeError(f"{name}: task_ids={task_ids!r} is a {type(task_ids).__name__}; "
-                            "pass a LongTensor of shape (batch,), e.g. torch.tensor([0, 1]).")
-        if task_ids.dtype.is_floating_point or task_ids.dtype == torch.bool or task_ids.is_complex():
-            raise TypeError(f"{name}: task_ids has dtype {task_ids.dtype}; task ids are integers: "
-                            "pass a LongTensor, e.g. task_ids.long().")
-        if task_ids.dim() != 1:
-            raise ValueError(f"{name}: task_ids has shape {tuple(task_ids.shape)}; it must be 1-D of "
-                             "shape (batch,), one task id per sample (use .reshape(-1)).")
-        if task_ids.numel():
-            lo, hi = int(task_ids.min()), int(task_ids.max())
-            if lo < 0 or hi >= c.n_tasks:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"{name}: task id {bad} is out of range: this adapter has n_tasks="
-                                 f"{c.n_tasks}, so ids must be in [0, {c.n_tasks - 1}].")
-        if batch is not None and task_ids.shape[0] != batch:
-            raise ValueError(f"{name}: got {task_ids.shape[0]} task ids for a batch of {batch} samples; "
-                             "pass one task id per sample.")
-        return task_ids.to(device=self.lora_A.device, dtype=torch.long)
-
-    def _resolve_task_ids(self, task_ids, batch: int) -> torch.Tensor:
-        """Explicit ids win; else the ids the model's router carries; else task 0 if allowed."""
+    def _task_ids(self, task_ids, batch: int) -> torch.Tensor:
+        """The ids for this forward: the layer's own argument (standalone use, checked here),
+        else the ready tensor the model's router resolved and checked once for the whole
+        model, else task 0 where the adapter needs no ids."""
         if task_ids is None and self.router is not None:
-            task_ids, from_context = self.router.current()
-            # Inside a task_context, generate() expands the batch for beams or several return
-            # sequences by repeat_interleave: expand the context's ids the same way.
-            if (from_context and isinstance(task_ids, torch.Tensor) and task_ids.dim() == 1
-                    and task_ids.numel() and batch != task_ids.shape[0] and batch % task_ids.shape[0] == 0):
-                task_ids = task_ids.repeat_interleave(batch // task_ids.shape[0])
+            routed = self.router.ids_on(self.lora_A.device)
+            if routed is not None:
+                if routed.shape[0] != batch:  # metadata only: no host sync
+                    raise ValueError(
+                        f"{self.module_name}: the model's forward routed {routed.shape[0]} task ids "
+                        f"but this layer sees a batch of {batch}; pass one task id per sample.")
+                return routed
         ids = self.check_task_ids(task_ids, batch)
         if ids is None:
             ids = torch.zeros(batch, dtype=torch.long, device=self.lora_A.device)
@@ -230,27 +204,21 @@ class CGCLoRALinear(nn.Module):
     def forward(self, x: torch.Tensor, task_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         result = self.base_layer(x)
         if self.merged_task is not None:
-            self._check_merged(task_ids if task_ids is not None else
-                               (self.router.task_ids if self.router is not None else None))
+            if task_ids is not None:  # routed ids were checked against the merge by the router
+                self._check_merged(task_ids)
             return result
-        ids = self._resolve_task_ids(task_ids, x.shape[0])
+        ids = self._task_ids(task_ids, x.shape[0])
         return result + self.adapter_output(x.to(self.lora_A.dtype), ids).to(result.dtype)
 
     # ------------------------------------------------------------------ merging
     def _check_merged(self, task_ids) -> None:
-        if task_ids is None:
-            return
-        ids = torch.as_tensor(task_ids).reshape(-1)
-        if ids.numel() and bool((ids != self.merged_task).any()):
-            other = sorted(set(ids.tolist()) - {self.merged_task})
-            raise ValueError(
-                f"{self.module_name}: task {self.merged_task} is merged into the weights, but task ids "
-                f"{other} were given; call unmerge(model) to serve several tasks, or merge_task(model, t) "
-                "for another task.")
+        check_merged(self.merged_task, task_ids, self.module_name)
 
     @torch.no_grad()
     def merge(self, task_id: int) -> None:
         """Fold task ``task_id``'s adapter into W0: the layer then runs at the base layer's speed."""
+        if self.shared_base is not None:
+            raise ValueError(f"{self.module_name}: {self.shared_base}")
         if self.merged_task is not None:
             raise ValueError(f"{self.module_name}: task {self.merged_task} is already merged; "
                              "call unmerge(model) first.")

@@ -138,14 +138,13 @@ def gate_heatmap(recording: GateRecording, module=0, step=-1, tasks=None, ax=Non
 
 def _mark_expert_blocks(ax, recording: GateRecording):
     """Thick line between common and specific experts, thin lines between task blocks."""
-    c, k = recording.n_common, recording.n_specific
-    if c and k:
-        ax.axvline(c - 0.5, color="white", lw=3)
-    for t in range(1, recording.n_tasks if k else 0):
-        ax.axvline(c + t * k - 0.5, color="white", lw=1)
-    blocks = [("common", 0, c), ("task-specific", c, recording.n_experts)]
-    for label, lo, hi in blocks:
-        if hi > lo:
+    blocks = recording.layout.blocks()
+    for before, block in zip(blocks, blocks[1:]):
+        ax.axvline(block.start - 0.5, color="white", lw=3 if before.kind != block.kind else 1)
+    for kind, label in (("common", "common"), ("specific", "task-specific")):
+        mine = [b for b in blocks if b.kind == kind]
+        if mine:
+            lo, hi = mine[0].start, mine[-1].stop
             ax.annotate(label, xy=((lo + hi - 1) / 2, 1.0), xycoords=("data", "axes fraction"),
                         xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
                         fontsize=7, color="0.35")

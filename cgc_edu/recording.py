@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import ExpertLayout
+
 _ARRAYS = ("steps", "gates", "module_names", "task_names", "expert_labels", "n_common",
            "n_specific", "gate")
 
@@ -25,8 +27,8 @@ _ARRAYS = ("steps", "gates", "module_names", "task_names", "expert_labels", "n_c
 class GateRecording:
     """Gate weights over training: ``gates[s, m, t, e]`` is g_t,e of module m at ``steps[s]``.
 
-    Expert order follows DESIGN.md: [0, n_common) are common, then ``n_specific`` experts per
-    task. ``gate`` is the config's gate kind ("task": learned, "uniform": fixed).
+    Expert order is `ExpertLayout` (docs/design.md): [0, n_common) are common, then
+    ``n_specific`` experts per task. ``gate`` is the config's gate kind ("task": learned, "uniform": fixed).
 
     Taught in: notebooks/08_gate_lab.ipynb.
     """
@@ -54,7 +56,7 @@ class GateRecording:
                 f"GateRecording: gates has shape {self.gates.shape} but steps, module_names, "
                 f"task_names and expert_labels give {expected}; pass gates shaped "
                 "(steps, modules, tasks, experts).")
-        n_experts = self.n_common + len(self.task_names) * self.n_specific
+        n_experts = self.layout.n_experts
         if n_experts != len(self.expert_labels):
             raise ValueError(
                 f"GateRecording: n_common={self.n_common} + {len(self.task_names)} tasks x "
@@ -72,14 +74,14 @@ class GateRecording:
     def n_experts(self) -> int:
         return len(self.expert_labels)
 
+    @property
+    def layout(self) -> ExpertLayout:
+        """The expert layout of the recorded adapter (the same as its `AdapterConfig.layout`)."""
+        return ExpertLayout(self.n_common, self.n_specific, self.n_tasks)
+
     def allowed_mask(self) -> np.ndarray:
         """(tasks, experts) boolean: True where expert e is in task t's allowed set S_t."""
-        mask = np.zeros((self.n_tasks, self.n_experts), dtype=bool)
-        mask[:, :self.n_common] = True
-        for t in range(self.n_tasks):
-            start = self.n_common + t * self.n_specific
-            mask[t, start:start + self.n_specific] = True
-        return mask
+        return self.layout.allowed_mask()
 
     def common_share(self) -> np.ndarray:
         """(steps, modules, tasks): the gate mass each task puts on the common experts."""
@@ -172,7 +174,7 @@ class GateRecorder:
             raise ValueError(f"GateRecorder: got {len(names)} task names {names} for an adapter "
                              f"with n_tasks={n_tasks}; pass one name per task.")
         self.model, self.task_names, self.every = model, names, every
-        self.expert_labels = first.expert_labels(names)
+        self.expert_labels = first.config.layout.labels(names, where="GateRecorder")
         self.config = first.config
         self.steps: list[int] = []
         self.snapshots: list[np.ndarray] = []

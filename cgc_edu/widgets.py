@@ -47,7 +47,7 @@ def _as_recording(source, task_names) -> tuple[Optional[GateRecording], str, str
     else:
         raise TypeError(f"GateInspector: source is a {type(source).__name__}; pass a model with "
                         "adapters, a GateRecorder or a GateRecording.")
-    if source.n_common + source.n_specific <= 1:
+    if source.layout.experts_per_task <= 1:
         return None, (f"No gates to inspect: every task uses a single expert (n_common="
                       f"{source.n_common}, n_specific={source.n_specific}, the LoRA / independent "
                       "LoRA presets), so each gate weight is 1. Use AdapterConfig.moe_lora(...) or "

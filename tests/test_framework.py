@@ -5,7 +5,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cgc_edu import AdapterConfig, task_context
+import json
+
+from cgc_edu import AdapterConfig, merge_task, remove_adapters, task_context, unmerge
+from cgc_edu.io import export_peft_lora, load_adapters, save_adapters
+from cgc_edu.train import train
 from cgc_edu.data import TASKS, build_tokenizer, make_tiny_tasks
 from cgc_edu.framework import (OnePlusN, base_fingerprint, cluster_tasks, clustering_agreement,
                                prior_clusters, subset_tasks, task_affinity, task_linkage,
@@ -242,3 +246,68 @@ def test_measured_clusters_against_the_designed_ones_on_tinytasks():
     assert within > aff.loc[core, designed["transform"]].to_numpy().mean() + 0.2
     rand = clustering_agreement(measured, designed)
     assert 0.3 < rand < 1.0, f"Rand index {rand:.2f}: update the note above if the measure now recovers the design"
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model, before, what):
+    after = model.state_dict()
+    assert set(after) == set(before), what
+    for k, v in before.items():
+        assert torch.equal(after[k], v), f"{what}: {k} changed"
+
+
+def test_no_public_operation_on_one_set_changes_the_base_or_another_set(framework, tasks, tmp_path):
+    base_before = snapshot(framework.base)
+    other_before = snapshot(framework.sets["extract"])
+    mine = framework.sets["transform"]
+    adapters_before = {n: l.lora_B.detach().clone() for n, l in adapter_layers(mine).items()}
+    tokens = torch.randint(4, 40, (2, 6))
+    other_out = framework.sets["extract"](tokens, task_ids=torch.tensor([0, 1])).logits
+
+    train(mine, subset_tasks(tasks["train"], framework.clusters["transform"]), TOK, steps=3,
+          batch_size=8, lr=1e-2, progress=False)
+    assert any(not torch.equal(l.lora_B, adapters_before[n]) for n, l in adapter_layers(mine).items())
+    trained = snapshot(mine)
+    with pytest.raises(ValueError, match=r"merge_task: .*shared by the 2 adapter sets of a OnePlusN.*merged_model"):
+        merge_task(mine, 1)
+    with pytest.raises(ValueError, match=r"q_proj: .*shared by the 2 adapter sets"):
+        next(iter(adapter_layers(mine).values())).merge(0)  # the layer itself refuses too
+    assert all(l.merged_task is None for l in adapter_layers(mine).values())
+    assert_unchanged(mine, trained, "the set after a refused merge")
+    unmerge(mine)
+    other = OnePlusN(tiny_base(), framework.clusters, CONFIG, seed=7)  # same shapes, other adapters
+    save_adapters(other.sets["transform"], tmp_path / "other")
+    load_adapters(mine, tmp_path / "other")
+    export_peft_lora(mine, 0, tmp_path / "peft")
+    framework.export_peft("reverse", tmp_path / "peft2")
+    framework.merged_model("reverse")
+    remove_adapters(mine)
+
+    assert_unchanged(framework.base, base_before, "the central model")
+    assert_unchanged(framework.sets["extract"], other_before, "the other set")
+    assert all(not p.requires_grad for p in framework.base.parameters())
+    torch.testing.assert_close(framework.sets["extract"](tokens, task_ids=torch.tensor([0, 1])).logits,
+                               other_out, rtol=0, atol=0)
+
+
+def test_load_checks_each_sets_config_like_load_adapters(framework, tmp_path):
+    framework.save(tmp_path)
+    cfg = tmp_path / "set_0" / "adapter_config.json"
+    meta = json.loads(cfg.read_text())
+    del meta["config"]
+    cfg.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"OnePlusN.load: .*set_0/adapter_config.json is not a valid "
+                                         r"cgc_edu adapter config.*'config'.*re-save"):
+        OnePlusN.load(tmp_path, base_model=tiny_base())
+    with pytest.raises(ValueError, match=r"load_adapters: .*set_0/adapter_config.json is not a valid "
+                                         r"cgc_edu adapter config.*'config'.*re-save"):
+        load_adapters(tiny_base(), tmp_path / "set_0")
+    cfg.write_text("{not json")
+    with pytest.raises(ValueError, match="is not a valid cgc_edu adapter config"):
+        OnePlusN.load(tmp_path, base_model=tiny_base())
+    (tmp_path / "one_plus_n.json").write_text(json.dumps({"format": "cgc_edu-one-plus-n"}))
+    with pytest.raises(ValueError, match=r"one_plus_n.json is not a valid OnePlusN manifest"):
+        OnePlusN.load(tmp_path, base_model=tiny_base())

@@ -7,7 +7,8 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cgc_edu import (AdapterConfig, CGCLoRALinear, add_adapters, adapter_layers, merge_task,
-                     task_context, trainable_parameters, unmerge)
+                     remove_adapters, task_context, trainable_parameters, unmerge)
+from cgc_edu.io import load_adapters, save_adapters
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 
@@ -175,8 +176,9 @@ def test_bad_task_ids_at_model_level_leave_model_unchanged(inputs):
     model = adapted()
     before = state(model)
     for bad, error, match in [
-        (None, ValueError, r"model\.layers\.0\.self_attn\.q_proj: task_ids missing"),
-        (torch.tensor([0, 1, 2, 9]), ValueError, r"q_proj: task id 9 is out of range"),
+        (None, ValueError, r"LlamaForCausalLM \(adapters on 6 modules, first model\.layers\.0\.self_attn"
+                           r"\.q_proj\): task_ids missing.*task_context"),
+        (torch.tensor([0, 1, 2, 9]), ValueError, r"LlamaForCausalLM.*: task id 9 is out of range.*\[0, 2\]"),
         (ids.float(), TypeError, "dtype torch.float32"),
         (ids[:2], ValueError, "got 2 task ids for a batch of 4"),
     ]:
@@ -207,3 +209,100 @@ def test_merge_errors_leave_model_unchanged(inputs):
     assert_same_state(model, merged)
     with pytest.raises(ValueError, match="has no adapters"):
         merge_task(tiny_llama(), 0)
+
+
+def count_checks(monkeypatch):
+    """Count the calls of the one task-id check (AdapterConfig.check_task_ids)."""
+    calls = []
+    original = AdapterConfig.check_task_ids
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("where"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AdapterConfig, "check_task_ids", counted)
+    return calls
+
+
+def test_task_ids_are_checked_once_per_model_forward_not_per_layer(inputs, monkeypatch):
+    x, ids = inputs
+    model = adapted()
+    assert len(adapter_layers(model)) == 6
+    calls = count_checks(monkeypatch)
+    model(x, task_ids=ids)
+    assert len(calls) == 1 and calls[0].startswith("LlamaForCausalLM")
+    calls.clear()
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    model.generate(x, task_ids=ids, num_beams=2, num_return_sequences=2, **kw)  # 4 forwards, batch 16
+    assert len(calls) == 1 and calls[0].startswith("task_context")
+    calls.clear()
+    layer = next(iter(adapter_layers(model).values()))
+    layer(torch.randn(4, 32), torch.tensor([0, 1, 2, 0]))  # standalone: the layer checks its own ids
+    assert len(calls) == 1 and calls[0] == "model.layers.0.self_attn.q_proj"
+
+
+def test_generate_expands_context_ids_for_beams_and_return_sequences(inputs):
+    x, ids = inputs
+    model = adapted()
+    kw = dict(max_new_tokens=3, do_sample=False, pad_token_id=0, num_beams=2, num_return_sequences=2)
+    with task_context(model, ids):
+        mixed = model.generate(x, **kw)
+    assert mixed.shape == (8, 12)
+    for i in range(4):  # each sample's two sequences are what its task alone generates
+        assert torch.equal(model.generate(x[i:i + 1], task_ids=ids[i:i + 1], **kw), mixed[2 * i:2 * i + 2])
+
+
+def test_every_layer_reads_the_one_resolved_tensor(inputs):
+    x, ids = inputs
+    model = adapted()
+    seen = []
+    for layer in adapter_layers(model).values():
+        layer.register_forward_hook(lambda m, a, o: seen.append(m.router.ids_on(m.lora_A.device)))
+    model(x, task_ids=ids)
+    assert len(seen) == 6 and all(t is seen[0] for t in seen)
+    assert seen[0].dtype == torch.long and torch.equal(seen[0], ids)
+
+
+def test_remove_adapters_gives_back_the_bare_base(inputs):
+    x, ids = inputs
+    base = tiny_llama()
+    base.model.embed_tokens.weight.requires_grad_(True)
+    base.lm_head.weight.requires_grad_(False)  # tied to the embedding: one Parameter
+    base.model.norm.weight.requires_grad_(False)
+    grads = {n: p.requires_grad for n, p in base.named_parameters()}
+    before, want = state(base), base(x).logits
+    linears = {n: m for n, m in base.named_modules() if isinstance(m, nn.Linear)}
+    model = randomize(add_adapters(base, AdapterConfig.cgc_lora(rank=6, n_tasks=3, target_modules=TARGETS)))
+    merge_task(model, 2)  # remove_adapters unmerges first
+    out = remove_adapters(model)
+    assert out is base and not adapter_layers(out)
+    assert {n: m for n, m in out.named_modules() if isinstance(m, nn.Linear)} == linears  # same modules
+    for k, v in before.items():
+        torch.testing.assert_close(out.state_dict()[k], v, rtol=0, atol=1e-6)
+    assert set(out.state_dict()) == set(before)
+    assert {n: p.requires_grad for n, p in out.named_parameters()} == grads
+    assert not any(hasattr(out, a) for a in ("_cgc_router", "_cgc_config", "_cgc_hooks"))
+    assert "generate" not in vars(out) and not out._forward_pre_hooks and not out._forward_hooks
+    torch.testing.assert_close(out(x).logits, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="remove_adapters: LlamaForCausalLM has no adapters"):
+        remove_adapters(out)
+    again = add_adapters(out, AdapterConfig.lora(rank=4))  # and it can be adapted again
+    assert len(adapter_layers(again)) == 14
+
+
+def test_config_cannot_change_behind_the_models_back(tmp_path, inputs):
+    x, ids = inputs
+    config = AdapterConfig.cgc_lora(rank=6, n_tasks=3, target_modules=TARGETS)
+    model = randomize(add_adapters(tiny_llama(), config))
+    with pytest.raises(AttributeError):
+        config.n_tasks = 5
+    with pytest.raises(AttributeError):
+        model._cgc_config.rank = 12
+    with pytest.raises(AttributeError):
+        config.target_modules.append("o_proj")  # a tuple
+    assert model._cgc_config == AdapterConfig.cgc_lora(rank=6, n_tasks=3, target_modules=TARGETS)
+    want = model(x, task_ids=ids).logits
+    save_adapters(model, tmp_path / "a")
+    loaded = load_adapters(tiny_llama(), tmp_path / "a")
+    assert loaded._cgc_config == config
+    torch.testing.assert_close(loaded(x, task_ids=ids).logits, want)
