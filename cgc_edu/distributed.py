@@ -63,7 +63,9 @@ def adapter_trainer(model, train_dataset, tokenizer, output_dir, steps: int = 10
                     disable_tqdm=True, lr_scheduler_type="linear", warmup_steps=0,
                     weight_decay=0.0, ddp_find_unused_parameters=False)
     if not torch.cuda.is_available():
-        defaults.update(use_cpu=True, ddp_backend="gloo")
+        defaults["use_cpu"] = True
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # launched by torchrun / accelerate
+            defaults["ddp_backend"] = "gloo"
     defaults.update(training_args)
     args = TrainingArguments(output_dir=str(output_dir), max_steps=steps,
                              per_device_train_batch_size=batch_size, learning_rate=lr,

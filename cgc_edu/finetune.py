@@ -271,9 +271,12 @@ def load_model_and_tokenizer(name_or_path: str, device=None):
 
 
 def method_config(method: str, n_tasks: int, rank: int = 8, alpha: float = 16.0,
-                  n_common: int = 2, n_specific: int = 1, n_experts: int = 4,
+                  n_common: int = 2, n_specific: int = 2, n_experts: int = 4,
                   dropout: float = 0.0, target_modules: Optional[Sequence[str]] = None) -> AdapterConfig:
     """The ``AdapterConfig`` preset named ``method`` (one of ``METHODS``) for ``n_tasks`` tasks.
+
+    The defaults (rank 8, 2 common + 2 specific experts for CGC-LoRA, 4 for MoE-LoRA) divide
+    evenly: each expert has rank 2.
 
     Taught in: notebooks/09_your_model.ipynb
     """
@@ -363,7 +366,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--n-common", type=int, default=2)
-    p.add_argument("--n-specific", type=int, default=1)
+    p.add_argument("--n-specific", type=int, default=2, help="per task (rank must divide by n_common + n_specific)")
     p.add_argument("--n-experts", type=int, default=4, help="moe_lora's experts")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--target-modules", help="comma-separated module names (default: every nn.Linear but lm_head)")
