@@ -90,7 +90,10 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
-    """Train, then save this rank's adapters and losses under OUTPUT_DIR/rank<R>/."""
+    """Train, then save this rank's adapters and losses under OUTPUT_DIR/rank<R>/.
+
+    Taught in: notebooks/09_your_model.ipynb
+    """
     args = _parse(argv)
     tasks = [t for t in args.tasks.split(",") if t]
     data = make_tiny_tasks(seed=args.seed, tasks=tasks, n_train=400, n_validation=0, n_test=0)

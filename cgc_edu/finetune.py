@@ -46,6 +46,7 @@ from .config import AdapterConfig
 from .injection import add_adapters
 from .io import export_peft_lora, save_adapters
 from .train import evaluate, train
+from .utils import seed_everything
 
 METHODS = ("lora", "independent", "moe_lora", "cgc_lora")
 
@@ -381,10 +382,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> FinetuneRun:
-    """The command line: ``python -m cgc_edu.finetune --model ... --data ... --output-dir ...``."""
-    args = _parser().parse_args(argv)
-    from .utils import seed_everything
+    """The command line: ``python -m cgc_edu.finetune --model ... --data ... --output-dir ...``.
 
+    Taught in: notebooks/09_your_model.ipynb
+    """
+    args = _parser().parse_args(argv)
     columns = dict(prompt_column=args.prompt_column, target_column=args.target_column,
                    task_column=args.tasks_column)
     data = load_task_data(args.data, split=args.split, **columns)
