@@ -202,13 +202,22 @@ class TinyTasksCollator:
     Returns ``input_ids``, ``attention_mask``, ``labels`` (-100 on the prompt and on
     padding, so the loss is the answer's alone) and ``task_ids`` (for the adapters' gates).
     Extra columns are ignored, so it works with ``transformers.Trainer`` and
-    ``remove_unused_columns=False``.
+    ``remove_unused_columns=False``. The tensors are built on ``device`` (a model's device;
+    ``None`` keeps them on the CPU, which is what ``Trainer`` wants: it moves them itself).
+    The tokenizer needs a pad token; padding is found by position, not by id, so the
+    pad token may be the eos token.
 
     Taught in: notebooks/04_moe_lora.ipynb
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerFast):
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, device=None):
+        if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+            raise ValueError(
+                f"TinyTasksCollator: the tokenizer {type(tokenizer).__name__} has no "
+                f"{'pad' if tokenizer.pad_token_id is None else 'eos'} token; set one, e.g. "
+                "tokenizer.pad_token = tokenizer.eos_token")
         self.tokenizer = tokenizer
+        self.device = None if device is None else torch.device(device)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if not features:
@@ -226,5 +235,8 @@ class TinyTasksCollator:
             labels[i, len(p): len(s)] = torch.tensor(s[len(p):])
             attention_mask[i, : len(s)] = 1
         task_ids = torch.tensor([int(f["task_id"]) for f in features], dtype=torch.long)
-        return {"input_ids": input_ids, "attention_mask": attention_mask,
-                "labels": labels, "task_ids": task_ids}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+                 "labels": labels, "task_ids": task_ids}
+        if self.device is not None:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+        return batch

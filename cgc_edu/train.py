@@ -2,7 +2,8 @@
 
 Each batch may mix tasks: it carries ``task_ids`` that reach the adapters as
 ``model(..., task_ids=...)`` during training and through ``task_context`` during
-``model.generate``. For bigger models use ``transformers.Trainer`` with
+``model.generate``. Batches follow the model: they are built on the device of its
+parameters (move the model with ``model.to("cuda")`` first), so nothing here assumes a CPU. For bigger models use ``transformers.Trainer`` with
 ``TinyTasksCollator`` and ``remove_unused_columns=False``: the collator's ``task_ids``
 reach the model the same way.
 
@@ -33,6 +34,15 @@ def _rows(dataset) -> list[dict]:
         raise KeyError(f"dataset rows lack the column(s) {sorted(missing)}; pass a TinyTasks split "
                        "(cgc_edu.data.make_tiny_tasks(...)['train'])")
     return rows
+
+
+def model_device(model) -> torch.device:
+    """The device of the model's first parameter: where its batches must go.
+
+    Taught in: notebooks/09_your_model.ipynb
+    """
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def _routed(model, task_ids):
@@ -71,7 +81,7 @@ def train(model, dataset, tokenizer, steps: int = 300, lr: float = 3e-3, batch_s
                          "(cgc_edu.add_adapters(model, config))")
     rows = _rows(dataset)
     seed_everything(seed)
-    collate = TinyTasksCollator(tokenizer)
+    collate = TinyTasksCollator(tokenizer, device=model_device(model))
     routed = bool(adapter_layers(model))
     gate_ids = {id(p) for m in model.modules() if isinstance(m, TaskGate)
                 for p in m.parameters() if p.requires_grad} if gate_lr is not None else set()
@@ -114,17 +124,19 @@ def greedy_decode(model, tokenizer, prompts: Sequence[str], task_ids=None,
     Taught in: notebooks/04_moe_lora.ipynb
     """
     was_training = model.training
+    device = model_device(model)
     model.eval()
     answers = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start: start + batch_size])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left")
-        ids = None if task_ids is None else torch.as_tensor(task_ids[start: start + batch_size])
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left").to(device)
+        ids = (None if task_ids is None
+               else torch.as_tensor(task_ids[start: start + batch_size], device=device))
         with _routed(model, ids):
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=tokenizer.eos_token_id)
-        answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
+        answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:].cpu(),
                                           skip_special_tokens=True)
     model.train(was_training)
     return answers

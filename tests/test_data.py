@@ -107,3 +107,20 @@ def test_collator_masks_labels_to_target(tok):
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
     with pytest.raises(ValueError, match="empty"):
         TinyTasksCollator(tok)([])
+
+
+def test_collator_builds_on_the_requested_device(tok):
+    rows = [{"prompt": "cab=", "target": "bac", "task_id": 0}]
+    on_cpu = TinyTasksCollator(tok)(rows)
+    assert all(v.device == torch.device("cpu") for v in on_cpu.values())
+    on_meta = TinyTasksCollator(tok, device="meta")(rows)
+    assert set(on_meta) == set(on_cpu)
+    assert all(v.device == torch.device("meta") and v.shape == on_cpu[k].shape
+               for k, v in on_meta.items())
+
+
+def test_collator_needs_pad_and_eos_tokens(tmp_path):
+    no_pad = build_tokenizer()
+    no_pad.pad_token = None
+    with pytest.raises(ValueError, match="no pad token.*pad_token = tokenizer.eos_token"):
+        TinyTasksCollator(no_pad)

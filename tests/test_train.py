@@ -1,4 +1,6 @@
 """The adapter training loop, greedy evaluation, and transformers.Trainer with task ids."""
+import contextlib
+
 import pandas as pd
 import pytest
 import torch
@@ -8,7 +10,8 @@ from cgc_edu import AdapterConfig, add_adapters
 from cgc_edu.data import TinyTasksCollator, build_tokenizer, make_tiny_tasks
 from cgc_edu.injection import adapter_layers
 from cgc_edu.models import load_central_model
-from cgc_edu.train import evaluate, greedy_decode, train
+import cgc_edu.train as train_module
+from cgc_edu.train import evaluate, greedy_decode, model_device, train
 
 # "first" and "last" read the same prompt and want different answers: only task ids tell them apart.
 TASKS = ["first", "last"]
@@ -115,3 +118,65 @@ def test_gate_lr_sets_the_gates_own_step(data, tok):
         if n in gates:
             torch.testing.assert_close(p, gates[n])  # frozen by a zero gate step
     assert all(l.lora_B.abs().sum() > 0 for l in adapter_layers(model).values())
+
+
+class _Seen(Exception):
+    """Raised by a spy hook once it has seen the first forward's inputs."""
+
+
+def _spy_first_forward(model):
+    """Record the devices of the first forward's input_ids and task ids, then stop the run."""
+    seen = {}
+
+    def hook(module, args, kwargs):
+        seen["input_ids"] = kwargs.get("input_ids", args[0] if args else None).device
+        routed = module._cgc_router.current()[0]  # the call's task ids, taken by add_adapters' hook
+        seen["task_ids"] = None if routed is None else routed.device
+        raise _Seen
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+def test_batches_follow_the_model_device(data, tok, monkeypatch):
+    # "meta" exists on every machine and computes nothing: if train or greedy_decode built
+    # a CPU tensor for a meta model, the spy would see "cpu".
+    model = add_adapters(load_central_model(), AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=2))
+    model.to("meta")
+    assert model_device(model) == torch.device("meta")
+    seen = _spy_first_forward(model)
+    with pytest.raises(_Seen):
+        train(model, data["train"], tok, steps=1, batch_size=4, progress=False)
+    assert seen == {"input_ids": torch.device("meta"), "task_ids": torch.device("meta")}
+    # generate cannot run on meta (it reads token values): spy on what greedy_decode hands it.
+    seen.clear()
+    monkeypatch.setattr(train_module, "_routed", lambda m, ids: seen.update(task_ids=ids.device)
+                        or contextlib.nullcontext())
+
+    def generate(input_ids, attention_mask, **kwargs):
+        seen.update(input_ids=input_ids.device, attention_mask=attention_mask.device)
+        raise _Seen
+
+    monkeypatch.setattr(model, "generate", generate)
+    with pytest.raises(_Seen):
+        greedy_decode(model, tok, ["cab=", "ab="], task_ids=[0, 1], max_new_tokens=2)
+    assert set(seen.values()) == {torch.device("meta")} and len(seen) == 3
+
+
+def test_model_device_of_a_model_without_parameters_is_cpu():
+    assert model_device(torch.nn.ReLU()) == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_train_and_evaluate_on_cuda_match_cpu(data, tok):
+    runs = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model = add_adapters(load_central_model(), AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=2))
+        model.to(device)
+        losses = train(model, data["train"], tok, steps=20, lr=1e-2, batch_size=16, progress=False)
+        table = evaluate(model, data["test"], tok)
+        assert all(p.device.type == device for p in model.parameters())
+        runs[device] = (losses, table)
+    assert runs["cuda"][0] == pytest.approx(runs["cpu"][0], rel=1e-3, abs=1e-3)
+    assert (runs["cuda"][1]["exact_match"] - runs["cpu"][1]["exact_match"]).abs().max() <= 0.1
