@@ -255,7 +255,7 @@ class AdapterConfig:
         if task_ids.dim() != 1:
             raise ValueError(f"{where}: task_ids has shape {tuple(task_ids.shape)}; it must be 1-D of "
                              "shape (batch,), one task id per sample (use .reshape(-1)).")
-        if task_ids.numel():
+        if task_ids.numel() and task_ids.device.type != "meta":  # meta tensors hold no values
             lo, hi = (int(v) for v in torch.aminmax(task_ids))  # one host sync for both bounds
             if lo < 0 or hi >= self.n_tasks:
                 bad = lo if lo < 0 else hi
