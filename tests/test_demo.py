@@ -1,7 +1,10 @@
 """The README's main job runs end to end and its checks hold."""
+import pytest
+
 from cgc_edu import demo
 
 
+@pytest.mark.slow
 def test_demo_runs_and_its_checks_hold(capsys):
     result = demo.main(["--steps", "20"])
     out = capsys.readouterr().out

@@ -32,6 +32,7 @@ def test_shipped_tokenizer_matches_the_built_one():
     assert shipped.eos_token_id == built.eos_token_id
 
 
+@pytest.mark.slow
 def test_central_model_copies_strings(central):
     # The general skill it was pretrained for, on words it has (almost surely) never seen.
     assert copy_accuracy(central, n=100, seed=7) > 0.9
@@ -43,6 +44,7 @@ def test_missing_weights_error_names_the_fix(tmp_path):
         load_central_model(tmp_path)
 
 
+@pytest.mark.slow
 def test_recipe_is_deterministic():
     assert corpus_line(random.Random(3)) == corpus_line(random.Random(3))
     a, b = (pretrain(steps=2, batch_size=4, seed=0, progress=False) for _ in range(2))

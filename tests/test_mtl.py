@@ -86,6 +86,7 @@ def test_cgc_specific_experts_are_private_to_their_task():
     assert all(p.grad is None for p in other.parameters())
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_and_is_reproducible():
     torch.manual_seed(0)
     x = torch.randn(256, D)

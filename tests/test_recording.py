@@ -49,6 +49,7 @@ def test_gates_outside_the_allowed_set_are_zero_and_rows_sum_to_one():
     np.testing.assert_allclose(rec.common_share(), rec.gates[..., :2].sum(-1), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_as_training_callback_records_every_k_steps_and_follows_learning():
     torch.manual_seed(0)
     model = tiny_model()
@@ -67,6 +68,7 @@ def test_as_training_callback_records_every_k_steps_and_follows_learning():
     assert np.abs(rec.gates[-1] - rec.gates[0]).max() > 1e-3   # training moved the gates
 
 
+@pytest.mark.slow
 def test_with_the_library_training_loop():
     from transformers import LlamaConfig, LlamaForCausalLM
 

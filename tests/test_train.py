@@ -33,6 +33,7 @@ def _loss(model, rows, tok):
         return model(**batch).loss.item()
 
 
+@pytest.mark.slow
 def test_train_learns_two_conflicting_tasks_and_calls_back(data, tok, capsys):
     torch.manual_seed(0)
     model = add_adapters(load_central_model(), AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=2))
@@ -52,6 +53,7 @@ def test_train_learns_two_conflicting_tasks_and_calls_back(data, tok, capsys):
     assert capsys.readouterr().err == ""  # progress=False prints no bar
 
 
+@pytest.mark.slow
 def test_train_is_deterministic_for_a_seed(data, tok):
     runs = []
     for _ in range(2):
@@ -75,6 +77,7 @@ def test_mixed_batches_decode_like_single_prompts(tok):
     assert swapped != batched  # the answer depends on the routed task
 
 
+@pytest.mark.slow
 def test_trainer_routes_task_ids(data, tok, tmp_path):
     torch.manual_seed(0)
     # Three task slots, data for two: the third expert must stay untouched.
@@ -107,6 +110,7 @@ def test_clear_errors(data, tok):
     assert isinstance(evaluate(model, data["test"].select(range(4)), tok), pd.DataFrame)
 
 
+@pytest.mark.slow
 def test_gate_lr_sets_the_gates_own_step(data, tok):
     torch.manual_seed(0)
     model = add_adapters(load_central_model(),
