@@ -5,7 +5,7 @@
 
 Every number is a ratio against a reference timed in the same run, with the candidates timed
 in interleaved rounds (median of rounds), so a busy machine slows all of them alike.
-Targets (DESIGN.md): CGC-LoRA step <= 1.3x peft LoRA of the same rank r; merged task <= 1.05x base.
+Targets (docs/design.md): CGC-LoRA step <= 1.3x peft LoRA of the same rank r; merged task <= 1.05x base.
 """
 from __future__ import annotations
 

@@ -122,7 +122,7 @@ def lora_diagram(rank: int = 4, alpha: float = 8.0, d_in: Optional[int] = None,
 
 # ------------------------------------------------------------------ CGC-LoRA
 def method_of(config: AdapterConfig) -> str:
-    """The course's name for the point of the layer family a config is (see DESIGN.md).
+    """The course's name for the point of the layer family a config is (see docs/design.md).
 
     Taught in: notebooks/05_cgc_lora.ipynb.
     """
