@@ -88,11 +88,12 @@ def serving(args) -> dict:
 
     assert serve_one_plus_n() == serve_merged(), "merged models must answer like the routed sets"
     one = (prompts[:1], names[:1])
-    with torch.inference_mode():
+    with torch.no_grad():  # what generate itself uses
         t = interleaved({"1+N batch": serve_one_plus_n, "merged batch": serve_merged,
                          "1+N one": lambda: serve_one_plus_n(*one),
                          "merged one": lambda: serve_merged(*one)}, args.rounds)
-    mem_1n = unique_parameter_bytes(base, *fw.sets.values(), fw.serving_model())
+    bank = [fw.serving_model()] if hasattr(fw, "serving_model") else []  # its one-pass bank, if any
+    mem_1n = unique_parameter_bytes(base, *fw.sets.values(), *bank)
     mem_merged = unique_parameter_bytes(*merged.values())
     print(f"\n1. serving: {len(fw.tasks)} tasks in {len(clusters)} clusters, greedy decoding of "
           f"{args.new_tokens} tokens, median of {args.rounds} interleaved rounds")
@@ -132,7 +133,8 @@ def mixing_cost(args, n_tasks: int) -> dict:
     names = [f"task{int(t)}" for t in task_ids]
     with torch.inference_mode():
         t = interleaved({"bare base": lambda: bare(input_ids),
-                         "cgc_edu": lambda: adapted(input_ids, task_ids=task_ids),
+                         # fresh ids each call: a new batch, nothing kept from the last one
+                         "cgc_edu": lambda: adapted(input_ids, task_ids=task_ids.clone()),
                          "peft": lambda: peft_model(input_ids=input_ids, adapter_names=names)},
                         args.rounds)
     cost, peft_ratio = t["cgc_edu"] / t["bare base"], t["peft"] / t["cgc_edu"]
