@@ -1,19 +1,28 @@
-"""Serving 1+N: one base plus N adapter sets, against one merged model per task.
+"""Serving many tasks on one base: 1+N against merged models, the bare base and peft.
 
-    python benchmarks/bench_serving.py [--requests 64] [--repeats 3] [--threads 2]
+    python benchmarks/bench_serving.py [--rounds 7] [--threads 2] [--quick]
 
-Both serve the 8 TinyTasks tasks over the central model's architecture (random weights: speed
-and memory do not depend on the values). 1+N keeps one base and one CGC-LoRA set per cluster
-(the sets share the base's tensors); "merged" keeps one full copy of the base per task with
-that task's adapter folded in (runs at the base's speed, but costs a base per task).
-Printed: parameter memory and time per request (a mixed batch of requests, and one request
-alone), each as a ratio merged / 1+N, measured in the same run.
+Two parts, every candidate timed in interleaved rounds of one run (median of rounds), so a
+busy machine slows all of them alike; the machine's load average is printed at start and end.
+
+1. Serving (greedy decoding of TinyTasks test prompts, 8 tasks in 2 clusters, the central
+   model's architecture with random weights: speed does not depend on the values).
+   1+N keeps one base and one CGC-LoRA set per cluster; "merged" keeps one full copy of the
+   base per task with that task's adapter folded in, and serves a mixed batch task by task.
+   Targets: a mixed batch of 64 requests, 1+N >= 1.3x the merged models' throughput; one
+   request alone, 1+N >= 0.8x a merged model.
+2. The cost of mixing: one forward of a mixed batch of 64 prompts x 32 tokens over 8 and 32
+   tasks (independent preset, rank 8, every projection of the central-size Llama) against
+   the bare base model's forward on the same batch (target <= 1.3x), and against peft's own
+   multi-adapter batch (one LoRA per task in one PeftModel, ``adapter_names=`` per sample).
 
 Taught in: notebooks/06_one_plus_n.ipynb.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import random
 import statistics
 import time
@@ -21,37 +30,34 @@ import time
 import torch
 from transformers import LlamaForCausalLM
 
-from cgc_edu import AdapterConfig
-from cgc_edu.data import build_tokenizer, format_prompt, make_tiny_tasks
+from cgc_edu import AdapterConfig, add_adapters
+from cgc_edu.data import build_tokenizer, make_tiny_tasks
 from cgc_edu.framework import OnePlusN, prior_clusters, unique_parameter_bytes
 from cgc_edu.injection import adapter_layers
 from cgc_edu.models import central_config
 from cgc_edu.train import greedy_decode
 
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+def interleaved(fns: dict, rounds: int) -> dict:
+    """Median seconds of each candidate, timed round by round (each round runs every one)."""
+    samples = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=64, help="requests in the mixed batch")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--new-tokens", type=int, default=6)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def serving(args) -> dict:
     torch.manual_seed(0)
-
     tok = build_tokenizer()
-    tasks = make_tiny_tasks(seed=0, n_train=2, n_low=1, n_validation=0, n_test=0)["train"]
-    clusters = prior_clusters(tasks)
+    test = make_tiny_tasks(seed=0, n_train=1, n_low=1, n_validation=0, n_test=16)["test"]
+    clusters = prior_clusters(test)
     base = LlamaForCausalLM(central_config()).eval()
     fw = OnePlusN(base, clusters, AdapterConfig.cgc_lora(rank=12, alpha=24, n_common=2, n_specific=1,
                                                          budget="total"), tokenizer=tok)
@@ -59,11 +65,14 @@ def main(argv=None) -> dict:
         for s in fw.sets.values():
             for layer in adapter_layers(s).values():
                 layer.lora_B.normal_(0, 0.02)
+                if layer.gate.learned:
+                    layer.gate.weight.normal_(0, 0.5)
     merged = {t: fw.merged_model(t) for t in fw.tasks}
 
-    rng = random.Random(0)
-    names = [rng.choice(fw.tasks) for _ in range(args.requests)]
-    prompts = [format_prompt("".join(rng.choice("abcdefgh") for _ in range(5))) for _ in names]
+    rows = list(test)
+    random.Random(0).shuffle(rows)
+    rows = rows[: args.requests]
+    prompts, names = [r["prompt"] for r in rows], [r["task"] for r in rows]
 
     def serve_one_plus_n(p=prompts, n=names):
         return fw.generate(p, n, max_new_tokens=args.new_tokens)
@@ -78,25 +87,88 @@ def main(argv=None) -> dict:
         return out
 
     assert serve_one_plus_n() == serve_merged(), "merged models must answer like the routed sets"
-    mem_1n = unique_parameter_bytes(base, *fw.sets.values())
-    mem_merged = unique_parameter_bytes(*merged.values())
-    t_1n = timed(serve_one_plus_n, args.repeats) / args.requests
-    t_merged = timed(serve_merged, args.repeats) / args.requests
     one = (prompts[:1], names[:1])
-    t1_1n = timed(lambda: serve_one_plus_n(*one), args.repeats)
-    t1_merged = timed(lambda: serve_merged(*one), args.repeats)
+    with torch.no_grad():  # what generate itself uses
+        t = interleaved({"1+N batch": serve_one_plus_n, "merged batch": serve_merged,
+                         "1+N one": lambda: serve_one_plus_n(*one),
+                         "merged one": lambda: serve_merged(*one)}, args.rounds)
+    bank = [fw.serving_model()] if hasattr(fw, "serving_model") else []  # its one-pass bank, if any
+    mem_1n = unique_parameter_bytes(base, *fw.sets.values(), *bank)
+    mem_merged = unique_parameter_bytes(*merged.values())
+    print(f"\n1. serving: {len(fw.tasks)} tasks in {len(clusters)} clusters, greedy decoding of "
+          f"{args.new_tokens} tokens, median of {args.rounds} interleaved rounds")
+    print(f"   memory       1+N {mem_1n / 2**20:6.2f} MiB (base, {len(fw.sets)} sets, serving bank)   merged "
+          f"{mem_merged / 2**20:6.2f} MiB ({len(merged)} models)   merged / 1+N {mem_merged / mem_1n:.2f}")
+    print(f"   {len(prompts)} requests  1+N {t['1+N batch'] * 1e3:7.1f} ms   merged {t['merged batch'] * 1e3:7.1f} ms"
+          f"   throughput 1+N / merged {t['merged batch'] / t['1+N batch']:.2f}x  (target >= 1.3)")
+    print(f"   one request  1+N {t['1+N one'] * 1e3:7.1f} ms   merged {t['merged one'] * 1e3:7.1f} ms"
+          f"   speed 1+N / merged      {t['merged one'] / t['1+N one']:.2f}x  (target >= 0.8)")
+    return {"memory_ratio": mem_merged / mem_1n, "batch_speedup": t["merged batch"] / t["1+N batch"],
+            "single_speedup": t["merged one"] / t["1+N one"], "times": t}
 
-    print(f"tasks {len(fw.tasks)}, clusters {len(clusters)}, requests {args.requests}, "
-          f"threads {args.threads}")
-    print(f"memory      1+N {mem_1n / 2**20:7.2f} MiB (base {unique_parameter_bytes(base) / 2**20:.2f} "
-          f"+ {len(fw.sets)} sets)   merged {mem_merged / 2**20:7.2f} MiB ({len(merged)} models)   "
-          f"ratio merged/1+N {mem_merged / mem_1n:.2f}")
-    print(f"mixed batch 1+N {1e3 * t_1n:7.2f} ms/request   merged {1e3 * t_merged:7.2f} ms/request   "
-          f"ratio merged/1+N {t_merged / t_1n:.2f}")
-    print(f"one request 1+N {1e3 * t1_1n:7.2f} ms           merged {1e3 * t1_merged:7.2f} ms           "
-          f"ratio merged/1+N {t1_merged / t1_1n:.2f}")
-    return {"memory_ratio": mem_merged / mem_1n, "batch_time_ratio": t_merged / t_1n,
-            "single_time_ratio": t1_merged / t1_1n}
+
+def peft_multi_adapter(base, n_tasks: int, rank: int):
+    """One PeftModel holding one LoRA per task, as a peft user serves many tasks."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=PROJECTIONS, init_lora_weights=False)
+    model = get_peft_model(base, cfg, adapter_name="task0")
+    for t in range(1, n_tasks):
+        model.add_adapter(f"task{t}", cfg)
+    return model.eval()
+
+
+def mixing_cost(args, n_tasks: int) -> dict:
+    torch.manual_seed(0)
+    bare = LlamaForCausalLM(central_config()).eval()
+    config = AdapterConfig.independent(rank=args.rank, alpha=2 * args.rank, n_tasks=n_tasks)
+    adapted = add_adapters(copy.deepcopy(bare), config).eval()
+    with torch.no_grad():
+        for layer in adapter_layers(adapted).values():
+            layer.lora_B.normal_(0, 0.02)
+    peft_model = peft_multi_adapter(copy.deepcopy(bare), n_tasks, args.rank)
+    gen = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(3, bare.config.vocab_size, (args.batch, args.tokens), generator=gen)
+    task_ids = torch.arange(args.batch) % n_tasks
+    names = [f"task{int(t)}" for t in task_ids]
+    with torch.inference_mode():
+        t = interleaved({"bare base": lambda: bare(input_ids),
+                         # fresh ids each call: a new batch, nothing kept from the last one
+                         "cgc_edu": lambda: adapted(input_ids, task_ids=task_ids.clone()),
+                         "peft": lambda: peft_model(input_ids=input_ids, adapter_names=names)},
+                        args.rounds)
+    cost, peft_ratio = t["cgc_edu"] / t["bare base"], t["peft"] / t["cgc_edu"]
+    print(f"   {n_tasks:2d} tasks  bare {t['bare base'] * 1e3:6.1f} ms   cgc_edu {t['cgc_edu'] * 1e3:6.1f} ms"
+          f"   peft {t['peft'] * 1e3:6.1f} ms   cgc_edu / bare {cost:.2f}x (target <= 1.3)"
+          f"   peft / cgc_edu {peft_ratio:.2f}x")
+    return {"mixing_cost": cost, "peft_over_cgc": peft_ratio, "times": t}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=64, help="requests in the mixed batch")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=64, help="prompts in the mixing-cost batch")
+    parser.add_argument("--tokens", type=int, default=32, help="tokens per prompt there")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="few rounds, for a smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.requests, args.new_tokens, args.batch = 2, 16, 4, 16
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average at start "
+          f"{load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
+    result = serving(args)
+    print(f"\n2. the cost of mixing: one forward of {args.batch} prompts x {args.tokens} tokens, "
+          f"independent preset rank {args.rank} on every projection, median of {args.rounds} rounds")
+    result["mixing"] = {n: mixing_cost(args, n) for n in (8, 32)}
+    load_end = os.getloadavg()
+    print(f"\nload average at end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
+    result["load"] = (load_start, load_end)
+    return result
 
 
 if __name__ == "__main__":

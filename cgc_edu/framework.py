@@ -234,6 +234,16 @@ def _shared_view(base: nn.Module) -> nn.Module:
     return copy.deepcopy(base, memo)
 
 
+def _task_lora(layer, task_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Task ``task_id``'s adapter in ``layer`` as one plain LoRA (A (k, d_in), B (d_out, k),
+    k = |S_t| r_e) with the gate weights and the scaling folded into B: B @ A = dW_t."""
+    experts = layer.allowed[task_id]
+    g = layer.gate(torch.tensor([task_id], device=experts.device))[0, experts] * layer.scaling
+    A = layer.lora_A[experts].reshape(-1, layer.in_features)
+    B = (layer.lora_B[experts] * g[:, None, None]).permute(1, 0, 2).reshape(layer.out_features, -1)
+    return A, B
+
+
 def base_fingerprint(model: nn.Module) -> str:
     """A short hash of a model's weights (names, shapes and values): is this the same base?
 
@@ -305,12 +315,14 @@ class OnePlusN:
             for k, (name, cfg) in enumerate(configs.items()):
                 torch.manual_seed(seed + k)
                 self.sets[name] = add_adapters(_shared_view(base_model), cfg).eval()
-        shared = (f"this layer's weights are the central model's, shared by the {len(self.sets)} adapter "
-                  "sets of a OnePlusN, so merging into them would change the central model and every "
-                  "set; use framework.merged_model(task) for a merged copy.")
+        self._shared_message = (
+            f"this layer's weights are the central model's, shared by the {len(self.sets)} adapter "
+            "sets of a OnePlusN, so merging into them would change the central model and every "
+            "set; use framework.merged_model(task) for a merged copy.")
         for adapted in self.sets.values():
             for layer in adapter_layers(adapted).values():
-                layer.shared_base = shared
+                layer.shared_base = self._shared_message
+        self._served, self._sources = None, []  # built by serving_model() when first needed
 
     # ------------------------------------------------------------ validation
     @staticmethod
@@ -362,14 +374,6 @@ class OnePlusN:
             return self.sets[task_or_cluster]
         return self.sets[self.route(task_or_cluster)[0]]
 
-    def _by_cluster(self, tasks: Sequence[str]) -> dict[str, list[int]]:
-        """Positions of the requests, grouped by cluster (all tasks checked first)."""
-        groups: dict[str, list[int]] = {}
-        routes = [self.route(t) for t in tasks]
-        for i, (cluster, _) in enumerate(routes):
-            groups.setdefault(cluster, []).append(i)
-        return groups
-
     # ----------------------------------------------------------- train / use
     def train(self, dataset, steps: int = 300, progress: bool = True, **train_kwargs) -> dict[str, list[float]]:
         """Train the N adapter sets cluster by cluster on their tasks' rows of ``dataset``.
@@ -399,10 +403,11 @@ class OnePlusN:
     @torch.no_grad()
     def generate(self, prompts: Union[str, Sequence[str]], tasks: Union[str, Sequence[str]],
                  max_new_tokens: int = 8) -> Union[str, list[str]]:
-        """Greedy answers, each request routed to its task's cluster set and local id.
+        """Greedy answers, each request answered by its task's adapter (cluster set, local id).
 
-        ``prompts`` and ``tasks``: one string each, or equal-length lists (a mixed batch is
-        split by cluster, each part decoded in one batch, answers returned in request order).
+        ``prompts`` and ``tasks``: one string each, or equal-length lists. A mixed batch is
+        decoded in one pass, whatever clusters its tasks belong to (`serving_model`), answers
+        in request order.
 
         Taught in: notebooks/06_one_plus_n.ipynb.
         """
@@ -414,14 +419,63 @@ class OnePlusN:
         if len(tasks) != len(prompts):
             raise ValueError(f"OnePlusN.generate: {len(prompts)} prompts but {len(tasks)} tasks; "
                              "name one task per prompt (or one task for all).")
-        answers: list[Optional[str]] = [None] * len(prompts)
-        for cluster, idx in self._by_cluster(tasks).items():
-            local = [self.routes[tasks[i]][1] for i in idx]
-            out = greedy_decode(self.sets[cluster], self.tokenizer, [prompts[i] for i in idx],
-                                task_ids=local, max_new_tokens=max_new_tokens)
-            for i, a in zip(idx, out):
-                answers[i] = a
+        served = self.serving_model()
+        ids = [self._serving_ids[self.route(t)] for t in tasks]   # every task checked first
+        answers = greedy_decode(served, self.tokenizer, prompts, task_ids=ids,
+                                max_new_tokens=max_new_tokens)
         return answers[0] if single else answers
+
+    @torch.no_grad()
+    def serving_model(self) -> nn.Module:
+        """One model that serves every task of every cluster in one pass over a mixed batch.
+
+        Because a task's gate depends on its id only, task t's adapter in its cluster's set is
+        one plain LoRA, B_t A_t with B_t = (alpha/r) [g_t,e B_e] and A_t = [A_e] over its
+        experts e in S_t (rank |S_t| r_e). The serving model holds these as the independent
+        preset (one expert per task, task ids global in the order of `tasks`) over a view of
+        the same shared base, so a mixed batch costs one LoRA of that rank per sample, with no
+        gate and no loop over clusters. It is rebuilt when an adapter of a set has changed
+        (training, ``load_adapters``), so it always answers like the sets.
+
+        Taught in: notebooks/06_one_plus_n.ipynb.
+        """
+        if self._served is not None and self._served_key == self._adapter_versions(self._sources):
+            return self._served
+        layers = {c: adapter_layers(s) for c, s in self.sets.items()}
+        self._sources = [layer for per_set in layers.values() for layer in per_set.values()]
+        names = sorted({n for per_set in layers.values() for n in per_set})
+        rank = max(l.config.experts_per_task * l.expert_rank
+                   for per_set in layers.values() for l in per_set.values())
+        config = AdapterConfig.independent(rank=rank, alpha=rank, n_tasks=len(self.routes),
+                                           target_modules=names)   # scaling 1: it is folded in B
+        with torch.random.fork_rng():   # building it must not move the caller's RNG
+            served = add_adapters(_shared_view(self.base), config).eval().requires_grad_(False)
+        ids = {}
+        for name, layer in adapter_layers(served).items():
+            layer.shared_base = self._shared_message
+            layer.lora_A.zero_()        # a cluster that does not adapt this module adds nothing
+            for cluster, per_set in layers.items():
+                source = per_set.get(name)
+                for local, task in enumerate(self.clusters[cluster]):
+                    ids[(cluster, local)] = gid = self.tasks.index(task)
+                    if source is not None:
+                        A, B = _task_lora(source, local)
+                        layer.lora_A[gid, : A.shape[0]] = A.to(layer.lora_A.dtype)
+                        layer.lora_B[gid, :, : B.shape[1]] = B.to(layer.lora_B.dtype)
+        self._served, self._served_key, self._serving_ids = served, self._adapter_versions(self._sources), ids
+        return served
+
+    @staticmethod
+    def _adapter_versions(layers) -> tuple:
+        """Which adapter tensors the layers hold, where their data lives (``model.to(...)``
+        moves it) and their version counters (bumped by every in-place change: an optimizer
+        step, load_adapters): equal keys, same adapters."""
+        key = []
+        for layer in layers:
+            gate = layer.gate
+            for p in (layer.lora_A, layer.lora_B) + ((gate.task_embedding, gate.weight) if gate.learned else ()):
+                key += (id(p), p.data_ptr(), p.device, p._version)
+        return tuple(key)
 
     def evaluate(self, dataset, batch_size: int = 256) -> pd.DataFrame:
         """Exact match per task (and "average"), like `cgc_edu.train.evaluate`, each task

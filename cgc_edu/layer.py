@@ -182,13 +182,14 @@ class CGCLoRALinear(nn.Module):
     def adapter_output(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         """The adapter's term (alpha/r) sum_e g_e B_e A_e dropout(x), for x (batch, ..., d_in)."""
         batch, r_e = x.shape[0], self.expert_rank
-        h_in = self.dropout(x).reshape(batch, -1, self.in_features)
-        # The scaling rides on the (batch, E) gate, not on the (batch, tokens, d_out) output:
-        # one full-size multiply fewer, forward and backward.
-        g = self.gate(task_ids) * self.scaling                            # (batch, E)
-        if self.n_experts > self.gather_ratio * self.config.experts_per_task:
+        h_in = (self.dropout(x) if self.training else x).reshape(batch, -1, self.in_features)
+        if self.rows.shape[1] == r_e:   # |S_t| = 1
+            out = self._one_expert_output(h_in, task_ids)
+        elif self.n_experts > self.gather_ratio * self.config.experts_per_task:
             # Gather path: each sample uses only its task's |S_t| experts: the cost of a LoRA
-            # of rank |S_t| r_e, however many tasks the bank serves.
+            # of rank |S_t| r_e, however many tasks the bank serves. The scaling rides on the
+            # (batch, E) gate, not on the (batch, tokens, d_out) output.
+            g = self.gate(task_ids) * self.scaling                        # (batch, E)
             experts = self.allowed[task_ids]                              # (batch, |S|)
             A = _select(self.lora_A, experts).reshape(batch, -1, self.in_features)  # (batch, |S| r_e, d_in)
             h = torch.bmm(h_in, A.transpose(1, 2))
@@ -196,10 +197,54 @@ class CGCLoRALinear(nn.Module):
             out = torch.einsum("bnsr,bsor->bno", h, _select(self.lora_B, experts))
         else:
             # Dense path: one LoRA of rank E r_e, each sample's rows scaled by its gate.
+            g = self.gate(task_ids) * self.scaling                        # (batch, E)
             h = h_in @ self.lora_A.reshape(-1, self.in_features).T        # (batch, tokens, E r_e)
             h = h.unflatten(-1, (self.n_experts, r_e)) * g[:, None, :, None]
             out = torch.einsum("bner,eor->bno", h, self.lora_B)
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _one_expert_output(self, h_in: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """|S_t| = 1 (LoRA, independent LoRAs): the gate is exactly 1 on the one expert, so
+        there is no gate to compute: two matrix products, the fewest ops a LoRA can take
+        (this is the serving path: per-op overhead, not arithmetic, dominates small models)."""
+        if self.n_experts == 1:   # one LoRA for every sample
+            h = h_in @ self.lora_A[0].T
+            if self.scaling != 1.0:
+                h = h * self.scaling
+            return h @ self.lora_B[0].T
+        # Task t's one expert is expert t (n_common = 0, n_specific = 1): each sample's A and
+        # B, gathered, and the products batched over samples.
+        # Computed as (A_t x^T)^T: with r_e rows per sample, BLAS runs the batched products
+        # several times faster in this orientation (benchmarks/bench_serving.py).
+        A_t, Bt_t = self._per_sample_lora(task_ids)
+        h = torch.bmm(A_t, h_in.transpose(1, 2))                          # (batch, r_e, tokens)
+        if self.scaling != 1.0:
+            h = h * self.scaling
+        return torch.bmm(h.transpose(1, 2), Bt_t)                         # (batch, tokens, d_out)
+
+    def _per_sample_lora(self, task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's expert as (A (batch, r_e, d_in), B^T (batch, r_e, d_out)), contiguous.
+
+        Gathered by index_select (its backward sums repeated ids in a fixed order). Without
+        autograd (decoding) the gather is kept and reused while the very same ids tensor comes
+        back (generate routes one tensor to every step) and neither it nor the weights have
+        changed (their version counters): a decode step then costs two products per layer.
+        """
+        A, B = self.lora_A, self.lora_B
+        reuse = not (torch.is_grad_enabled() or task_ids.is_inference() or A.is_inference()
+                     or B.is_inference())
+        if reuse:
+            versions = (task_ids._version, A._version, B._version)
+            kept = self.__dict__.get("_gathered")
+            if (kept is not None and kept[0] is task_ids and kept[1] is A and kept[2] is B
+                    and kept[3] == versions):
+                return kept[4]
+        # B^T gathered from the transposed view comes out contiguous: the second product
+        # runs several times faster on it than on a strided B^T.
+        pair = (A.index_select(0, task_ids), B.transpose(1, 2).index_select(0, task_ids))
+        if reuse:
+            self.__dict__["_gathered"] = (task_ids, A, B, versions, pair)  # plain attribute, no Module bookkeeping
+        return pair
 
     def forward(self, x: torch.Tensor, task_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         result = self.base_layer(x)

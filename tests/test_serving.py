@@ -1,0 +1,214 @@
+"""Serving: the one-expert fast path of the layer, its reuse of gathered weights while
+decoding, and the 1+N serving model that answers every cluster's tasks in one pass."""
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from cgc_edu import AdapterConfig, CGCLoRALinear, merge_task
+from cgc_edu.data import build_tokenizer, make_tiny_tasks
+from cgc_edu.framework import OnePlusN, prior_clusters, unique_parameter_bytes
+from cgc_edu.injection import adapter_layers
+from cgc_edu import train as train_module
+
+TOK = build_tokenizer()
+D_IN, D_OUT = 12, 10
+
+
+def reference(layer, x, task_ids):
+    """The layer's equation through the dense bank (every expert, gate-weighted): no fast path."""
+    g = layer.gate(task_ids) * layer.scaling                               # (batch, E)
+    h = torch.einsum("bnd,erd->bner", x, layer.lora_A)
+    delta = torch.einsum("bner,be,eor->bno", h, g, layer.lora_B)
+    return layer.base_layer(x) + delta
+
+
+FAST = {  # |S_t| = 1: the configs the one-expert path serves
+    "lora": AdapterConfig.lora(rank=4, alpha=8),
+    "lora_scaling_1": AdapterConfig.lora(rank=4, alpha=4),
+    "independent_3": AdapterConfig.independent(rank=4, n_tasks=3),
+    "independent_8_total": AdapterConfig.independent(rank=16, alpha=4, n_tasks=8, budget="total"),
+    "independent_1_task": AdapterConfig.independent(rank=4, n_tasks=1),
+}
+
+
+def make_layer(config, seed=0):
+    torch.manual_seed(seed)
+    layer = CGCLoRALinear(nn.Linear(D_IN, D_OUT), config)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    return layer
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_one_expert_path_equals_the_dense_reference_with_gradients(name):
+    layer = make_layer(FAST[name])
+    ids = torch.tensor([0, 2, 1, 2, 0, 1, 1])[: 7] % layer.config.n_tasks
+    x = torch.randn(7, 5, D_IN, requires_grad=True)
+    params = [layer.lora_A, layer.lora_B, x]
+    got = layer(x, ids)
+    want = reference(layer, x, ids)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    w = torch.randn_like(got)
+    for a, b in zip(torch.autograd.grad((got * w).sum(), params),
+                    torch.autograd.grad((want * w).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_decoding_reuses_the_gather_only_while_ids_and_weights_are_unchanged():
+    layer = make_layer(FAST["independent_3"]).eval()
+    x, ids = torch.randn(4, 3, D_IN), torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        first = layer(x, ids)
+        assert "_gathered" in vars(layer)
+        torch.testing.assert_close(layer(x, ids), first, rtol=0, atol=0)
+        ids[0] = 2                                   # the same tensor, changed in place
+        torch.testing.assert_close(layer(x, ids), reference(layer, x, ids), rtol=1e-5, atol=1e-5)
+        layer.lora_B.mul_(2.0)                       # an optimizer step or load_adapters
+        torch.testing.assert_close(layer(x, ids), reference(layer, x, ids), rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():                     # inference tensors: no version counter
+        fresh = ids.clone()
+        torch.testing.assert_close(layer(x, fresh), reference(layer, x, fresh), rtol=1e-5, atol=1e-5)
+    # with autograd on, nothing kept is used: gradients reach A and B
+    out = layer(x, ids)
+    out.sum().backward()
+    assert layer.lora_A.grad is not None and layer.lora_A.grad.abs().sum() > 0
+
+
+def test_one_expert_training_repeats_bit_for_bit_with_two_threads():
+    def run():
+        torch.manual_seed(0)
+        layer = CGCLoRALinear(nn.Linear(64, 64), AdapterConfig.independent(rank=8, n_tasks=8))
+        opt = torch.optim.AdamW([p for p in layer.parameters() if p.requires_grad], lr=1e-2)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(8):
+            x, ids = torch.randn(64, 8, 64, generator=g), torch.randint(0, 8, (64,), generator=g)
+            loss = (layer(x, ids) - x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return torch.cat([p.detach().flatten() for p in layer.parameters()])
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = run()
+        assert all(torch.equal(first, run()) for _ in range(2))
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------- 1+N serving model
+def tiny_base(seed=0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(TOK), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                         tie_word_embeddings=True, pad_token_id=TOK.pad_token_id,
+                         bos_token_id=TOK.bos_token_id, eos_token_id=TOK.eos_token_id)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    return prior_clusters(make_tiny_tasks(seed=0, n_train=4, n_low=2, n_validation=0, n_test=0)["train"])
+
+
+def framework(clusters, config=None):
+    config = config or AdapterConfig.cgc_lora(rank=6, alpha=12, n_common=2, n_specific=1)
+    fw = OnePlusN(tiny_base(), clusters, config, tokenizer=TOK)
+    with torch.no_grad():
+        for s in fw.sets.values():
+            for layer in adapter_layers(s).values():
+                layer.lora_B.normal_(0, 0.5)
+                if layer.gate.learned:
+                    layer.gate.weight.normal_(0, 1.0)
+    return fw
+
+
+def set_logits(fw, input_ids, tasks):
+    """Each request through its own cluster's set with its local id: the reference."""
+    rows = []
+    for i, task in enumerate(tasks):
+        cluster, local = fw.route(task)
+        rows.append(fw.sets[cluster](input_ids[i: i + 1], task_ids=torch.tensor([local])).logits)
+    return torch.cat(rows)
+
+
+def served_logits(fw, input_ids, tasks):
+    ids = torch.tensor([fw.tasks.index(t) for t in tasks])
+    return fw.serving_model()(input_ids, task_ids=ids).logits
+
+
+@pytest.mark.parametrize("preset", ["cgc", "cgc_total_shared_gate", "moe", "mixed_ranks"])
+def test_serving_model_answers_every_cluster_like_its_set_in_one_pass(clusters, preset):
+    names = list(clusters)
+    configs = {
+        "cgc": None,
+        "cgc_total_shared_gate": AdapterConfig.cgc_lora(rank=12, alpha=4, n_common=2, n_specific=1,
+                                                         budget="total", shared_gate=True),
+        "moe": AdapterConfig.moe_lora(rank=4, n_experts=2),
+        # clusters may differ in rank and in the modules they adapt: padded with zeros
+        "mixed_ranks": {names[0]: AdapterConfig.cgc_lora(rank=6, n_tasks=len(clusters[names[0]]),
+                                                         target_modules=["q_proj", "v_proj"]),
+                        names[1]: AdapterConfig.lora(rank=2, n_tasks=len(clusters[names[1]]),
+                                                     target_modules=["v_proj", "down_proj"])},
+    }
+    fw = framework(clusters, configs[preset])
+    tasks = [fw.tasks[i % len(fw.tasks)] for i in (0, 5, 1, 6, 2, 7, 3, 4)]  # clusters mixed
+    input_ids = torch.randint(3, len(TOK), (len(tasks), 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(served_logits(fw, input_ids, tasks), set_logits(fw, input_ids, tasks),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_serving_model_follows_changes_to_the_sets_and_shares_the_base(clusters):
+    fw = framework(clusters)
+    tasks = fw.tasks
+    input_ids = torch.randint(3, len(TOK), (len(tasks), 5), generator=torch.Generator().manual_seed(1))
+    rng = torch.get_rng_state()
+    served = fw.serving_model()
+    assert torch.equal(torch.get_rng_state(), rng), "building the serving model moved the caller's RNG"
+    assert fw.serving_model() is served                        # unchanged sets: kept
+    before = served_logits(fw, input_ids, tasks)
+    with torch.no_grad():                                      # like an optimizer step on one set
+        layer = next(iter(adapter_layers(fw.adapter_set(tasks[-1])).values()))
+        layer.lora_A.add_(0.3)
+    after = served_logits(fw, input_ids, tasks)
+    with torch.no_grad():
+        torch.testing.assert_close(after, set_logits(fw, input_ids, tasks), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(before, after)
+    # one base in memory: the serving model adds its bank, not a copy of the base
+    bank = sum(l.lora_A.numel() + l.lora_B.numel() for l in adapter_layers(fw.serving_model()).values()) * 4
+    assert unique_parameter_bytes(fw.base, fw.serving_model()) == unique_parameter_bytes(fw.base) + bank
+    with pytest.raises(ValueError, match="shared by the 2 adapter sets"):
+        merge_task(fw.serving_model(), 0)
+    # generate answers through it, in request order, one task or many
+    prompts = ["abc=", "hello=", "xy=", "qq="]
+    mixed = fw.generate(prompts, [tasks[0], tasks[-1], tasks[1], tasks[-2]], max_new_tokens=3)
+    assert mixed[1] == fw.generate(prompts[1], tasks[-1], max_new_tokens=3)
+
+
+def test_generate_hands_the_serving_model_tensors_on_the_models_device(clusters, monkeypatch):
+    # "meta" exists everywhere and computes nothing: a hard-coded CPU tensor would show as "cpu".
+    fw = OnePlusN(tiny_base().to("meta"), clusters, AdapterConfig.cgc_lora(rank=6, n_common=2, n_specific=1),
+                  tokenizer=TOK)
+    served = fw.serving_model()
+    assert {p.device for p in served.parameters()} == {torch.device("meta")}
+    seen = {}
+
+    class Seen(Exception):
+        pass
+
+    monkeypatch.setattr(train_module, "_routed", lambda m, ids: seen.update(task_ids=ids.device)
+                        or contextlib.nullcontext())
+
+    def generate(input_ids, attention_mask, **kwargs):
+        seen.update(input_ids=input_ids.device, attention_mask=attention_mask.device)
+        raise Seen
+
+    monkeypatch.setattr(served, "generate", generate)
+    with pytest.raises(Seen):
+        fw.generate(["abc=", "xy="], [fw.tasks[0], fw.tasks[-1]], max_new_tokens=2)
+    assert set(seen.values()) == {torch.device("meta")} and len(seen) == 3
