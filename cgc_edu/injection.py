@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .config import AdapterConfig
-from .layer import CGCLoRALinear, TaskGate, adaptable_shape, check_merged
+from .layer import CGCLoRALinear, TaskGate, _adaptable_shape, check_merged
 
 #: Never adapted when target_modules is None: an output head (a causal LM's ``lm_head``, a
 #: classifier's ``classifier`` or ``score``) is not a projection to adapt; to train a new head,
@@ -130,7 +130,7 @@ def _adaptable_layers(model: nn.Module) -> dict[str, tuple[int, int]]:
     name, with their (d_out, d_in)."""
     found = {}
     for name, module in model.named_modules():
-        shape = adaptable_shape(module) if name else None
+        shape = _adaptable_shape(module) if name else None
         if shape is not None:
             found[name] = shape
     return found

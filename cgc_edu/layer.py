@@ -38,7 +38,7 @@ def _select(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table.index_select(0, index.reshape(-1)).reshape(*index.shape, *table.shape[1:])
 
 
-def conv1d_type() -> Optional[type]:
+def _conv1d_type() -> Optional[type]:
     """transformers' ``Conv1D`` class (GPT-2's projections), or None without transformers."""
     try:
         from transformers.pytorch_utils import Conv1D
@@ -47,19 +47,19 @@ def conv1d_type() -> Optional[type]:
     return Conv1D
 
 
-def adaptable_shape(module: nn.Module) -> Optional[tuple[int, int]]:
+def _adaptable_shape(module: nn.Module) -> Optional[tuple[int, int]]:
     """(d_out, d_in) of a layer cgc_edu can adapt (``nn.Linear`` or transformers' ``Conv1D``),
     else None. Conv1D stores its weight transposed, (d_in, d_out)."""
     if isinstance(module, nn.Linear):
         return module.out_features, module.in_features
-    conv1d = conv1d_type()
+    conv1d = _conv1d_type()
     if conv1d is not None and isinstance(module, conv1d):
         d_in, d_out = module.weight.shape
         return d_out, d_in
     return None
 
 
-def adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
+def _adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
     """The dtype of new adapter weights over a base of ``base_dtype``: float32 for float16,
     bfloat16 and float32 bases (half-precision adapters lose small updates), float64 for float64."""
     return torch.promote_types(base_dtype, torch.float32)
@@ -115,7 +115,7 @@ class CGCLoRALinear(nn.Module):
     (E, d_out, r_e), zero, so a fresh layer equals its base layer. ``scaling`` = alpha / r.
 
     dtypes: the adapter's weights are float32 over a float16 / bfloat16 / float32 base
-    (`adapter_dtype`); the forward casts the input to the adapter's dtype, the gate's weights
+    (float64 over float64); the forward casts the input to the adapter's dtype, the gate's weights
     (computed in float32) too, and the adapter's output back to the base's dtype. A model cast
     after `add_adapters` (``model.to(torch.bfloat16)``) runs its adapters in bfloat16 the same way.
 
@@ -136,7 +136,7 @@ class CGCLoRALinear(nn.Module):
     def __init__(self, base_layer: nn.Module, config: AdapterConfig,
                  gate: Optional[TaskGate] = None, name: str = "CGCLoRALinear"):
         super().__init__()
-        shape = adaptable_shape(base_layer)
+        shape = _adaptable_shape(base_layer)
         if shape is None:
             raise TypeError(f"{name}: CGCLoRALinear wraps an nn.Linear or transformers' Conv1D, got "
                             f"{type(base_layer).__name__}; choose target_modules that name such layers.")
@@ -149,7 +149,7 @@ class CGCLoRALinear(nn.Module):
         self.n_experts, self.expert_rank = E, r_e
         self.scaling = config.scaling
         weight = base_layer.weight
-        dtype = adapter_dtype(weight.dtype)
+        dtype = _adapter_dtype(weight.dtype)
         # Kaiming-uniform with a=sqrt(5), per expert, as peft initialises lora_A: bound 1/sqrt(d_in).
         bound = 1.0 / math.sqrt(self.in_features)
         self.lora_A = nn.Parameter(torch.empty(E, r_e, self.in_features, dtype=dtype,
