@@ -125,10 +125,16 @@ class AdapterConfig:
         budget: "per_task": each expert has rank r / (n_common + n_specific), so a task sees
             rank r (MOELoRA's split); "total": each expert has rank r / E, so the whole bank
             has the trainable parameters of one LoRA of rank r (gate aside).
-        target_modules: names (or dotted-name suffixes) of the nn.Linear modules to adapt;
-            None adapts every nn.Linear except the output head (``lm_head``).
+        target_modules: names (or dotted-name suffixes) of the layers to adapt (``nn.Linear``
+            or transformers' ``Conv1D``); None adapts every such layer except the output heads
+            (``lm_head``, ``classifier``, ``score``) and the ``modules_to_save``.
         shared_gate: one gate shared by all adapted modules (MOELoRA) instead of one each.
         gate_dim: size of the task embedding that feeds the gate.
+        modules_to_save: names (or dotted-name suffixes) of whole modules to train as they are
+            and save with the adapters, as peft's ``modules_to_save`` (e.g. ``("classifier",)``,
+            the new head of a sequence classifier). ``add_adapters`` makes them trainable,
+            ``save_adapters`` / ``load_adapters`` carry their weights, ``export_peft_lora``
+            exports them, and ``remove_adapters`` restores their original weights.
 
     The config is frozen (``dataclasses.replace(config, rank=16)`` makes a changed copy): a
     model's adapters were built from it and ``save_adapters`` writes it, so it must not change
@@ -148,11 +154,14 @@ class AdapterConfig:
     target_modules: Optional[Sequence[str]] = None
     shared_gate: bool = False
     gate_dim: int = 8
+    modules_to_save: Optional[Sequence[str]] = None
 
     def __post_init__(self):
-        if self.target_modules is not None:
-            targets = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
-            object.__setattr__(self, "target_modules", tuple(targets))  # frozen: a tuple, not a list
+        for name in ("target_modules", "modules_to_save"):
+            names = getattr(self, name)
+            if names is not None:
+                names = [names] if isinstance(names, str) else names
+                object.__setattr__(self, name, tuple(names))  # frozen: a tuple, not a list
         self.validate()
 
     # ----------------------------------------------------------------- checks
@@ -174,6 +183,11 @@ class AdapterConfig:
             raise ValueError(f"AdapterConfig.gate={self.gate!r}: choose one of {GATES}.")
         if self.budget not in BUDGETS:
             raise ValueError(f"AdapterConfig.budget={self.budget!r}: choose one of {BUDGETS}.")
+        for name in ("target_modules", "modules_to_save"):
+            names = getattr(self, name)
+            if names is not None and (not names or not all(isinstance(n, str) and n for n in names)):
+                raise ValueError(f"AdapterConfig.{name}={names!r}: give module names (non-empty "
+                                 "strings), e.g. ('q_proj', 'v_proj'), or None for the default.")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"AdapterConfig.dropout={self.dropout!r}: must be in [0, 1).")
         divisor = self.experts_per_task if self.budget == "per_task" else self.n_experts
@@ -290,9 +304,14 @@ class AdapterConfig:
         return cls(rank=rank, alpha=alpha, n_common=n_experts, n_specific=0, n_tasks=n_tasks, **kw)
 
     @classmethod
-    def cgc_lora(cls, rank: int = 8, alpha: float = 16.0, n_tasks: int = 2, n_common: int = 2,
+    def cgc_lora(cls, rank: int = 6, alpha: float = 16.0, n_tasks: int = 2, n_common: int = 2,
                  n_specific: int = 1, **kw) -> "AdapterConfig":
-        """CGC-LoRA (Song et al. 2024): common plus task-specific experts, task gate."""
+        """CGC-LoRA (Song et al. 2024): common plus task-specific experts, task gate.
+
+        The defaults divide: 2 common + 1 specific expert per task share rank 6, so each
+        expert has rank 2 (with budget="per_task"). Another rank must be a multiple of
+        n_common + n_specific.
+        """
         kw.setdefault("gate", "task")
         return cls(rank=rank, alpha=alpha, n_common=n_common, n_specific=n_specific,
                    n_tasks=n_tasks, **kw)
@@ -300,8 +319,9 @@ class AdapterConfig:
     # ------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        if data["target_modules"] is not None:
-            data["target_modules"] = list(data["target_modules"])  # as JSON writes it
+        for name in ("target_modules", "modules_to_save"):
+            if data[name] is not None:
+                data[name] = list(data[name])  # as JSON writes it
         return data
 
     @classmethod

@@ -7,7 +7,8 @@ per task and exports one peft LoRA adapter per task::
         --tasks-column task --method cgc_lora --rank 8 --steps 300 --output-dir runs/mine
 
 ``--model`` is a hub name (read from the local cache when offline) or a folder written by
-``save_pretrained``. ``--data`` is a JSON Lines file, a CSV file, a folder written by
+``save_pretrained``; ``--dtype bfloat16`` (or ``float16``) loads it in half precision, as most
+real checkpoints are stored (the adapters stay float32, as peft keeps them). ``--data`` is a JSON Lines file, a CSV file, a folder written by
 ``Dataset.save_to_disk`` or a ``datasets`` name; its rows need a prompt, a target and a
 task name (the column names are options). The output folder receives ``adapters/`` (the
 whole adapter bank, ``cgc_edu.load_adapters``), ``peft/<task>/`` (one plain LoRA per task,
@@ -49,6 +50,7 @@ from .train import evaluate, train
 from .utils import seed_everything
 
 METHODS = ("lora", "independent", "moe_lora", "cgc_lora")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class DataError(ValueError):
@@ -226,19 +228,30 @@ def check_fits_context(dataset: Dataset, tokenizer, max_length: int) -> None:
 
 
 # --------------------------------------------------------------------------- the model
-def load_model_and_tokenizer(name_or_path: str, device=None):
+def _torch_dtype(dtype) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: choose one of {list(DTYPES)} (or a torch.dtype)")
+    return DTYPES[dtype]
+
+
+def load_model_and_tokenizer(name_or_path: str, device=None, dtype=None):
     """``AutoModelForCausalLM`` and ``AutoTokenizer`` from a hub name or a local folder.
 
     Offline (``HF_HUB_OFFLINE=1``) a name must already be in the local cache. A tokenizer
     without a pad token gets its eos token as pad (with a warning: padding is masked by
     position, so this is safe here). ``device`` (e.g. "cuda") moves the model; by default
-    it stays where it loads (the CPU). Returns ``(model, tokenizer)``, the model in eval mode.
+    it stays where it loads (the CPU). ``dtype`` ("float32", "bfloat16", "float16" or a
+    torch.dtype) loads the weights in that dtype; by default float32. Returns
+    ``(model, tokenizer)``, the model in eval mode.
 
     Taught in: notebooks/09_your_model.ipynb
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    torch_dtype = _torch_dtype(dtype)
     looks_local = str(name_or_path).startswith((".", "/", "~")) or Path(name_or_path).exists()
     if looks_local and not Path(name_or_path).expanduser().is_dir():
         raise OSError(f"cannot load the model {name_or_path!r}: there is no such folder. Pass a "
@@ -249,7 +262,7 @@ def load_model_and_tokenizer(name_or_path: str, device=None):
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         try:
-            model = AutoModelForCausalLM.from_pretrained(name_or_path)
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype or torch.float32)
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
@@ -348,7 +361,8 @@ def finetune(model, tokenizer, train_data: Dataset, eval_data: Optional[Dataset]
     (out / "run.json").write_text(json.dumps({
         "tasks": {task: task_ids[task] for task in tasks}, "config": config.to_dict(), "steps": steps, "lr": lr,
         "batch_size": batch_size, "seed": seed, "first_loss": losses[0], "last_loss": losses[-1],
-        "base_model": base_model_name_or_path}, indent=2))
+        "base_model": base_model_name_or_path,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}, indent=2))
     return FinetuneRun(model, tasks, losses, table, Path(adapters), exports)
 
 
@@ -376,6 +390,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help='"auto" (cuda if present), "cpu", "cuda:0", ...')
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                   help="load the model in this dtype (bfloat16 for most real checkpoints); adapters stay float32")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -397,7 +413,7 @@ def main(argv: Optional[Sequence[str]] = None) -> FinetuneRun:
     else:
         train_data, eval_data = split_per_task(data, args.eval_fraction, seed=args.seed)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model, tokenizer = load_model_and_tokenizer(args.model, device=device)
+    model, tokenizer = load_model_and_tokenizer(args.model, device=device, dtype=args.dtype)
     n_tasks = max(list(train_data["task_id"])) + 1
     config = method_config(args.method, n_tasks, rank=args.rank, alpha=args.alpha,
                            n_common=args.n_common, n_specific=args.n_specific,

@@ -1,7 +1,8 @@
 """Putting adapters into a model and routing task ids to them.
 
-`add_adapters` freezes a model and wraps its target ``nn.Linear`` modules in `CGCLoRALinear`
-in place (like peft's ``LoraModel`` does for LoRA). Task ids reach the layers the way peft
+`add_adapters` freezes a model and wraps its target ``nn.Linear`` modules (and transformers'
+``Conv1D``, GPT-2's) in `CGCLoRALinear` in place (like peft's ``LoraModel`` does for LoRA); the
+config's ``modules_to_save`` (a classifier head) stay trainable, as in peft. Task ids reach the layers the way peft
 carries ``adapter_names``: a forward pre-hook on the model takes ``task_ids=`` out of the
 call's keyword arguments, checks them once for the whole forward and hands them to a
 `TaskRouter` that every adapted layer reads. `task_context` sets the same router for a whole
@@ -19,10 +20,12 @@ import torch
 from torch import nn
 
 from .config import AdapterConfig
-from .layer import CGCLoRALinear, TaskGate, check_merged
+from .layer import CGCLoRALinear, TaskGate, _adaptable_shape, check_merged
 
-#: Never adapted when target_modules is None: the output head is not a projection to adapt.
-DEFAULT_EXCLUDED = ("lm_head",)
+#: Never adapted when target_modules is None: an output head (a causal LM's ``lm_head``, a
+#: classifier's ``classifier`` or ``score``) is not a projection to adapt; to train a new head,
+#: name it in ``modules_to_save``.
+DEFAULT_EXCLUDED = ("lm_head", "classifier", "score")
 
 
 class _Routing:
@@ -116,21 +119,65 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
+def _within(name: str, target: str) -> bool:
+    """``name`` is the module ``target`` names, or inside it ("classifier.dense" in "classifier")."""
+    parts = name.split(".")
+    return any(_matches(".".join(parts[:i]), target) for i in range(1, len(parts) + 1))
+
+
+def _adaptable_layers(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """The layers cgc_edu can adapt (``nn.Linear`` and transformers' ``Conv1D``), by module
+    name, with their (d_out, d_in)."""
+    found = {}
+    for name, module in model.named_modules():
+        shape = _adaptable_shape(module) if name else None
+        if shape is not None:
+            found[name] = shape
+    return found
+
+
+def _find_saved_modules(model: nn.Module, config: AdapterConfig) -> list[str]:
+    """The modules ``config.modules_to_save`` names (outermost matches), checked."""
+    if config.modules_to_save is None:
+        return []
+    names = [name for name, _ in model.named_modules() if name]
+    found = []
+    for wanted in config.modules_to_save:
+        hits = [n for n in names if _matches(n, wanted)]
+        if not hits:
+            top = [n for n, _ in model.named_children()]
+            raise ValueError(f"add_adapters: modules_to_save entry {wanted!r} matches no module of "
+                             f"{type(model).__name__} (its top-level modules are {top}); name a "
+                             "module or a dotted-name suffix, e.g. 'classifier'.")
+        found += hits
+    # A module inside another saved module is saved with it.
+    return [n for n in dict.fromkeys(found) if not any(n != m and _within(n, m) for m in found)]
+
+
 def _find_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name]
+    layers = list(_adaptable_layers(model))
+    saved = _find_saved_modules(model, config)
     if config.target_modules is None:
-        found = [n for n in linears if not any(_matches(n, t) for t in DEFAULT_EXCLUDED)]
+        found = [n for n in layers if not any(_within(n, t) for t in DEFAULT_EXCLUDED + tuple(saved))]
         if not found:
-            raise ValueError(f"add_adapters: {type(model).__name__} has no nn.Linear module to adapt; "
-                             "cgc_edu adapts nn.Linear layers only.")
+            raise ValueError(f"add_adapters: {type(model).__name__} has no nn.Linear or Conv1D module "
+                             "to adapt (output heads and modules_to_save excluded); cgc_edu adapts "
+                             "those layers only.")
         return found
-    suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
+    suffixes = sorted({n.rsplit(".", 1)[-1] for n in layers})
     for target in config.target_modules:
-        if not any(_matches(n, target) for n in linears):
+        if not any(_matches(n, target) for n in layers):
             raise ValueError(
-                f"add_adapters: target module {target!r} matches no nn.Linear in {type(model).__name__}; "
-                f"choose target_modules among {suffixes}.")
-    return [n for n in linears if any(_matches(n, t) for t in config.target_modules)]
+                f"add_adapters: target module {target!r} matches no nn.Linear or Conv1D in "
+                f"{type(model).__name__}; choose target_modules among {suffixes}.")
+    found = [n for n in layers if any(_matches(n, t) for t in config.target_modules)]
+    for name in found:
+        clash = next((m for m in saved if _within(name, m)), None)
+        if clash is not None:
+            raise ValueError(f"add_adapters: {name!r} is both a target module and inside the module "
+                             f"{clash!r} of modules_to_save; a module is either adapted or trained "
+                             "whole: remove it from one of the two.")
+    return found
 
 
 def _batch_size(args, kwargs) -> Optional[int]:
@@ -163,8 +210,10 @@ def _generate_with_task_ids(self, *args, task_ids=None, **kwargs):
 
 
 def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
-    """Freeze ``model`` and wrap its target nn.Linear modules in CGCLoRALinear, in place.
+    """Freeze ``model`` and wrap its target layers (``nn.Linear``, transformers' ``Conv1D``)
+    in CGCLoRALinear, in place; the config's ``modules_to_save`` are left trainable.
 
+    A bfloat16 / float16 model keeps its dtype; its adapters are float32 (see CGCLoRALinear).
     Afterwards ``model(..., task_ids=LongTensor(batch))`` routes each sample to its task's
     experts, and ``with task_context(model, task_ids):`` does the same for a block (generate).
     Returns the model. Raises (model unchanged) when a target module is unknown or the model
@@ -179,10 +228,18 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
         raise ValueError(f"add_adapters: {type(model).__name__} already has adapters; build a fresh "
                          "base model, or load weights into the existing ones with load_adapters.")
     targets = _find_targets(model, config)            # validates before anything changes
+    saved = _find_saved_modules(model, config)
     # The config is frozen, so the one the model carries cannot change behind its back.
     requires_grad = [(p, p.requires_grad) for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
+    # modules_to_save train in place; their original weights are kept for remove_adapters.
+    originals = {}
+    for name in saved:
+        module = model.get_submodule(name)
+        originals[name] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        for p in module.parameters():
+            p.requires_grad_(True)
     router = TaskRouter(config, where=f"{type(model).__name__} (adapters on {len(targets)} "
                                       f"modules, first {targets[0]})")
     shared = None
@@ -198,6 +255,7 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     model._cgc_router = router
     model._cgc_config = config
     model._cgc_requires_grad = requires_grad
+    model._cgc_saved_originals = originals
     model._cgc_hooks = (
         model.register_forward_pre_hook(_route_forward, with_kwargs=True),
         model.register_forward_hook(_end_forward, with_kwargs=True, always_call=True),
@@ -220,9 +278,10 @@ def remove_adapters(model: nn.Module) -> nn.Module:
     """Undo `add_adapters` in place and return the bare base model.
 
     A merged task is unmerged first; each adapted layer is replaced by its original
-    ``nn.Linear`` (the same module, with its original weights); the routing hooks, the
-    ``generate`` wrapper and the adapter attributes go; every parameter's ``requires_grad``
-    is what it was before `add_adapters`.
+    ``nn.Linear`` / ``Conv1D`` (the same module, with its original weights); the
+    ``modules_to_save`` get their original weights back; the routing hooks, the ``generate``
+    wrapper and the adapter attributes go; every parameter's ``requires_grad`` is what it was
+    before `add_adapters`.
 
     Taught in: notebooks/05_cgc_lora.ipynb.
     """
@@ -232,6 +291,8 @@ def remove_adapters(model: nn.Module) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer.base_layer)
+    for name, state in model._cgc_saved_originals.items():
+        model.get_submodule(name).load_state_dict(state)
     for handle in model._cgc_hooks:
         handle.remove()
     for p, flag in model._cgc_requires_grad:
@@ -239,7 +300,7 @@ def remove_adapters(model: nn.Module) -> nn.Module:
     if isinstance(vars(model).get("generate"), types.MethodType) and \
             vars(model)["generate"].__func__ is _generate_with_task_ids:
         del model.generate
-    for attr in ("_cgc_router", "_cgc_config", "_cgc_hooks", "_cgc_requires_grad"):
+    for attr in ("_cgc_router", "_cgc_config", "_cgc_hooks", "_cgc_requires_grad", "_cgc_saved_originals"):
         delattr(model, attr)
     return model
 
@@ -298,6 +359,11 @@ def unmerge(model: nn.Module) -> nn.Module:
         layer.unmerge()
     router.merged_task = None
     return model
+
+
+def _saved_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's ``modules_to_save`` (trained whole, saved with the adapters), by name."""
+    return {name: model.get_submodule(name) for name in getattr(model, "_cgc_saved_originals", {})}
 
 
 def trainable_parameters(model: nn.Module) -> int:

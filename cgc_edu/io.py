@@ -8,6 +8,11 @@ because the gate depends only on the task id, task t's adapter is the fixed low-
 of rank k = |S_t|·r_e. peft computes (lora_alpha / k) · B' A', so with B' = B_cat·diag(g_t)
 restricted to S_t's rows, A' = those rows of A_cat, and lora_alpha = alpha · k / r the two agree.
 
+Tensors are written in the adapter's dtype (float32 over a bfloat16 / float16 base, as peft
+keeps them). Over GPT-2's ``Conv1D`` layers the export sets peft's ``fan_in_fan_out=True``
+(peft's lora_A / lora_B have the same shapes either way). ``modules_to_save`` (a classifier
+head) are saved whole, under the names peft uses for its own ``modules_to_save``.
+
 Taught in: notebooks/06_one_plus_n.ipynb.
 """
 from __future__ import annotations
@@ -22,11 +27,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import AdapterConfig
-from .injection import _find_targets, _router, add_adapters, adapter_layers
+from .injection import (_adaptable_layers, _find_saved_modules, _find_targets, _router,
+                        _saved_modules, add_adapters, adapter_layers)
 
 WEIGHTS_NAME = "adapters.safetensors"
 CONFIG_NAME = "adapter_config.json"
 FORMAT = "cgc_edu-adapters"
+SAVED_PREFIX = "modules_to_save."
 
 
 def _model_config(model: nn.Module, caller: str) -> AdapterConfig:
@@ -44,6 +51,9 @@ def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
             prefix = "shared_gate" if config.shared_gate else f"{name}.gate"
             tensors[f"{prefix}.task_embedding"] = layer.gate.task_embedding
             tensors[f"{prefix}.weight"] = layer.gate.weight
+    for name, module in _saved_modules(model).items():
+        for key, value in module.state_dict().items():  # views of the module's own tensors
+            tensors[f"{SAVED_PREFIX}{name}.{key}"] = value
     return tensors
 
 
@@ -59,6 +69,8 @@ def save_adapters(model: nn.Module, path: Union[str, Path]) -> Path:
     meta = {
         "format": FORMAT, "version": 1, "config": config.to_dict(),
         "modules": {n: [l.out_features, l.in_features] for n, l in layers.items()},
+        "modules_to_save": {n: {k: list(v.shape) for k, v in m.state_dict().items()}
+                            for n, m in _saved_modules(model).items()},
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in _adapter_tensors(model).items()}
     save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": FORMAT})
@@ -69,6 +81,7 @@ def save_adapters(model: nn.Module, path: Union[str, Path]) -> Path:
 def read_adapter_config(path: Union[str, Path], caller: str = "load_adapters") -> tuple[AdapterConfig, dict]:
     """(AdapterConfig, {module: (d_out, d_in)}) from the adapter_config.json that `save_adapters`
     wrote in the folder ``path``; a missing or corrupt file raises a clear error naming ``caller``.
+    (The shapes of the ``modules_to_save`` are in the file's "modules_to_save" entry.)
 
     Taught in: notebooks/06_one_plus_n.ipynb.
     """
@@ -90,6 +103,12 @@ def read_adapter_config(path: Union[str, Path], caller: str = "load_adapters") -
 
 def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     config, modules = read_adapter_config(path)
+    try:
+        saved = {name: {k: tuple(v) for k, v in entries.items()} for name, entries in
+                 json.loads((path / CONFIG_NAME).read_text()).get("modules_to_save", {}).items()}
+    except (AttributeError, TypeError) as err:
+        raise ValueError(f"load_adapters: {path / CONFIG_NAME} has a corrupt modules_to_save entry "
+                         f"({err!r}); re-save it with save_adapters.") from err
     weights_file = path / WEIGHTS_NAME
     if not weights_file.is_file():
         raise FileNotFoundError(f"load_adapters: {weights_file} not found; pass the folder that "
@@ -99,10 +118,10 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"load_adapters: {weights_file} is corrupt or not a safetensors file ({err}); "
                          "re-save it with save_adapters.") from err
-    return {"config": config, "modules": modules}, tensors
+    return {"config": config, "modules": modules, "saved": saved}, tensors
 
 
-def _expected_shapes(config: AdapterConfig, modules: dict) -> dict[str, tuple]:
+def _expected_shapes(config: AdapterConfig, modules: dict, saved: dict) -> dict[str, tuple]:
     E, r_e, d = config.n_experts, config.expert_rank, config.gate_dim
     shapes = {}
     for name, (d_out, d_in) in modules.items():
@@ -112,6 +131,9 @@ def _expected_shapes(config: AdapterConfig, modules: dict) -> dict[str, tuple]:
             prefix = "shared_gate" if config.shared_gate else f"{name}.gate"
             shapes[f"{prefix}.task_embedding"] = (config.n_tasks, d)
             shapes[f"{prefix}.weight"] = (E, d)
+    for name, entries in saved.items():
+        for key, shape in entries.items():
+            shapes[f"{SAVED_PREFIX}{name}.{key}"] = shape
     return shapes
 
 
@@ -126,8 +148,8 @@ def load_adapters(model: nn.Module, path: Union[str, Path]) -> nn.Module:
     """
     path = Path(path)
     meta, tensors = _read(path)
-    config, modules = meta["config"], meta["modules"]
-    expected = _expected_shapes(config, modules)
+    config, modules, saved = meta["config"], meta["modules"], meta["saved"]
+    expected = _expected_shapes(config, modules, saved)
     if set(tensors) != set(expected):
         missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         raise ValueError(f"load_adapters: {path / WEIGHTS_NAME} does not match its config "
@@ -144,17 +166,32 @@ def load_adapters(model: nn.Module, path: Union[str, Path]) -> nn.Module:
                              f"has {config.to_dict()}; load onto a bare base model or one adapted with the "
                              "same AdapterConfig.")
         shapes = {n: (l.out_features, l.in_features) for n, l in existing.items()}
+        saved_here = list(_saved_modules(model))
     else:
-        linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-        shapes = {n: (m.out_features, m.in_features) for n, m in linears.items() if n in modules}
+        shapes = {n: s for n, s in _adaptable_layers(model).items() if n in modules}
+        try:
+            saved_here = _find_saved_modules(model, config)
+        except ValueError as err:
+            raise ValueError(f"load_adapters: {err}; load onto the base model they were trained on.") from None
     for name, shape in modules.items():
         if name not in shapes:
             raise ValueError(f"load_adapters: module {name!r} of the saved adapters is not an nn.Linear "
-                             f"of {type(model).__name__}; load onto the base model they were trained on.")
+                             f"or Conv1D of {type(model).__name__}; load onto the base model they were "
+                             "trained on.")
         if shapes[name] != shape:
             raise ValueError(f"load_adapters: module {name!r} is {shapes[name][1]}->{shapes[name][0]} in "
                              f"{type(model).__name__} but {shape[1]}->{shape[0]} in the saved adapters; "
                              "load onto a base model of the same shapes.")
+    if sorted(saved_here) != sorted(saved):
+        raise ValueError(f"load_adapters: the file saves the modules {sorted(saved)} whole, but on "
+                         f"{type(model).__name__} modules_to_save selects {sorted(saved_here)}; load onto "
+                         "the base model they were trained on.")
+    for name in saved_here:
+        have = {k: tuple(v.shape) for k, v in model.get_submodule(name).state_dict().items()}
+        if have != saved[name]:
+            raise ValueError(f"load_adapters: module {name!r} has tensors {have} in {type(model).__name__} "
+                             f"but {saved[name]} in the saved adapters; load onto a base model of the "
+                             "same shapes.")
     if not existing:
         targets = set(_find_targets(model, config))
         if targets != set(modules):
@@ -174,7 +211,8 @@ def export_peft_lora(model: nn.Module, task_id: int, path: Union[str, Path],
     """Write task ``task_id``'s adapter as a plain peft LoRA (adapter_model.safetensors + adapter_config.json).
 
     ``peft.PeftModel.from_pretrained(base_model, path)`` then gives the same outputs as this
-    model does for that task.
+    model does for that task (up to rounding in the base's dtype). Conv1D layers (GPT-2) are
+    exported with ``fan_in_fan_out=True``; ``modules_to_save`` go with the adapter.
 
     Taught in: notebooks/06_one_plus_n.ipynb.
     """
@@ -189,14 +227,21 @@ def export_peft_lora(model: nn.Module, task_id: int, path: Union[str, Path],
     with torch.no_grad():
         for name, layer in layers.items():
             rows = layer.rows[ids[0]]
-            g = layer.gate(ids)[0][layer.allowed[ids[0]]].repeat_interleave(layer.expert_rank)
+            g = layer.gate(ids)[0][layer.allowed[ids[0]]].to(layer.lora_B.dtype)
+            g = g.repeat_interleave(layer.expert_rank)
             A, B = layer._stacked()
             tensors[f"base_model.model.{name}.lora_A.weight"] = A[rows].contiguous().cpu()
             tensors[f"base_model.model.{name}.lora_B.weight"] = (B[:, rows] * g).contiguous().cpu()
+        saved = _saved_modules(model)
+        for name, module in saved.items():
+            for key, value in module.state_dict().items():
+                tensors[f"base_model.model.{name}.{key}"] = value.detach().contiguous().cpu()
     is_causal_lm = hasattr(model, "generate") and hasattr(model, "config")
     peft_config = LoraConfig(
         r=k, lora_alpha=config.alpha * k / config.rank, lora_dropout=0.0, bias="none",
         target_modules=sorted(layers), task_type="CAUSAL_LM" if is_causal_lm else None,
+        fan_in_fan_out=any(layer.fan_in_fan_out for layer in layers.values()),
+        modules_to_save=sorted(saved) or None,
         base_model_name_or_path=base_model_name_or_path)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The CGC-LoRA layer: a frozen nn.Linear plus a bank of low-rank experts and a task gate.
+"""The CGC-LoRA layer: a frozen linear layer plus a bank of low-rank experts and a task gate.
 
 For a sample of task t (docs/design.md, "The layer family and its equation"):
 
@@ -10,6 +10,11 @@ LoRA, independent LoRAs and MoE-LoRA are special cases (see `AdapterConfig`). Th
 computed in one pass for a mixed-task batch, never as a loop over experts: either as one LoRA
 of rank E*r_e with a per-sample diagonal scaling ("dense"), or, when many tasks make E large,
 as a per-sample gather of the |S_t|*r_e rows a task uses ("gather").
+
+The frozen layer is an ``nn.Linear`` (weight (d_out, d_in)) or transformers' ``Conv1D``
+(GPT-2; weight stored transposed, (d_in, d_out): peft's ``fan_in_fan_out``). Half-precision
+bases (bfloat16, float16) keep their dtype; the adapter's weights are float32 (as peft's
+``autocast_adapter_dtype`` does), so they train well, and its output is cast back.
 
 Taught in: notebooks/01_lora_from_scratch.ipynb (LoRA), notebooks/04_moe_lora.ipynb (gate),
 notebooks/05_cgc_lora.ipynb (common and specific experts).
@@ -33,6 +38,33 @@ def _select(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table.index_select(0, index.reshape(-1)).reshape(*index.shape, *table.shape[1:])
 
 
+def _conv1d_type() -> Optional[type]:
+    """transformers' ``Conv1D`` class (GPT-2's projections), or None without transformers."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return None
+    return Conv1D
+
+
+def _adaptable_shape(module: nn.Module) -> Optional[tuple[int, int]]:
+    """(d_out, d_in) of a layer cgc_edu can adapt (``nn.Linear`` or transformers' ``Conv1D``),
+    else None. Conv1D stores its weight transposed, (d_in, d_out)."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    conv1d = _conv1d_type()
+    if conv1d is not None and isinstance(module, conv1d):
+        d_in, d_out = module.weight.shape
+        return d_out, d_in
+    return None
+
+
+def _adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of new adapter weights over a base of ``base_dtype``: float32 for float16,
+    bfloat16 and float32 bases (half-precision adapters lose small updates), float64 for float64."""
+    return torch.promote_types(base_dtype, torch.float32)
+
+
 def check_merged(merged_task: Optional[int], task_ids, where: str) -> None:
     """Raise when ids other than the merged task reach weights that hold that task's adapter."""
     if merged_task is None or task_ids is None:
@@ -50,7 +82,9 @@ class TaskGate(nn.Module):
 
     W_g starts at zero, so every task starts with uniform weights over S_t (as LoRA's B starts
     at zero, the gate starts neutral). With ``config.gate == "uniform"`` (or a single allowed
-    expert) the gate has no parameters and stays uniform.
+    expert) the gate has no parameters and stays uniform. The gate computes in float32 and
+    returns float32 weights whatever the dtype of its parameters (a model cast to bfloat16
+    keeps an exact softmax); the layer casts them to its adapter's dtype.
 
     Taught in: notebooks/04_moe_lora.ipynb.
     """
@@ -69,18 +103,25 @@ class TaskGate(nn.Module):
         allowed = self.mask[task_ids]
         if not self.learned:
             return allowed.float() / allowed.sum(-1, keepdim=True)
-        logits = _select(self.task_embedding, task_ids) @ self.weight.T
+        # .float() is a no-op on float32 parameters: the float32 path is unchanged bit for bit.
+        logits = _select(self.task_embedding, task_ids).float() @ self.weight.float().T
         return torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
 
 
 class CGCLoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` adapted by a bank of E low-rank experts and a task gate.
+    """A frozen linear layer adapted by a bank of E low-rank experts and a task gate.
 
     Parameters ``lora_A`` (E, r_e, d_in), Kaiming-uniform like LoRA, and ``lora_B``
     (E, d_out, r_e), zero, so a fresh layer equals its base layer. ``scaling`` = alpha / r.
 
+    dtypes: the adapter's weights are float32 over a float16 / bfloat16 / float32 base
+    (float64 over float64); the forward casts the input to the adapter's dtype, the gate's weights
+    (computed in float32) too, and the adapter's output back to the base's dtype. A model cast
+    after `add_adapters` (``model.to(torch.bfloat16)``) runs its adapters in bfloat16 the same way.
+
     Args:
-        base_layer: the frozen nn.Linear (kept as ``self.base_layer``).
+        base_layer: the frozen ``nn.Linear``, or transformers' ``Conv1D`` (GPT-2), whose
+            weight is stored transposed (``fan_in_fan_out`` is then True); kept as ``self.base_layer``.
         config: the AdapterConfig.
         gate: a TaskGate to share with other layers (MOELoRA's shared gate); a new one if None.
         name: the module's name in its model, used in error messages.
@@ -92,25 +133,28 @@ class CGCLoRALinear(nn.Module):
     #: task uses (see benchmarks/bench_layer.py for the measurement behind the choice).
     gather_ratio: float = 2.0
 
-    def __init__(self, base_layer: nn.Linear, config: AdapterConfig,
+    def __init__(self, base_layer: nn.Module, config: AdapterConfig,
                  gate: Optional[TaskGate] = None, name: str = "CGCLoRALinear"):
         super().__init__()
-        if not isinstance(base_layer, nn.Linear):
-            raise TypeError(f"{name}: CGCLoRALinear wraps an nn.Linear, got {type(base_layer).__name__}; "
-                            "choose target_modules that name nn.Linear layers.")
+        shape = _adaptable_shape(base_layer)
+        if shape is None:
+            raise TypeError(f"{name}: CGCLoRALinear wraps an nn.Linear or transformers' Conv1D, got "
+                            f"{type(base_layer).__name__}; choose target_modules that name such layers.")
         self.base_layer = base_layer
         self.config = config
         self.module_name = name
-        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.out_features, self.in_features = shape
+        self.fan_in_fan_out = not isinstance(base_layer, nn.Linear)  # Conv1D: weight is (d_in, d_out)
         E, r_e = config.n_experts, config.expert_rank
         self.n_experts, self.expert_rank = E, r_e
         self.scaling = config.scaling
         weight = base_layer.weight
+        dtype = _adapter_dtype(weight.dtype)
         # Kaiming-uniform with a=sqrt(5), per expert, as peft initialises lora_A: bound 1/sqrt(d_in).
         bound = 1.0 / math.sqrt(self.in_features)
-        self.lora_A = nn.Parameter(torch.empty(E, r_e, self.in_features, dtype=weight.dtype,
+        self.lora_A = nn.Parameter(torch.empty(E, r_e, self.in_features, dtype=dtype,
                                                device=weight.device).uniform_(-bound, bound))
-        self.lora_B = nn.Parameter(torch.zeros(E, self.out_features, r_e, dtype=weight.dtype,
+        self.lora_B = nn.Parameter(torch.zeros(E, self.out_features, r_e, dtype=dtype,
                                                device=weight.device))
         self.gate = gate if gate is not None else TaskGate(config).to(weight.device)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
@@ -175,7 +219,7 @@ class CGCLoRALinear(nn.Module):
     def delta_weight(self, task_id: int) -> torch.Tensor:
         """dW_t = (alpha/r) B_cat diag(g_t repeated r_e times) A_cat, shaped like W0 (d_out, d_in)."""
         ids = self.check_task_ids(torch.tensor([int(task_id)]))
-        g = self.gate(ids)[0].repeat_interleave(self.expert_rank)
+        g = self.gate(ids)[0].to(self.lora_B.dtype).repeat_interleave(self.expert_rank)
         A, B = self._stacked()
         return self.scaling * (B * g) @ A
 
@@ -189,7 +233,7 @@ class CGCLoRALinear(nn.Module):
             # Gather path: each sample uses only its task's |S_t| experts: the cost of a LoRA
             # of rank |S_t| r_e, however many tasks the bank serves. The scaling rides on the
             # (batch, E) gate, not on the (batch, tokens, d_out) output.
-            g = self.gate(task_ids) * self.scaling                        # (batch, E)
+            g = self.gate(task_ids).to(h_in.dtype) * self.scaling        # (batch, E)
             experts = self.allowed[task_ids]                              # (batch, |S|)
             A = _select(self.lora_A, experts).reshape(batch, -1, self.in_features)  # (batch, |S| r_e, d_in)
             h = torch.bmm(h_in, A.transpose(1, 2))
@@ -197,7 +241,7 @@ class CGCLoRALinear(nn.Module):
             out = torch.einsum("bnsr,bsor->bno", h, _select(self.lora_B, experts))
         else:
             # Dense path: one LoRA of rank E r_e, each sample's rows scaled by its gate.
-            g = self.gate(task_ids) * self.scaling                        # (batch, E)
+            g = self.gate(task_ids).to(h_in.dtype) * self.scaling        # (batch, E)
             h = h_in @ self.lora_A.reshape(-1, self.in_features).T        # (batch, tokens, E r_e)
             h = h.unflatten(-1, (self.n_experts, r_e)) * g[:, None, :, None]
             out = torch.einsum("bner,eor->bno", h, self.lora_B)
@@ -259,6 +303,17 @@ class CGCLoRALinear(nn.Module):
     def _check_merged(self, task_ids) -> None:
         check_merged(self.merged_task, task_ids, self.module_name)
 
+    def _add_to_base(self, delta: torch.Tensor, sign: int) -> None:
+        """W0 += sign * dW, in W0's layout (transposed for Conv1D). A half-precision W0 is
+        updated in the adapter's dtype and rounded once (not delta rounded, then the sum)."""
+        weight = self.base_layer.weight
+        if self.fan_in_fan_out:
+            delta = delta.T
+        if weight.dtype == delta.dtype:  # float32: in place, as it always was
+            weight.add_(delta, alpha=sign)
+        else:
+            weight.copy_(weight.to(delta.dtype).add_(delta, alpha=sign))
+
     @torch.no_grad()
     def merge(self, task_id: int) -> None:
         """Fold task ``task_id``'s adapter into W0: the layer then runs at the base layer's speed."""
@@ -267,14 +322,14 @@ class CGCLoRALinear(nn.Module):
         if self.merged_task is not None:
             raise ValueError(f"{self.module_name}: task {self.merged_task} is already merged; "
                              "call unmerge(model) first.")
-        delta = self.delta_weight(task_id)
-        self.base_layer.weight += delta.to(self.base_layer.weight.dtype)
+        self._add_to_base(self.delta_weight(task_id), +1)
         self.merged_task = int(task_id)
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract the merged task's adapter from W0 again (exact up to float rounding)."""
+        """Subtract the merged task's adapter from W0 again: exact up to rounding in W0's dtype
+        (in bfloat16 each merge + unmerge may move a weight by one unit in its last place)."""
         if self.merged_task is None:
             return
-        self.base_layer.weight -= self.delta_weight(self.merged_task).to(self.base_layer.weight.dtype)
+        self._add_to_base(self.delta_weight(self.merged_task), -1)
         self.merged_task = None

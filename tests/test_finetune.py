@@ -6,6 +6,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from cgc_edu import AdapterConfig
 from cgc_edu.data import TinyTasksCollator, build_tokenizer, make_tiny_tasks
 from cgc_edu.finetune import (DataError, check_fits_context, context_length, finetune,
                               load_model_and_tokenizer, load_task_data, main, method_config,
@@ -66,11 +67,46 @@ def test_cli_trains_evaluates_per_task_and_exports_peft_adapters(model_dir, file
         torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
 
 
+def test_cli_trains_a_bfloat16_model_with_float32_adapters(model_dir, files, tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "run"
+    few = _write_jsonl(tmp_path / "few.jsonl", [json.loads(line) for line in files[1].read_text().splitlines()[:8]])
+    torch.manual_seed(0)
+    run = main(["--model", str(model_dir), "--data", str(files[0]), "--eval-data", str(few),
+                "--method", "cgc_lora", "--rank", "6", "--alpha", "12", "--n-specific", "1",
+                "--steps", "15", "--batch-size", "16", "--lr", "1e-2", "--device", "cpu",
+                "--dtype", "bfloat16", "--output-dir", str(out), "--no-progress"])
+    layer = next(iter(adapter_layers(run.model).values()))
+    assert layer.base_layer.weight.dtype == torch.bfloat16 and layer.lora_A.dtype == torch.float32
+    assert run.model.lm_head.weight.dtype == torch.bfloat16
+    assert run.losses[-1] < 0.7 * run.losses[0]
+    assert json.loads((out / "run.json").read_text())["dtype"] == "bfloat16"
+    assert list(run.table.index) == TASKS + ["average"]
+
+    ids = TinyTasksCollator(build_tokenizer())([{"prompt": "cab=", "target": "c", "task_id": 0}])
+    base, _ = load_model_and_tokenizer(str(model_dir), dtype="bfloat16")
+    peft_model = PeftModel.from_pretrained(base, str(run.exports["last"])).eval()
+    with torch.no_grad():
+        ours = run.model(input_ids=ids["input_ids"], task_ids=torch.tensor([1])).logits
+        theirs = peft_model(input_ids=ids["input_ids"]).logits
+    assert theirs.dtype == torch.bfloat16
+    # bfloat16 keeps ~3 significant digits; the logits of this model reach ~10.
+    torch.testing.assert_close(theirs.float(), ours.float(), atol=0.15, rtol=0.02)
+    with pytest.raises(ValueError, match=r"dtype='half'.*bfloat16"):
+        load_model_and_tokenizer(str(model_dir), dtype="half")
+
+
 @pytest.mark.parametrize("method, experts", [("lora", 1), ("independent", 3), ("moe_lora", 4),
                                              ("cgc_lora", 8)])
 def test_every_preset_by_name(method, experts):
     config = method_config(method, n_tasks=3, rank=8, alpha=16)  # the defaults divide evenly
     assert config.n_experts == experts and config.n_tasks == 3 and config.scaling == 2.0
+
+
+def test_the_cgc_lora_preset_defaults_divide():
+    config = AdapterConfig.cgc_lora()
+    assert (config.rank, config.n_common, config.n_specific, config.expert_rank) == (6, 2, 1, 2)
 
 
 def test_unknown_method_names_the_choices():

@@ -306,3 +306,50 @@ def test_config_cannot_change_behind_the_models_back(tmp_path, inputs):
     loaded = load_adapters(tiny_llama(), tmp_path / "a")
     assert loaded._cgc_config == config
     torch.testing.assert_close(loaded(x, task_ids=ids).logits, want)
+
+
+class TwoHeads(nn.Module):
+    """A plain model with a body, a nested head ("classifier.dense", "classifier.out") and a score."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Linear(6, 6)
+        self.classifier = nn.Sequential()
+        self.classifier.add_module("dense", nn.Linear(6, 6))
+        self.classifier.add_module("out", nn.Linear(6, 2))
+        self.score = nn.Linear(6, 1)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.classifier(h), self.score(h)
+
+
+def test_default_targets_skip_output_heads_and_modules_to_save():
+    model = add_adapters(TwoHeads(), AdapterConfig.lora(rank=2))
+    assert list(adapter_layers(model)) == ["body"]                 # heads (and what is inside them) excluded
+    model = add_adapters(TwoHeads(), AdapterConfig.lora(rank=2, modules_to_save=("classifier",)))
+    assert list(adapter_layers(model)) == ["body"]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"classifier.dense.weight", "classifier.out.bias"} <= trainable
+    assert not any(n.startswith("score.") for n in trainable)
+
+
+def test_modules_to_save_in_the_config():
+    config = AdapterConfig.lora(rank=2, modules_to_save="classifier")
+    assert config.modules_to_save == ("classifier",)               # a tuple: the config is frozen
+    assert config.to_dict()["modules_to_save"] == ["classifier"]
+    assert AdapterConfig.from_dict(config.to_dict()) == config
+    for bad in ((), ("",), (3,)):
+        with pytest.raises(ValueError, match=r"AdapterConfig.modules_to_save=.*module names"):
+            AdapterConfig.lora(rank=2, modules_to_save=bad)
+
+
+def test_remove_adapters_restores_a_trained_head():
+    model = add_adapters(TwoHeads(), AdapterConfig.lora(rank=2, modules_to_save=("out",)))
+    before = model.classifier.out.weight.detach().clone()
+    with torch.no_grad():
+        model.classifier.out.weight.add_(1.0)                       # "training"
+    bare = remove_adapters(model)
+    assert torch.equal(bare.classifier.out.weight, before)
+    assert isinstance(bare.body, nn.Linear) and all(p.requires_grad for p in bare.parameters())
