@@ -297,7 +297,9 @@ class CGCLoRALinear(nn.Module):
                 self._check_merged(task_ids)
             return result
         ids = self._task_ids(task_ids, x.shape[0])
-        return result + self.adapter_output(x.to(self.lora_A.dtype), ids).to(result.dtype)
+        # In place: the base's output is not saved for its own backward, and one full-size
+        # allocation fewer per adapted layer matters when decoding (the serving path).
+        return result.add_(self.adapter_output(x.to(self.lora_A.dtype), ids).to(result.dtype))
 
     # ------------------------------------------------------------------ merging
     def _check_merged(self, task_ids) -> None:
