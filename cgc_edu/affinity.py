@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from datasets import Dataset
 from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import squareform
+from scipy.spatial.distance import pdist, squareform
 from torch import nn
 
 from .config import AdapterConfig
@@ -166,6 +166,13 @@ def task_affinity(model: nn.Module, dataset, tokenizer=None, method: str = "grad
                          "affinity at the bare central model (before add_adapters).")
     tokenizer = tokenizer or build_tokenizer()
     probe = _probe(model, dataset, tokenizer, rank, seed, warmup_steps, warmup_lr, batch_size)
+    return _measure(probe, dataset, tokenizer, method, n_per_task, lookahead_lr, seed, update_steps,
+                    update_lr, batch_size)
+
+
+def _measure(probe, dataset, tokenizer, method, n_per_task=64, lookahead_lr=0.1, seed=0,
+             update_steps=20, update_lr=3e-3, batch_size=32) -> pd.DataFrame:
+    """One affinity measure at a probe (restored afterwards: several measures can share it)."""
     if method == "update":
         return _update_affinity(probe, dataset, tokenizer, update_steps, update_lr, batch_size, seed)
     batches = _task_batches(dataset, tokenizer, n_per_task, seed)
@@ -217,24 +224,34 @@ def _check_affinity(affinity) -> pd.DataFrame:
     return affinity
 
 
-def task_linkage(affinity: pd.DataFrame, method: str = "average") -> np.ndarray:
+def task_linkage(affinity: pd.DataFrame, method: str = "average", on: str = "affinity") -> np.ndarray:
     """scipy's linkage matrix of the tasks (for ``scipy.cluster.hierarchy.dendrogram``).
 
-    The affinity is symmetrised and turned into a distance, max(affinity) - affinity (average
-    linkage only depends on the order of distances, so the offset does not matter).
+    ``on="affinity"``: the affinity is symmetrised and turned into a distance, max(affinity) -
+    affinity (average linkage only depends on the order of distances, so the offset does not
+    matter). ``on="profile"``: two tasks are close when they relate alike to every task: the
+    distance is 1 - the correlation of their rows of the symmetrised affinity. A task that
+    resembles no other (a row of low values) then still joins the tasks it is least unlike,
+    instead of splitting off as a cluster of its own.
 
     Taught in: notebooks/06_one_plus_n.ipynb.
     """
+    if on not in ("affinity", "profile"):
+        raise ValueError(f"task_linkage: on={on!r}; choose 'affinity' or 'profile'.")
     a = _check_affinity(affinity).to_numpy(dtype=float)
     sym = (a + a.T) / 2
+    if on == "profile":
+        return linkage(pdist(sym, "correlation"), method=method)
     off = sym[~np.eye(len(sym), dtype=bool)]
     dist = (off.max() if off.size else 0.0) - sym
     np.fill_diagonal(dist, 0.0)
     return linkage(squareform(np.clip(dist, 0.0, None), checks=False), method=method)
 
 
-def cluster_tasks(affinity: pd.DataFrame, n_clusters: int, method: str = "average") -> dict[str, list[str]]:
-    """Group tasks into ``n_clusters`` clusters by hierarchical clustering of their affinity.
+def cluster_tasks(affinity: pd.DataFrame, n_clusters: int, method: str = "average",
+                  on: str = "affinity") -> dict[str, list[str]]:
+    """Group tasks into ``n_clusters`` clusters by hierarchical clustering of their affinity
+    (``method``: scipy's linkage method; ``on``: see `task_linkage`).
 
     Returns ``{"cluster 0": [tasks...], ...}``, clusters numbered by their first task in the
     affinity's order, tasks kept in that order.
@@ -250,7 +267,7 @@ def cluster_tasks(affinity: pd.DataFrame, n_clusters: int, method: str = "averag
     elif n_clusters == 1:
         labels = np.zeros(len(tasks), dtype=int)
     else:
-        labels = fcluster(task_linkage(affinity, method), n_clusters, criterion="maxclust")
+        labels = fcluster(task_linkage(affinity, method, on), n_clusters, criterion="maxclust")
     clusters: dict[int, list[str]] = {}
     for task, label in zip(tasks, labels):
         clusters.setdefault(int(label), []).append(task)
@@ -306,13 +323,16 @@ def adjusted_rand_index(a: Mapping[str, Sequence[str]], b: Mapping[str, Sequence
 
 
 def measured_clusters(model: nn.Module, dataset, n_clusters: int, tokenizer=None,
-                      method: str = "lookahead", **affinity_kwargs) -> tuple[dict[str, list[str]], pd.DataFrame]:
+                      method: str = "update", linkage_method: str = "complete", on: str = "profile",
+                      **affinity_kwargs) -> tuple[dict[str, list[str]], pd.DataFrame]:
     """Clusters found from the data: `task_affinity` then `cluster_tasks`.
 
-    Returns ``(clusters, affinity)``. ``affinity_kwargs`` go to `task_affinity`
-    (``warmup_steps``, ``seed``, ...).
+    The defaults are the combination that recovered TinyTasks' designed clusters (see
+    results/results.md): the update affinity, clustered by the profiles of its rows with
+    complete linkage. Returns ``(clusters, affinity)``; ``affinity_kwargs`` go to
+    `task_affinity` (``warmup_steps``, ``seed``, ...).
 
-    Taught in: notebooks/06_one_plus_n.ipynb.
+    Taught in: notebooks/07_experiments.ipynb.
     """
     affinity = task_affinity(model, dataset, tokenizer, method=method, **affinity_kwargs)
-    return cluster_tasks(affinity, n_clusters), affinity
+    return cluster_tasks(affinity, n_clusters, linkage_method, on), affinity

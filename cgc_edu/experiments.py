@@ -44,9 +44,12 @@ from .config import AdapterConfig
 
 COMMAND = "python -m cgc_edu.experiments"
 DEFAULT_OUT = Path("results")          # relative to the caller's working directory
-LR_GRID = (1e-3, 3e-3, 1e-2)
+LR_GRID = (3e-3, 6e-3, 1.2e-2)
 SEEDS = (0, 1, 2, 3, 4)
 AFFINITY_METHODS = ("gradient", "lookahead", "update")
+#: ways to cut an affinity into clusters: name -> (scipy linkage method, what is clustered)
+CLUSTERINGS = {"average linkage of the affinity": ("average", "affinity"),
+               "complete linkage of the profiles": ("complete", "profile")}
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class Method:
     the parameters of one LoRA of the study's rank), "separate" (one LoRA per task, each
     trained alone, at CGC-LoRA's per-task rank) or "one_plus_n" (one CGC-LoRA bank per
     cluster with CGC-LoRA's expert rank). ``tuned``: its learning rate is chosen from
-    `LR_GRID`; otherwise it uses CGC-LoRA's.
+    `LR_GRID`; otherwise it uses the rate chosen for ``lr_from``.
 
     Taught in: notebooks/07_experiments.ipynb.
     """
@@ -70,6 +73,7 @@ class Method:
     n_specific: int = 0
     gate: str = "task"
     tuned: bool = False
+    lr_from: str = "cgc_lora"   # whose chosen rate an untuned method uses
 
     def config(self, rank: int, n_tasks: int) -> AdapterConfig:
         """The AdapterConfig of an "adapters" method at total budget ``rank`` (scaling 2)."""
@@ -104,17 +108,16 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("one_plus_n", "1+N: CGC-LoRA per measured cluster (2 + 1)", "baseline", kind="one_plus_n",
            n_common=2, n_specific=1, tuned=True),
     Method("one_plus_n_designed", "1+N: CGC-LoRA per designed cluster (2 + 1)", "ablation",
-           kind="one_plus_n", n_common=2, n_specific=1),
+           kind="one_plus_n", n_common=2, n_specific=1, lr_from="one_plus_n"),
     Method("cgc_no_common", "CGC-LoRA without common experts (0 + 1)", "ablation", n_specific=1),
-    Method("cgc_no_specific", "CGC-LoRA without specific experts (4 + 0, = MoE-LoRA)", "ablation",
-           n_common=4),
     Method("cgc_uniform", "CGC-LoRA with a uniform gate", "ablation", n_common=4, n_specific=1,
            gate="uniform"),
     Method("cgc_c8_s2", "CGC-LoRA 8 common + 2 specific", "sweep", n_common=8, n_specific=2),
     Method("cgc_c16_s1", "CGC-LoRA 16 common + 1 specific", "sweep", n_common=16, n_specific=1),
 ]}
-#: Points of the (n_common, n_specific) sweep, the ablations and CGC-LoRA included.
-SWEEP = ["cgc_no_common", "cgc_no_specific", "cgc_lora", "cgc_c8_s2", "cgc_c16_s1"]
+#: Points of the (n_common, n_specific) sweep. Without specific experts, at the same total
+#: budget, CGC-LoRA IS MoE-LoRA (4 + 0): that point is the MoE-LoRA row.
+SWEEP = ["cgc_no_common", "moe_lora", "cgc_lora", "cgc_c8_s2", "cgc_c16_s1"]
 #: Methods of the second table (anonymous prompts): what a task id adds.
 ANONYMOUS = ["integrated", "moe_lora", "cgc_lora"]
 
@@ -126,7 +129,7 @@ class Settings:
     Taught in: notebooks/07_experiments.ipynb.
     """
 
-    steps: int = 400
+    steps: int = 300
     batch_size: int = 32
     rank: int = 24
     n_train: int = 2000
@@ -134,8 +137,8 @@ class Settings:
     n_validation: int = 50
     n_test: int = 100
     name_in_prompt: bool = True
-    curve_points: int = 8            # validation exact match this many times per run
-    min_separate_steps: int = 40     # a separately trained low-data model gets at least this
+    curve_points: int = 6            # validation exact match this many times per run
+    min_separate_steps: int = 100    # each separately trained model gets at least this
     affinity: str = "update"         # how 1+N measures task affinity
     affinity_warmup: int = 60        # joint warm-up steps before measuring it
     base: Optional[str] = None       # central model folder; None: the shipped one
@@ -294,11 +297,12 @@ def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) 
 
 def affinity_run(seed: int, settings: Settings = Settings()) -> dict:
     """Every affinity measure, cold (at the bare central model) and after the joint warm-up,
-    clustered into as many clusters as the suite designs, scored by adjusted Rand index.
+    each clustered two ways (average linkage of the affinity; complete linkage of the tasks'
+    affinity profiles) into as many clusters as the suite designs, scored by adjusted Rand index.
 
     Taught in: notebooks/07_experiments.ipynb.
     """
-    from .affinity import adjusted_rand_index, measured_clusters, prior_clusters
+    from .affinity import _measure, _probe, adjusted_rand_index, cluster_tasks, prior_clusters
     from .data import build_tokenizer, make_tiny_tasks
     from .models import load_central_model
 
@@ -309,17 +313,22 @@ def affinity_run(seed: int, settings: Settings = Settings()) -> dict:
     designed = prior_clusters(data["train"])
     out = {"seed": seed, "setting": settings.setting, "settings": asdict(settings), "designed": designed,
            "measures": []}
-    for method in AFFINITY_METHODS:
-        for warmup in (0, settings.affinity_warmup):
+    for warmup in sorted({0, settings.affinity_warmup}):
+        start = time.perf_counter()
+        probe = _probe(base, data["train"], tok, rank=8, seed=seed, warmup_steps=warmup, warmup_lr=3e-3,
+                       batch_size=settings.batch_size)
+        warm_seconds = time.perf_counter() - start
+        for method in AFFINITY_METHODS:
             if method == "update" and warmup == 0:
                 continue   # the update from a fresh LoRA is its first gradient step: "gradient" again
             start = time.perf_counter()
-            clusters, aff = measured_clusters(base, data["train"], len(designed), tok, method=method,
-                                              warmup_steps=warmup, seed=seed)
-            out["measures"].append({"method": method, "warmup_steps": warmup, "clusters": clusters,
-                                    "ari": adjusted_rand_index(clusters, designed),
-                                    "affinity": aff.round(4).to_dict(),
-                                    "seconds": round(time.perf_counter() - start, 2)})
+            aff = _measure(probe, data["train"], tok, method, seed=seed, batch_size=settings.batch_size)
+            seconds = round(time.perf_counter() - start + warm_seconds, 2)
+            for clustering, (linkage_method, on) in CLUSTERINGS.items():
+                clusters = cluster_tasks(aff, len(designed), linkage_method, on)
+                out["measures"].append({"method": method, "warmup_steps": warmup, "clustering": clustering,
+                                        "clusters": clusters, "ari": adjusted_rand_index(clusters, designed),
+                                        "affinity": aff.round(4).to_dict(), "seconds": seconds})
     return out
 
 
@@ -396,9 +405,14 @@ def choose_lr(grid_runs: list[dict]) -> dict[str, float]:
 def run_study(out: Path = DEFAULT_OUT, methods: Sequence[str] = tuple(METHODS), seeds: Sequence[int] = SEEDS,
               settings: Settings = Settings(), lr_grid: Sequence[float] = LR_GRID,
               anonymous: Sequence[str] = tuple(ANONYMOUS), affinity_seeds: Optional[Sequence[int]] = None,
+              ablation_seeds: Optional[Sequence[int]] = None, anonymous_seeds: Optional[Sequence[int]] = None,
               workers: int = 1, progress: bool = True) -> dict:
     """The whole study: learning-rate grid (first seed), every method and seed at its chosen
     rate, the anonymous-prompt table, the affinity measures. Returns the runs, by part.
+
+    ``seeds`` serve the baselines; ablations and sweep points use ``ablation_seeds``, the
+    anonymous table ``anonymous_seeds`` and the affinity study ``affinity_seeds`` (each
+    defaulting to ``seeds``): a way to shrink the study where time is short, said in results.md.
 
     Taught in: notebooks/07_experiments.ipynb.
     """
@@ -410,11 +424,13 @@ def run_study(out: Path = DEFAULT_OUT, methods: Sequence[str] = tuple(METHODS), 
     grid = run_jobs(grid_jobs, out, workers, progress, desc="lr grid")
     chosen = choose_lr(grid)
     fallback = chosen.get("cgc_lora", lr_grid[len(lr_grid) // 2])
-    lr_of = {m: chosen.get(m, fallback) for m in methods}
-    jobs = [("run", _key("run", named, method=m, seed=s, lr=lr_of[m]), named) for s in seeds for m in methods]
+    lr_of = {m: chosen.get(m, chosen.get(METHODS[m].lr_from, fallback)) for m in methods}
+    ablation_seeds = list(seeds if ablation_seeds is None else ablation_seeds)
+    jobs = [("run", _key("run", named, method=m, seed=s, lr=lr_of[m]), named)
+            for m in methods for s in (seeds if METHODS[m].family == "baseline" else ablation_seeds)]
     anon = replace(settings, name_in_prompt=False)
     jobs += [("run", _key("run", anon, method=m, seed=s, lr=lr_of[m]), anon)
-             for s in seeds for m in anonymous if m in methods]
+             for m in anonymous if m in methods for s in (seeds if anonymous_seeds is None else anonymous_seeds)]
     aff_seeds = list(seeds if affinity_seeds is None else affinity_seeds)
     jobs += [("affinity", _key("affinity", named, seed=s), named) for s in aff_seeds]
     runs = run_jobs(jobs, out, workers, progress, desc="study")
@@ -467,6 +483,8 @@ def main(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--anonymous", default=",".join(ANONYMOUS),
                         help="methods also run with anonymous prompts ('' for none)")
     parser.add_argument("--affinity-seeds", default=None, help="seeds of the affinity study (default: --seeds)")
+    parser.add_argument("--ablation-seeds", default=None, help="seeds of ablations and sweep (default: --seeds)")
+    parser.add_argument("--anonymous-seeds", default=None, help="seeds of the anonymous table (default: --seeds)")
     defaults = Settings()
     for field in ("steps", "batch_size", "rank", "n_train", "n_low", "n_validation", "n_test",
                   "curve_points", "min_separate_steps", "affinity_warmup", "threads"):
@@ -502,7 +520,8 @@ def main(argv: Optional[Sequence[str]] = None):
     study = run_study(args.out, args.methods.split(","), seeds, settings,
                       [float(x) for x in args.lr_grid.split(",")],
                       [m for m in args.anonymous.split(",") if m],
-                      None if args.affinity_seeds is None else [int(s) for s in args.affinity_seeds.split(",")],
+                      *[None if v is None else [int(s) for s in v.split(",")]
+                        for v in (args.affinity_seeds, args.ablation_seeds, args.anonymous_seeds)],
                       workers=args.workers, progress=not args.no_progress)
     wall = time.perf_counter() - start
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])

@@ -92,10 +92,11 @@ def affinity_table(affinity_runs: Sequence[dict]) -> pd.DataFrame:
 
     Taught in: notebooks/07_experiments.ipynb.
     """
-    rows = [{"seed": r["seed"], "measure": m["method"], "warmup_steps": m["warmup_steps"], "ari": m["ari"],
+    rows = [{"seed": r["seed"], "measure": m["method"], "warmup_steps": m["warmup_steps"],
+             "clustering": m.get("clustering", ""), "ari": m["ari"],
              "clusters": " | ".join(",".join(ts) for ts in m["clusters"].values()), "seconds": m["seconds"]}
             for r in affinity_runs for m in r["measures"]]
-    return pd.DataFrame(rows).sort_values(["measure", "warmup_steps", "seed"]).reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["measure", "warmup_steps", "clustering", "seed"]).reset_index(drop=True)
 
 
 def per_seed_average(results: pd.DataFrame) -> pd.DataFrame:
@@ -239,6 +240,11 @@ def method_table(results: pd.DataFrame, methods: Sequence[str], with_tasks: bool
     return "\n".join(lines)
 
 
+def _seeds_note(results: pd.DataFrame, methods) -> str:
+    seeds = sorted(results[results["method"].isin(methods)]["seed"].unique())
+    return f"Seeds of these rows: {', '.join(map(str, seeds))}." if seeds else ""
+
+
 def _frame_md(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -320,24 +326,26 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
                   f"clusters as the suite designs; adjusted Rand index against the designed clusters: "
                   f"{onp['ari'].mean():.2f} on average ({', '.join(f'{v:.2f}' for v in onp['ari'])}).", ""]
     parts += ["## Ablations and the expert sweep (instruction-bearing prompts)", "",
-              method_table(named, ["cgc_lora", "cgc_uniform", "cgc_no_common", "cgc_no_specific",
+              method_table(named, ["cgc_lora", "cgc_uniform", "cgc_no_common", "moe_lora",
                                    "one_plus_n", "one_plus_n_designed"]), "",
-              "At the same total budget, CGC-LoRA without specific experts is MoE-LoRA (same config, its "
-              "own runs at CGC-LoRA's rate); without common experts each task has a private expert of rank "
-              "budget / 8 inside one joint run.", "",
+              "At the same total budget, CGC-LoRA without specific experts (4 + 0) is MoE-LoRA: that "
+              "ablation is the MoE-LoRA row (its own tuned rate). Without common experts each task has a "
+              "private expert of rank budget / 8 inside one joint run. "
+              + _seeds_note(named, ["cgc_uniform", "cgc_no_common", "one_plus_n_designed", "cgc_c8_s2", "cgc_c16_s1"]), "",
               method_table(named, SWEEP, with_tasks=False), ""]
     if len(anon):
         parts += ["## Second table: anonymous prompts", "",
                   "The prompt does not name the task (`cab=`): the same input has a different answer for "
                   "every task, and only the task id that reaches the gates tells them apart. The integrated "
                   "model has no task id: this table shows what routing on a task id adds when the prompt "
-                  "hides the task.", "", method_table(anon, [m for m in ANONYMOUS]), ""]
+                  "hides the task. " + _seeds_note(anon, list(ANONYMOUS)), "",
+                  method_table(anon, [m for m in ANONYMOUS]), ""]
     if len(affinity):
-        a = affinity.groupby(["measure", "warmup_steps"])["ari"].agg(["mean", "std", "min", "max", "size"]).reset_index()
+        a = affinity.groupby(["measure", "warmup_steps", "clustering"])["ari"].agg(["mean", "std", "min", "max", "size"]).reset_index()
         a = a.rename(columns={"size": "seeds"}).round(2)
         parts += ["## Task affinity against the designed clusters", "",
                   "Adjusted Rand index (1: the designed partition; about 0: chance) of the clusters each "
-                  "measure finds (average linkage, 2 clusters), per seed, instruction-bearing prompts. "
+                  "measure finds (2 clusters), per seed, instruction-bearing prompts. "
                   "`warmup_steps` 0 measures at the bare central model.", "", _frame_md(a), "",
                   "Per seed: `affinity.csv`.", ""]
     parts += ["## Files", "",
@@ -400,17 +408,18 @@ def figures(results: pd.DataFrame, curves: pd.DataFrame, affinity: pd.DataFrame,
         fig.savefig(files[-1], dpi=110)
         plt.close(fig)
     if len(affinity):
-        fig, ax = plt.subplots(figsize=(6, 3), layout="constrained")
-        keys = affinity.groupby(["measure", "warmup_steps"])["ari"]
-        for i, ((m, w), v) in enumerate(keys):
-            ax.bar(i, v.mean(), color="tab:green", alpha=0.5)
+        fig, ax = plt.subplots(figsize=(8, 3.2), layout="constrained")
+        keys = affinity.groupby(["measure", "warmup_steps", "clustering"])["ari"]
+        for i, ((m, w, c), v) in enumerate(keys):
+            ax.bar(i, v.mean(), color="tab:green" if "profile" in c else "tab:gray", alpha=0.5)
             ax.scatter(np.full(len(v), i), v, color="k", s=8, zorder=3)
-            ax.text(i, -0.55, f"{m}\nwarm-up {w}", ha="center", fontsize=7)
+            ax.text(i, -0.55, f"{m}\nwarm-up {w}", ha="center", fontsize=6)
         ax.axhline(0.8, ls="--", color="gray", lw=0.8)
         ax.set_xticks([])
         ax.set_ylim(-0.6, 1.05)
         ax.set_ylabel("adjusted Rand index")
-        ax.set_title("Measured vs designed clusters (each dot a seed; dashed: target 0.8)", fontsize=9)
+        ax.set_title("Measured vs designed clusters, each dot a seed (gray: average linkage of the affinity; "
+                     "green: complete linkage of the profiles; dashed: target 0.8)", fontsize=8)
         files.append(out / "affinity.png")
         fig.savefig(files[-1], dpi=110)
         plt.close(fig)

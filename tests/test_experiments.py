@@ -27,7 +27,7 @@ def test_budgets_and_the_rank_a_task_sees():
             assert count(add_adapters(LlamaForCausalLM(central_config()), method.config(24, 8))) == lora, name
     ranks = {m: METHODS[m].task_rank(24, 8) for m in METHODS}
     assert ranks == {"central": 0, "separate": 10, "integrated": 24, "moe_lora": 24, "cgc_lora": 10,
-                     "one_plus_n": 6, "one_plus_n_designed": 6, "cgc_no_common": 3, "cgc_no_specific": 24,
+                     "one_plus_n": 6, "one_plus_n_designed": 6, "cgc_no_common": 3,
                      "cgc_uniform": 10, "cgc_c8_s2": 10, "cgc_c16_s1": 17}
     # 1+N: CGC-LoRA's expert rank per cluster, 2 common + 1 specific: for two clusters the
     # banks hold (2 + k1 + 2 + k2) * r_e = 12 * 2 = 24 ranks, the same budget whatever k1, k2
@@ -56,14 +56,14 @@ def test_cli_runs_a_tiny_study_resumes_and_writes_to_the_callers_results(tmp_pat
     torch.manual_seed(0)
     LlamaForCausalLM(central_config()).save_pretrained(tmp_path / "base")
     monkeypatch.chdir(tmp_path)
-    methods = "central,separate,integrated,cgc_lora,one_plus_n"
-    args = ["--methods", methods, "--anonymous", "integrated", "--base", str(tmp_path / "base"), *TINY]
+    methods = "central,separate,cgc_lora,one_plus_n"
+    args = ["--methods", methods, "--anonymous", "cgc_lora", "--base", str(tmp_path / "base"), *TINY]
     study = main(args)
     out = tmp_path / "results"                     # ./results of the caller's working directory
     frame = pd.read_csv(out / "results.csv")
     named = frame[frame.setting == "named"]
-    assert set(named["method"]) == set(methods.split(",")) and set(frame[frame.setting == "anonymous"]["method"]) == {"integrated"}
-    assert len(named) == 5 * 2 * 8 and frame["exact_match"].between(0, 1).all()
+    assert set(named["method"]) == set(methods.split(",")) and set(frame[frame.setting == "anonymous"]["method"]) == {"cgc_lora"}
+    assert len(named) == 4 * 2 * 8 and frame["exact_match"].between(0, 1).all()
     info = named.groupby("method")[["trainable_params", "task_rank"]].first()
     assert info.loc["central", "trainable_params"] == 0 and info.loc["separate", "task_rank"] == 10
     rank10 = trainable_parameters(add_adapters(LlamaForCausalLM(central_config()), AdapterConfig.lora(rank=10)))
@@ -72,13 +72,13 @@ def test_cli_runs_a_tiny_study_resumes_and_writes_to_the_callers_results(tmp_pat
     assert config["settings"]["steps"] == 2 and config["seeds"] == [0, 1] and "--steps 2" in config["command"]
     assert set(config["lr"]) == set(methods.split(",")) and config["lr"]["central"] in (1e-3, 1e-2)
     grid = pd.read_csv(out / "lr_grid.csv")
-    assert len(grid) == 4 * 2 and grid.groupby("method")["chosen"].sum().eq(1).all()
+    assert len(grid) == 3 * 2 and grid.groupby("method")["chosen"].sum().eq(1).all()
     text = (out / "results.md").read_text()
     for needle in ["## Main table", "### Paired comparisons", "Seesaw", "## Second table", "adjusted Rand"]:
         assert needle in text, needle
     assert {"curves.png", "comparison.png", "affinity.png", "curves.csv", "affinity.csv"} <= {p.name for p in out.iterdir()}
     n_runs = len(list((out / "runs").glob("*.json")))
-    assert n_runs == 4 * 2 + 5 * 2 - 4 + 2 + 2     # grid, the rest at the chosen rate, anonymous, affinity
+    assert n_runs == 3 * 2 + 4 * 2 - 3 + 2 + 2     # grid, the rest at the chosen rate, anonymous, affinity
     # resumable: a second call finds every run stored and trains nothing
     monkeypatch.setattr(experiments, "_job", lambda job: pytest.fail(f"redid {job[1]}"))
     again = main(args)
