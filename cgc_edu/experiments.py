@@ -384,6 +384,7 @@ def run_jobs(jobs: list, out: Path, workers: int = 1, progress: bool = True, des
             for future in as_completed(futures):
                 collect(future.result(), futures[future])
     bar.close()
+    run_jobs.trained = len(todo)   # how many were trained by this call (the rest were read back)
     return done
 
 
@@ -422,6 +423,7 @@ def run_study(out: Path = DEFAULT_OUT, methods: Sequence[str] = tuple(METHODS), 
     tuned = [m for m in methods if METHODS[m].tuned]
     grid_jobs = [("run", _key("run", named, method=m, seed=seeds[0], lr=lr), named) for m in tuned for lr in lr_grid]
     grid = run_jobs(grid_jobs, out, workers, progress, desc="lr grid")
+    trained = run_jobs.trained
     chosen = choose_lr(grid)
     fallback = chosen.get("cgc_lora", lr_grid[len(lr_grid) // 2])
     lr_of = {m: chosen.get(m, chosen.get(METHODS[m].lr_from, fallback)) for m in methods}
@@ -434,7 +436,7 @@ def run_study(out: Path = DEFAULT_OUT, methods: Sequence[str] = tuple(METHODS), 
     aff_seeds = list(seeds if affinity_seeds is None else affinity_seeds)
     jobs += [("affinity", _key("affinity", named, seed=s), named) for s in aff_seeds]
     runs = run_jobs(jobs, out, workers, progress, desc="study")
-    return {"grid": grid, "lr": lr_of, "lr_grid": list(lr_grid),
+    return {"grid": grid, "lr": lr_of, "lr_grid": list(lr_grid), "trained": trained + run_jobs.trained,
             "runs": [r for r in runs if "method" in r], "affinity": [r for r in runs if "method" not in r]}
 
 
@@ -487,8 +489,10 @@ def main(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--anonymous-seeds", default=None, help="seeds of the anonymous table (default: --seeds)")
     defaults = Settings()
     for field in ("steps", "batch_size", "rank", "n_train", "n_low", "n_validation", "n_test",
-                  "curve_points", "min_separate_steps", "affinity_warmup", "threads"):
+                  "curve_points", "min_separate_steps", "affinity_warmup"):
         parser.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(defaults, field))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (default 1 per worker; 2 for --quick)")
     parser.add_argument("--affinity", default=defaults.affinity, choices=AFFINITY_METHODS,
                         help="the affinity measure 1+N clusters by")
     parser.add_argument("--base", default=None, help="central model folder (default: the shipped one)")
@@ -507,14 +511,14 @@ def main(argv: Optional[Sequence[str]] = None):
         method = args.methods.split(",")[0] if args.methods != ",".join(METHODS) else "cgc_lora"
         seed = int(args.seeds.split(",")[0])
         start = time.perf_counter()
-        frame = quick_run(method, seed, args.out, threads=args.threads if args.threads != 1 else 2)
+        frame = quick_run(method, seed, args.out, threads=args.threads or 2)
         check = reporting.within_spread(frame, reporting.load_results(args.out))
         print(check.round(3).to_string(index=False))
         print(f"quick rerun in {time.perf_counter() - start:.0f} s")
         return frame
-    settings = Settings(**{f: getattr(args, f) for f in (
+    settings = Settings(threads=args.threads or 1, **{f: getattr(args, f) for f in (
         "steps", "batch_size", "rank", "n_train", "n_low", "n_validation", "n_test", "curve_points",
-        "min_separate_steps", "affinity_warmup", "threads", "affinity", "base")})
+        "min_separate_steps", "affinity_warmup", "affinity", "base")})
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     study = run_study(args.out, args.methods.split(","), seeds, settings,
@@ -525,6 +529,11 @@ def main(argv: Optional[Sequence[str]] = None):
                       workers=args.workers, progress=not args.no_progress)
     wall = time.perf_counter() - start
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
+    if study["trained"] == 0 and (args.out / "config.json").is_file():
+        # every run was read back: keep the wall time of the call that trained them
+        previous = stored_config(args.out)
+        if previous.get("command") == command:
+            wall = previous["wall_seconds"]
     reporting.write_report(study, args.out, settings, command, wall, workers=args.workers)
     print(f"{len(study['runs'])} runs in {wall:.0f} s -> {args.out}/results.csv, results.md")
     return study

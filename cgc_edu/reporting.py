@@ -300,8 +300,9 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
         parts += ["### Paired comparisons (same seed, same data)", "",
                   "Difference of the average exact match, per seed; the bootstrap resamples the seeds. "
                   f"With {len(seeds)} seeds the smallest two-sided sign-test p-value is "
-                  f"{2 * 0.5 ** len(seeds):.3f}.", "",
-                  _frame_md(p[["method", "baseline", "mean difference (points)", "bootstrap 95 % CI",
+                  f"{2 * 0.5 ** len(seeds):.3f} (with 3 seeds, {2 * 0.5 ** 3:.2f}): the sign test cannot reach "
+                  "0.05 with so few seeds; read the interval and the wins.", "",
+                  _frame_md(p[["method", "baseline", "n_seeds", "mean difference (points)", "bootstrap 95 % CI",
                                "wins/losses/ties", "sign test p"]]), ""]
     prem = premises(named)
     parts += ["### The suite's premises, beyond the seed spread", "",
