@@ -68,6 +68,8 @@ def curves_table(runs: Sequence[dict]) -> pd.DataFrame:
     for run in runs:
         for share, scores in run["curve"]:
             tasks = {t: v for t, v in scores.items() if not t.startswith("_")}
+            if len(tasks) < len(run["tasks"]):
+                continue   # separately trained parts: wait until every part has a point
             rows.append({"setting": run["setting"], "method": run["method"], "seed": run["seed"],
                          "lr": run["lr"], "step": round(share * run["settings"]["steps"]),
                          "validation": float(np.mean(list(tasks.values()))),
@@ -379,9 +381,13 @@ def figures(results: pd.DataFrame, curves: pd.DataFrame, affinity: pd.DataFrame,
             c = named[(named["method"] == m) & np.isclose(named["lr"], lr)]
             if not len(c):
                 continue
-            mean = c.groupby("step")["validation"].agg(["mean", "min", "max"])
-            ax.plot(mean.index, 100 * mean["mean"], marker=".", label=labels[m])
-            ax.fill_between(mean.index, 100 * mean["min"], 100 * mean["max"], alpha=0.12)
+            # seeds of separately trained parts have their points at other steps: interpolate
+            # every seed onto one grid of steps before taking mean, min and max
+            steps = np.linspace(c["step"].min(), c["step"].max(), 8)
+            seeds = np.array([np.interp(steps, g.sort_values("step")["step"], g.sort_values("step")["validation"])
+                              for _, g in c.groupby("seed")])
+            ax.plot(steps, 100 * seeds.mean(axis=0), marker=".", label=labels[m])
+            ax.fill_between(steps, 100 * seeds.min(axis=0), 100 * seeds.max(axis=0), alpha=0.12)
         ax.set_xlabel("training step (joint run; separate / per-cluster runs: their share)")
         ax.set_ylabel("validation exact match (%)")
         ax.set_title("Validation curves at the chosen learning rates (mean, min..max over seeds)", fontsize=9)
