@@ -161,11 +161,11 @@ def _fit(model, rows, tok, steps, lr, batch_size, seed, val_rows, points, task_n
     """Train; return the validation curve [(share of the steps, {task: exact match})]."""
     from .train import evaluate, train
 
-    every = max(1, steps // points)
+    every = max(1, steps // max(points, 1))
     curve = []
 
     def record(step, m):
-        if step > 0 and (step % every == 0 or step == steps) and (not curve or curve[-1][0] != step / steps):
+        if points and step > 0 and (step % every == 0 or step == steps) and (not curve or curve[-1][0] != step / steps):
             table = evaluate(m, val_rows, tok, task_names=task_names).drop(index="average")
             curve.append((round(step / steps, 4), table["exact_match"].to_dict()))
 
@@ -472,7 +472,8 @@ def quick_run(method: str = "cgc_lora", seed: int = 0, path: Path = DEFAULT_OUT,
     from .reporting import runs_table
 
     config = stored_config(path)
-    settings = replace(stored_settings(path), threads=threads, **overrides)
+    # no validation curve: the same training, fewer evaluations (curves never change the model)
+    settings = replace(stored_settings(path), threads=threads, **{"curve_points": 0, **overrides})
     return runs_table([run_one(method, seed, config["lr"][method], settings)])
 
 
