@@ -1,27 +1,31 @@
-"""The paper's comparison on TinyTasks: ``python -m cgc_edu.experiments``.
+"""The paper's comparison on TinyTasks, the one trainer of comparisons: ``python -m cgc_edu.experiments``.
 
-Every method is trained on the same data, for the same steps, at equal trainable parameters
-(``budget="total"``: each adapter bank has the parameters of one LoRA of rank ``--rank``;
-1+N splits that budget over its N cluster sets), then scored by exact match per task:
+The study, as Song et al. 2024 frame it (every row states its trainable parameters and the
+rank one task sees):
 
-* baselines (as in Song et al. 2024): the central model untouched, one LoRA for all tasks,
-  an independent LoRA per task, MoE-LoRA, CGC-LoRA on all tasks, and 1+N (one CGC-LoRA set
-  per cluster of the suite);
-* ablations of CGC-LoRA: no gate (uniform over S_t), no common experts, no specific experts.
-  At equal budget, removing the common experts leaves one private LoRA per task and removing
-  the specific ones leaves MoE-LoRA: those two rows are the baselines' runs, named again;
-* a sweep of (n_common, n_specific).
+* baselines: the central model untouched; **multiple independent models** (one LoRA per
+  task, each trained alone, at the rank a task sees in CGC-LoRA); an **integrated model**
+  (one LoRA of the total budget on all tasks); MoE-LoRA; CGC-LoRA; 1+N (CGC-LoRA per cluster,
+  the clusters measured from the data by default, the suite's labels as an option);
+* ablations of CGC-LoRA: no common experts, no specific experts, uniform gate, and a sweep
+  of (n_common, n_specific), all at the same total budget;
+* two prompt settings: instruction-bearing prompts (``"reverse:cab="``, the main table: one
+  shared LoRA can read what is asked) and anonymous prompts (``"cab="``: only the task id
+  tells the tasks apart);
+* recipes that converge: each tuned method's learning rate is chosen on the validation split
+  from `LR_GRID` (seed 0), the others use CGC-LoRA's; validation curves are recorded;
+* task affinity measures against the designed clusters (adjusted Rand index, per seed).
 
-Writes ``results.csv`` (one row per method, seed and task: the config, exact match, trainable
-parameters, wall time), ``config.json`` and ``results.md`` (mean ± standard deviation over
-seeds, laid out like the paper's tables). ``--quick`` reruns one configuration of the stored
-study (same settings) in under a minute, to compare with it.
+Every run is stored as one JSON file under ``<out>/runs/`` as it finishes, so an interrupted
+study resumes where it stopped. `cgc_edu.reporting` turns the runs into ``results.csv``,
+``results.md`` and the figures. ``--quick`` reruns one stored configuration (under a minute).
 
 Taught in: notebooks/07_experiments.ipynb.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -38,16 +42,25 @@ from tqdm.auto import tqdm
 
 from .config import AdapterConfig
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 COMMAND = "python -m cgc_edu.experiments"
+DEFAULT_OUT = Path("results")          # relative to the caller's working directory
+LR_GRID = (3e-3, 6e-3, 1.2e-2)
+SEEDS = (0, 1, 2, 3, 4)
+AFFINITY_METHODS = ("gradient", "lookahead", "update")
+#: ways to cut an affinity into clusters: name -> (scipy linkage method, what is clustered)
+CLUSTERINGS = {"average linkage of the affinity": ("average", "affinity"),
+               "complete linkage of the profiles": ("complete", "profile")}
 
 
 @dataclass(frozen=True)
 class Method:
-    """One row of the comparison: a point (n_common, n_specific, gate) of the layer family.
+    """One row of the comparison.
 
-    ``kind``: "central" (no adapter), "adapters" (one bank for all tasks) or "one_plus_n"
-    (one bank per cluster, the budget split over the clusters).
+    ``kind``: "central" (no adapter), "adapters" (one bank for all tasks, budget "total":
+    the parameters of one LoRA of the study's rank), "separate" (one LoRA per task, each
+    trained alone, at CGC-LoRA's per-task rank) or "one_plus_n" (one CGC-LoRA bank per
+    cluster with CGC-LoRA's expert rank). ``tuned``: its learning rate is chosen from
+    `LR_GRID`; otherwise it uses the rate chosen for ``lr_from``.
 
     Taught in: notebooks/07_experiments.ipynb.
     """
@@ -59,53 +72,81 @@ class Method:
     n_common: int = 0
     n_specific: int = 0
     gate: str = "task"
+    tuned: bool = False
+    lr_from: str = "cgc_lora"   # whose chosen rate an untuned method uses
 
-    def config(self, rank: int, n_tasks: int, alpha: Optional[float] = None) -> AdapterConfig:
-        """The AdapterConfig at total budget ``rank`` (alpha = 2 * rank unless given)."""
-        return AdapterConfig(rank=rank, alpha=float(alpha if alpha is not None else 2 * rank),
-                             n_common=self.n_common, n_specific=self.n_specific, n_tasks=n_tasks,
-                             gate=self.gate, budget="total")
+    def config(self, rank: int, n_tasks: int) -> AdapterConfig:
+        """The AdapterConfig of an "adapters" method at total budget ``rank`` (scaling 2)."""
+        return AdapterConfig(rank=rank, alpha=2.0 * rank, n_common=self.n_common,
+                             n_specific=self.n_specific, n_tasks=n_tasks, gate=self.gate, budget="total")
+
+    def task_rank(self, rank: int, n_tasks: int) -> int:
+        """The rank one task sees: its allowed experts' ranks added up."""
+        if self.kind == "central":
+            return 0
+        if self.kind == "separate":
+            return METHODS["cgc_lora"].task_rank(rank, n_tasks)
+        if self.kind == "one_plus_n":
+            return expert_rank(rank, n_tasks) * (self.n_common + self.n_specific)
+        config = self.config(rank, n_tasks)
+        return config.expert_rank * config.experts_per_task
+
+
+def expert_rank(rank: int, n_tasks: int) -> int:
+    """CGC-LoRA's expert rank at total budget ``rank`` (1+N reuses it per cluster)."""
+    return METHODS["cgc_lora"].config(rank, n_tasks).expert_rank
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("central", "central model (no adapter)", "baseline", kind="central"),
-    Method("lora", "LoRA (one for all tasks)", "baseline", n_common=1, gate="uniform"),
-    Method("independent", "independent LoRA per task", "baseline", n_specific=1, gate="uniform"),
-    Method("moe_lora", "MoE-LoRA (4 experts)", "baseline", n_common=4),
-    Method("cgc_lora", "CGC-LoRA (4 common + 1 specific)", "baseline", n_common=4, n_specific=1),
-    Method("one_plus_n", "1+N: CGC-LoRA per cluster (2 + 1)", "baseline", kind="one_plus_n",
-           n_common=2, n_specific=1),
-    Method("cgc_no_gate", "CGC-LoRA without gate (uniform)", "ablation", n_common=4, n_specific=1,
+    Method("separate", "multiple independent models (one LoRA per task)", "baseline",
+           kind="separate", tuned=True),
+    Method("integrated", "integrated model (one LoRA, all tasks)", "baseline", n_common=1,
+           gate="uniform", tuned=True),
+    Method("moe_lora", "MoE-LoRA (4 experts)", "baseline", n_common=4, tuned=True),
+    Method("cgc_lora", "CGC-LoRA (4 common + 1 specific)", "baseline", n_common=4, n_specific=1, tuned=True),
+    Method("one_plus_n", "1+N: CGC-LoRA per measured cluster (2 + 1)", "baseline", kind="one_plus_n",
+           n_common=2, n_specific=1, tuned=True),
+    Method("one_plus_n_designed", "1+N: CGC-LoRA per designed cluster (2 + 1)", "ablation",
+           kind="one_plus_n", n_common=2, n_specific=1, lr_from="one_plus_n"),
+    Method("cgc_no_common", "CGC-LoRA without common experts (0 + 1)", "ablation", n_specific=1),
+    Method("cgc_uniform", "CGC-LoRA with a uniform gate", "ablation", n_common=4, n_specific=1,
            gate="uniform"),
-    Method("cgc_c0_s3", "CGC-LoRA 0 common + 3 specific", "sweep", n_common=0, n_specific=3),
     Method("cgc_c8_s2", "CGC-LoRA 8 common + 2 specific", "sweep", n_common=8, n_specific=2),
     Method("cgc_c16_s1", "CGC-LoRA 16 common + 1 specific", "sweep", n_common=16, n_specific=1),
 ]}
-#: Ablations that are, at equal budget, baselines already run: row name -> (label, run).
-ALIASES = {
-    "cgc_no_common": ("CGC-LoRA without common experts (= independent LoRA)", "independent"),
-    "cgc_no_specific": ("CGC-LoRA without specific experts (= MoE-LoRA)", "moe_lora"),
-}
-#: Points of the (n_common, n_specific) sweep, including the baselines that are such points.
-SWEEP = ["independent", "cgc_c0_s3", "moe_lora", "cgc_lora", "cgc_c8_s2", "cgc_c16_s1"]
+#: Points of the (n_common, n_specific) sweep. Without specific experts, at the same total
+#: budget, CGC-LoRA IS MoE-LoRA (4 + 0): that point is the MoE-LoRA row.
+SWEEP = ["cgc_no_common", "moe_lora", "cgc_lora", "cgc_c8_s2", "cgc_c16_s1"]
+#: Methods of the second table (anonymous prompts): what a task id adds.
+ANONYMOUS = ["integrated", "moe_lora", "cgc_lora"]
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a run depends on besides the method and the seed.
+    """Everything a run depends on besides the method, the seed and the learning rate.
 
     Taught in: notebooks/07_experiments.ipynb.
     """
 
     steps: int = 300
-    lr: float = 1e-2
     batch_size: int = 32
     rank: int = 24
     n_train: int = 2000
     n_low: int = 50
+    n_validation: int = 50
     n_test: int = 100
-    base: Optional[str] = None      # central model folder; None: the shipped one
-    threads: int = 2
+    name_in_prompt: bool = True
+    curve_points: int = 6            # validation exact match this many times per run
+    min_separate_steps: int = 100    # each separately trained model gets at least this
+    affinity: str = "update"         # how 1+N measures task affinity
+    affinity_warmup: int = 60        # joint warm-up steps before measuring it
+    base: Optional[str] = None       # central model folder; None: the shipped one
+    threads: int = 1
+
+    @property
+    def setting(self) -> str:
+        return "named" if self.name_in_prompt else "anonymous"
 
 
 def _check(methods: Sequence[str]) -> list[str]:
@@ -115,279 +156,388 @@ def _check(methods: Sequence[str]) -> list[str]:
     return list(methods)
 
 
-def run_one(method: str, seed: int, settings: Settings = Settings()) -> list[dict]:
-    """Train and evaluate one method with one seed (data, initialisation and batch order).
+# -------------------------------------------------------------- one run
+def _fit(model, rows, tok, steps, lr, batch_size, seed, val_rows, points, task_names=None):
+    """Train; return the validation curve [(share of the steps, {task: exact match})]."""
+    from .train import evaluate, train
 
-    Returns one dict per task: the method's config, exact match, trainable parameters and
-    the seconds spent training and evaluating.
+    every = max(1, steps // max(points, 1))
+    curve = []
+
+    def record(step, m):
+        if points and step > 0 and (step % every == 0 or step == steps) and (not curve or curve[-1][0] != step / steps):
+            table = evaluate(m, val_rows, tok, task_names=task_names).drop(index="average")
+            curve.append((round(step / steps, 4), table["exact_match"].to_dict()))
+
+    losses = train(model, rows, tok, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                   callback=record, callback_every=every, progress=False)
+    # the training loss at the same points (mean of the steps since the previous point)
+    for i, (share, scores) in enumerate(curve):
+        end = round(share * steps)
+        window = losses[max(0, end - every): end]
+        scores["_loss"] = float(sum(window) / len(window))
+    return curve
+
+
+def _merge_curves(parts):
+    """Curves of separately trained models (each on its tasks) as one curve, by share of steps."""
+    merged, n_parts = {}, len(parts)
+    for curve in parts:
+        for share, scores in curve:
+            scores = dict(scores)
+            loss = scores.pop("_loss", None)
+            merged.setdefault(share, {}).update(scores)
+            if loss is not None:   # the parts' losses, averaged (each part counts once)
+                merged[share]["_loss"] = merged[share].get("_loss", 0.0) + loss / n_parts
+    shares = sorted(merged)
+    out, last = [], {}
+    for s in shares:
+        last.update(merged[s])
+        out.append((s, dict(last)))
+    return out
+
+
+def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) -> dict:
+    """Train and evaluate one method with one seed (data, initialisation, batch order) and lr.
+
+    Returns a dict: the method, seed, lr, settings, ``test`` (exact match per task), ``n_test``,
+    ``validation`` (final exact match per task), ``curve`` (validation exact match at
+    `Settings.curve_points` points of training), trainable parameters, the rank a task sees,
+    the clusters (1+N) and the seconds spent.
 
     Taught in: notebooks/07_experiments.ipynb.
     """
+    from .affinity import _task_order, adjusted_rand_index, measured_clusters, prior_clusters, subset_tasks
     from .data import build_tokenizer, make_tiny_tasks
-    from .framework import OnePlusN, prior_clusters
+    from .framework import OnePlusN
     from .injection import add_adapters, trainable_parameters
     from .models import load_central_model
-    from .train import evaluate, train
+    from .train import evaluate
     from .utils import seed_everything
 
     spec = METHODS[_check([method])[0]]
     torch.set_num_threads(settings.threads)
     seed_everything(seed)
     data = make_tiny_tasks(seed=seed, n_train=settings.n_train, n_low=settings.n_low,
-                           n_validation=0, n_test=settings.n_test)
+                           n_validation=settings.n_validation, n_test=settings.n_test,
+                           name_in_prompt=settings.name_in_prompt)
     tok = build_tokenizer()
     base = load_central_model(settings.base)
-    n_tasks = len(set(data["train"]["task"]))
+    train_rows, val_rows = data["train"], data["validation"]
+    tasks = _task_order(train_rows)
+    n_tasks = len(tasks)
     start = time.perf_counter()
-    params, clusters = 0, {}
+    extra: dict = {}
+    fit = dict(batch_size=settings.batch_size, seed=seed, points=settings.curve_points)
     if spec.kind == "central":
-        model, scorer = base, lambda test: evaluate(base, test, tok)
+        params, curve = 0, []
+        scorer = lambda split: evaluate(base, split, tok)
+    elif spec.kind == "separate":
+        rank = spec.task_rank(settings.rank, n_tasks)
+        models, parts, params = {}, [], 0
+        for task in tasks:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                model = add_adapters(load_central_model(settings.base),
+                                     AdapterConfig.lora(rank=rank, alpha=2.0 * rank))
+            mine = subset_tasks(train_rows, [task])
+            steps = max(settings.min_separate_steps, round(settings.steps * len(mine) / len(train_rows)))
+            parts.append(_fit(model, mine, tok, steps, lr, val_rows=subset_tasks(val_rows, [task]),
+                              task_names=[task], **fit))
+            models[task] = model
+            params += trainable_parameters(model)
+        curve = _merge_curves(parts)
+
+        def scorer(split):
+            frames = [evaluate(models[t], subset_tasks(split, [t]), tok, task_names=[t]).drop(index="average")
+                      for t in tasks]
+            return pd.concat(frames)
     elif spec.kind == "one_plus_n":
-        clusters = prior_clusters(data["train"])
-        configs = {c: spec.config(settings.rank // len(clusters), len(t)) for c, t in clusters.items()}
+        designed = prior_clusters(train_rows)
+        if method == "one_plus_n_designed":
+            clusters = designed
+        else:
+            clusters, _ = measured_clusters(base, train_rows, len(designed), tok, method=settings.affinity,
+                                            warmup_steps=settings.affinity_warmup, seed=seed)
+        r_e = expert_rank(settings.rank, n_tasks)
+        per_task = r_e * (spec.n_common + spec.n_specific)
+        configs = {c: AdapterConfig(rank=per_task, alpha=2.0 * per_task, n_common=spec.n_common,
+                                    n_specific=spec.n_specific, n_tasks=len(t), budget="per_task")
+                   for c, t in clusters.items()}
         fw = OnePlusN(base, clusters, configs, tokenizer=tok, seed=seed)
-        fw.train(data["train"], steps=settings.steps, lr=settings.lr,
-                 batch_size=settings.batch_size, seed=seed, progress=False)
+        parts = []
+        for cluster, members in clusters.items():   # as OnePlusN.train: steps shared by rows
+            mine = subset_tasks(train_rows, members)
+            steps = max(1, round(settings.steps * len(mine) / len(train_rows)))
+            parts.append(_fit(fw.sets[cluster], mine, tok, steps, lr, val_rows=subset_tasks(val_rows, members),
+                              task_names=members, **fit))
+        curve = _merge_curves(parts)
         params = sum(trainable_parameters(s) for s in fw.sets.values())
-        scorer = fw.evaluate
+        scorer = lambda split: fw.evaluate(split).drop(columns="cluster")
+        extra = {"clusters": clusters, "ari": adjusted_rand_index(clusters, designed)}
     else:
         model = add_adapters(base, spec.config(settings.rank, n_tasks))
-        train(model, data["train"], tok, steps=settings.steps, lr=settings.lr,
-              batch_size=settings.batch_size, seed=seed, progress=False)
+        curve = _fit(model, train_rows, tok, settings.steps, lr, val_rows=val_rows, **fit)
         params = trainable_parameters(model)
-        scorer = lambda test: evaluate(model, test, tok)
+        scorer = lambda split: evaluate(model, split, tok)
     trained = time.perf_counter()
-    table = scorer(data["test"]).drop(index="average")
+    test = scorer(data["test"])
+    test = test.drop(index="average", errors="ignore")
+    validation = scorer(val_rows).drop(index="average", errors="ignore")
     done = time.perf_counter()
-    cluster_of = dict(zip(data["test"]["task"], data["test"]["cluster"]))
-    return [{
-        "method": spec.name, "label": spec.label, "family": spec.family, "seed": seed,
-        "task": task, "cluster": cluster_of[task], "exact_match": float(row["exact_match"]),
-        "n": int(row["n"]), "trainable_params": params,
-        "train_seconds": round(trained - start, 2), "eval_seconds": round(done - trained, 2),
-        "n_common": spec.n_common, "n_specific": spec.n_specific, "gate": spec.gate,
-        "n_sets": max(1, len(clusters)), **{k: v for k, v in asdict(settings).items()
-                                           if k not in ("base", "threads")},
-    } for task, row in table.iterrows()]
+    return {"method": method, "seed": seed, "lr": lr, "setting": settings.setting,
+            "settings": asdict(settings), "tasks": tasks,
+            "cluster_of": dict(zip(data["test"]["task"], data["test"]["cluster"])),
+            "low_data": sorted({t for t, low in zip(data["test"]["task"], data["test"]["low_data"]) if low}),
+            "test": test["exact_match"].to_dict(), "n_test": test["n"].astype(int).to_dict(),
+            "validation": validation["exact_match"].to_dict(), "curve": curve,
+            "trainable_params": int(params), "task_rank": spec.task_rank(settings.rank, n_tasks),
+            "train_seconds": round(trained - start, 2), "eval_seconds": round(done - trained, 2), **extra}
 
 
-def _run_job(job):
-    method, seed, settings = job
-    return run_one(method, seed, settings)
-
-
-def run_study(methods: Sequence[str] = tuple(METHODS), seeds: Sequence[int] = (0, 1, 2),
-              settings: Settings = Settings(), workers: int = 1, progress: bool = True,
-              out: Optional[Path] = None) -> pd.DataFrame:
-    """Run every (method, seed); return the long results table (one row per task).
-
-    ``workers`` > 1 runs jobs in parallel processes (each with ``settings.threads`` threads).
-    With ``out``, rows are appended to ``out/results.partial.csv`` as runs finish.
+def affinity_run(seed: int, settings: Settings = Settings()) -> dict:
+    """Every affinity measure, cold (at the bare central model) and after the joint warm-up,
+    each clustered two ways (average linkage of the affinity; complete linkage of the tasks'
+    affinity profiles) into as many clusters as the suite designs, scored by adjusted Rand index.
 
     Taught in: notebooks/07_experiments.ipynb.
     """
-    jobs = [(m, s, settings) for s in seeds for m in _check(methods)]
-    rows: list[dict] = []
-    bar = tqdm(total=len(jobs), desc="runs", disable=not progress)
-    partial = None
-    if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        partial = Path(out) / "results.partial.csv"
-        partial.unlink(missing_ok=True)
+    from .affinity import _measure, _probe, adjusted_rand_index, cluster_tasks, prior_clusters
+    from .data import build_tokenizer, make_tiny_tasks
+    from .models import load_central_model
 
-    def collect(result):
-        rows.extend(result)
-        if partial is not None:
-            pd.DataFrame(result).to_csv(partial, mode="a", header=not partial.exists(), index=False)
-        avg = sum(r["exact_match"] for r in result) / len(result)
-        bar.set_postfix_str(f"{result[0]['method']} seed {result[0]['seed']}: {avg:.3f}")
+    torch.set_num_threads(settings.threads)
+    data = make_tiny_tasks(seed=seed, n_train=settings.n_train, n_low=settings.n_low, n_validation=0,
+                           n_test=0, name_in_prompt=settings.name_in_prompt)
+    tok, base = build_tokenizer(), load_central_model(settings.base)
+    designed = prior_clusters(data["train"])
+    out = {"seed": seed, "setting": settings.setting, "settings": asdict(settings), "designed": designed,
+           "measures": []}
+    for warmup in sorted({0, settings.affinity_warmup}):
+        start = time.perf_counter()
+        probe = _probe(base, data["train"], tok, rank=8, seed=seed, warmup_steps=warmup, warmup_lr=3e-3,
+                       batch_size=settings.batch_size)
+        warm_seconds = time.perf_counter() - start
+        for method in AFFINITY_METHODS:
+            if method == "update" and warmup == 0:
+                continue   # the update from a fresh LoRA is its first gradient step: "gradient" again
+            start = time.perf_counter()
+            aff = _measure(probe, data["train"], tok, method, seed=seed, batch_size=settings.batch_size)
+            seconds = round(time.perf_counter() - start + warm_seconds, 2)
+            for clustering, (linkage_method, on) in CLUSTERINGS.items():
+                clusters = cluster_tasks(aff, len(designed), linkage_method, on)
+                out["measures"].append({"method": method, "warmup_steps": warmup, "clustering": clustering,
+                                        "clusters": clusters, "ari": adjusted_rand_index(clusters, designed),
+                                        "affinity": aff.round(4).to_dict(), "seconds": seconds})
+    return out
+
+
+# --------------------------------------------------------------- the study
+def _run_file(out: Path, kind: str, key: dict) -> Path:
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    name = "_".join(str(key[k]) for k in ("setting", "method", "seed") if k in key)
+    return Path(out) / "runs" / f"{kind}_{name}_{digest}.json"
+
+
+def _job(job):
+    kind, key, settings = job
+    if kind == "affinity":
+        return affinity_run(key["seed"], settings)
+    return run_one(key["method"], key["seed"], key["lr"], settings)
+
+
+def _key(kind, settings, **kw):
+    return {"kind": kind, "settings": asdict(replace(settings, threads=1)), **kw,
+            "setting": settings.setting}
+
+
+def run_jobs(jobs: list, out: Path, workers: int = 1, progress: bool = True, desc: str = "runs") -> list[dict]:
+    """Run (kind, key, settings) jobs, each stored as ``out/runs/*.json``; finished ones are
+    read back, not redone.
+
+    Taught in: notebooks/07_experiments.ipynb.
+    """
+    todo, done = [], []
+    for job in jobs:
+        file = _run_file(out, job[0], job[1])
+        if file.is_file():
+            done.append(json.loads(file.read_text()))
+        else:
+            todo.append((job, file))
+    bar = tqdm(total=len(jobs), initial=len(done), desc=desc, disable=not progress)
+
+    def collect(result, file):
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(file)     # atomic: an interrupted write never looks finished
+        done.append(result)
+        bar.set_postfix_str(f"{result.get('method', 'affinity')} seed {result['seed']}")
         bar.update()
 
     if workers <= 1:
-        for job in jobs:
-            collect(_run_job(job))
-    else:
+        for job, file in todo:
+            collect(_job(job), file)
+    elif todo:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            for future in as_completed([pool.submit(_run_job, job) for job in jobs]):
-                collect(future.result())
+            futures = {pool.submit(_job, job): file for job, file in todo}
+            for future in as_completed(futures):
+                collect(future.result(), futures[future])
     bar.close()
-    frame = pd.DataFrame(rows)
-    order = {m: i for i, m in enumerate(methods)}
-    frame = frame.sort_values(["method", "seed"], key=lambda c: c.map(order) if c.name == "method" else c,
-                              kind="stable").reset_index(drop=True)
-    return frame
+    run_jobs.trained = len(todo)   # how many were trained by this call (the rest were read back)
+    return done
 
 
-# ----------------------------------------------------------------- tables
-def per_seed_average(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean exact match over tasks, per method and seed (the paper's "average" column)."""
-    return results.groupby(["method", "seed"], sort=False)["exact_match"].mean().rename("average").reset_index()
-
-
-def summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds, per method, for every task and the average.
-
-    Returns columns ``method, task, mean, std, min, max, n_seeds``.
+def choose_lr(grid_runs: list[dict]) -> dict[str, float]:
+    """Per method, the grid's learning rate with the best final validation exact match
+    (averaged over tasks; ties go to the smaller rate).
 
     Taught in: notebooks/07_experiments.ipynb.
     """
-    avg = per_seed_average(results).rename(columns={"average": "exact_match"}).assign(task="average")
-    both = pd.concat([results[["method", "seed", "task", "exact_match"]], avg], ignore_index=True)
-    stats = both.groupby(["method", "task"], sort=False)["exact_match"].agg(
-        mean="mean", std=lambda v: v.std(ddof=1) if len(v) > 1 else 0.0, min="min", max="max",
-        n_seeds="size")
-    return stats.reset_index()
+    best: dict[str, tuple] = {}
+    for run in grid_runs:
+        score = sum(run["validation"].values()) / len(run["validation"])
+        cand = (score, -run["lr"])
+        if run["method"] not in best or cand > best[run["method"]][0]:
+            best[run["method"]] = (cand, run["lr"])
+    return {m: lr for m, (_, lr) in best.items()}
 
 
-def _cell(mean: float, std: float) -> str:
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+def run_study(out: Path = DEFAULT_OUT, methods: Sequence[str] = tuple(METHODS), seeds: Sequence[int] = SEEDS,
+              settings: Settings = Settings(), lr_grid: Sequence[float] = LR_GRID,
+              anonymous: Sequence[str] = tuple(ANONYMOUS), affinity_seeds: Optional[Sequence[int]] = None,
+              ablation_seeds: Optional[Sequence[int]] = None, anonymous_seeds: Optional[Sequence[int]] = None,
+              workers: int = 1, progress: bool = True) -> dict:
+    """The whole study: learning-rate grid (first seed), every method and seed at its chosen
+    rate, the anonymous-prompt table, the affinity measures. Returns the runs, by part.
 
-
-def _table(results: pd.DataFrame, rows: list[tuple[str, str]], with_tasks: bool = True) -> str:
-    stats = summary(results).set_index(["method", "task"])
-    tasks = list(pd.unique(results["task"])) if with_tasks else []
-    params = results.groupby("method")["trainable_params"].first()
-    header = ["method", *tasks, "average", "trainable params"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for label, run in rows:
-        if run not in params.index:
-            continue
-        cells = [_cell(*stats.loc[(run, t), ["mean", "std"]]) for t in [*tasks, "average"]]
-        lines.append("| " + " | ".join([label, *cells, f"{int(params[run]):,}"]) + " |")
-    return "\n".join(lines)
-
-
-def markdown_tables(results: pd.DataFrame, settings: Optional[dict] = None, command: str = COMMAND) -> str:
-    """The results as Markdown: main comparison, ablations and the expert sweep.
-
-    Cells are exact match in percent, mean ± standard deviation over seeds.
+    ``seeds`` serve the baselines; ablations and sweep points use ``ablation_seeds``, the
+    anonymous table ``anonymous_seeds`` and the affinity study ``affinity_seeds`` (each
+    defaulting to ``seeds``): a way to shrink the study where time is short, said in results.md.
 
     Taught in: notebooks/07_experiments.ipynb.
     """
-    labels = {m.name: m.label for m in METHODS.values()}
-    seeds = sorted(results["seed"].unique())
-    parts = ["# CGC-LoRA on TinyTasks", "",
-             f"Exact match (%) on the test split, mean ± standard deviation over {len(seeds)} seeds "
-             f"({', '.join(map(str, seeds))}); each seed draws the data, the initialisation and the "
-             "batch order. All adapters have the same trainable budget (one LoRA of rank "
-             f"{results['rank'].iloc[0]}, gates aside).", "",
-             f"Produced by: `{command}`", ""]
-    if settings:
-        parts += ["Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
-    parts += ["## Comparison with the baselines", "",
-              _table(results, [(labels[m], m) for m, s in METHODS.items() if s.family == "baseline"]), "",
-              "## Ablations of CGC-LoRA", "",
-              _table(results, [(labels["cgc_lora"], "cgc_lora"), (labels["cgc_no_gate"], "cgc_no_gate")]
-                     + [(label, run) for label, run in ALIASES.values()]), "",
-              "At equal budget, CGC-LoRA without common experts is one private LoRA per task, and "
-              "without specific experts it is MoE-LoRA: those rows reuse the baselines' runs.", "",
-              "## Sweep of the number of common and specific experts", "",
-              _table(results, [(f"{METHODS[m].n_common} common + {METHODS[m].n_specific} specific"
-                                + (" (gate: uniform)" if METHODS[m].gate == "uniform" else ""), m)
-                               for m in SWEEP], with_tasks=False), ""]
-    return "\n".join(parts)
+    methods = _check(methods)
+    out = Path(out)
+    named = replace(settings, name_in_prompt=True)
+    tuned = [m for m in methods if METHODS[m].tuned]
+    grid_jobs = [("run", _key("run", named, method=m, seed=seeds[0], lr=lr), named) for m in tuned for lr in lr_grid]
+    grid = run_jobs(grid_jobs, out, workers, progress, desc="lr grid")
+    trained = run_jobs.trained
+    chosen = choose_lr(grid)
+    fallback = chosen.get("cgc_lora", lr_grid[len(lr_grid) // 2])
+    lr_of = {m: chosen.get(m, chosen.get(METHODS[m].lr_from, fallback)) for m in methods}
+    ablation_seeds = list(seeds if ablation_seeds is None else ablation_seeds)
+    jobs = [("run", _key("run", named, method=m, seed=s, lr=lr_of[m]), named)
+            for m in methods for s in (seeds if METHODS[m].family == "baseline" else ablation_seeds)]
+    anon = replace(settings, name_in_prompt=False)
+    jobs += [("run", _key("run", anon, method=m, seed=s, lr=lr_of[m]), anon)
+             for m in anonymous if m in methods for s in (seeds if anonymous_seeds is None else anonymous_seeds)]
+    aff_seeds = list(seeds if affinity_seeds is None else affinity_seeds)
+    jobs += [("affinity", _key("affinity", named, seed=s), named) for s in aff_seeds]
+    runs = run_jobs(jobs, out, workers, progress, desc="study")
+    return {"grid": grid, "lr": lr_of, "lr_grid": list(lr_grid), "trained": trained + run_jobs.trained,
+            "runs": [r for r in runs if "method" in r], "affinity": [r for r in runs if "method" not in r]}
 
 
-def load_results(path: Path = RESULTS_DIR) -> pd.DataFrame:
-    """The stored study (``results/results.csv``) as a DataFrame.
+# ------------------------------------------------------------- quick rerun
+def stored_config(path: Path = DEFAULT_OUT) -> dict:
+    """The stored study's ``config.json`` (settings, chosen learning rates, command).
 
     Taught in: notebooks/07_experiments.ipynb.
     """
-    file = Path(path) / "results.csv" if Path(path).is_dir() else Path(path)
+    file = Path(path) / "config.json"
     if not file.is_file():
-        raise FileNotFoundError(f"no results at {file}; run `{COMMAND}` to produce them.")
-    return pd.read_csv(file)
+        raise FileNotFoundError(f"no study at {file}; run `{COMMAND}` (or pass the results folder).")
+    return json.loads(file.read_text())
 
 
-def stored_settings(path: Path = RESULTS_DIR) -> Settings:
-    """The Settings the stored study ran with (from ``results/config.json``)."""
-    config = json.loads((Path(path) / "config.json").read_text())
+def stored_settings(path: Path = DEFAULT_OUT) -> Settings:
+    """The Settings the stored study ran with (from ``config.json``).
+
+    Taught in: notebooks/07_experiments.ipynb.
+    """
+    config = stored_config(path)
     return Settings(**{k: v for k, v in config["settings"].items() if k in Settings.__dataclass_fields__})
 
 
-def quick_run(method: str = "cgc_lora", seed: int = 0, path: Path = RESULTS_DIR,
-              progress: bool = False, **overrides) -> pd.DataFrame:
-    """Rerun one configuration of the stored study (its settings, one seed): under a minute.
+def quick_run(method: str = "cgc_lora", seed: int = 0, path: Path = DEFAULT_OUT,
+              threads: int = 2, **overrides) -> pd.DataFrame:
+    """Rerun one configuration of the stored study (its settings and chosen lr, one seed).
+
+    Returns the long table (`cgc_edu.reporting.runs_table`) of that run.
 
     Taught in: notebooks/07_experiments.ipynb.
     """
-    settings = replace(stored_settings(path), **overrides)
-    return run_study([method], [seed], settings, workers=1, progress=progress)
+    from .reporting import runs_table
 
-
-def within_spread(run: pd.DataFrame, stored: pd.DataFrame, tolerance: float = 0.02) -> pd.DataFrame:
-    """Compare a rerun's per-seed average with the stored seeds' range, per method.
-
-    Returns columns ``method, rerun, stored_min, stored_max, ok`` (ok: the rerun lies in the
-    stored min..max, widened by ``tolerance``).
-
-    Taught in: notebooks/07_experiments.ipynb.
-    """
-    mine = per_seed_average(run).groupby("method")["average"].mean()
-    theirs = per_seed_average(stored).groupby("method")["average"].agg(["min", "max"])
-    out = pd.DataFrame({"rerun": mine, "stored_min": theirs["min"].reindex(mine.index),
-                        "stored_max": theirs["max"].reindex(mine.index)})
-    out["ok"] = (out["rerun"] >= out["stored_min"] - tolerance) & (out["rerun"] <= out["stored_max"] + tolerance)
-    return out.reset_index(names="method")
+    config = stored_config(path)
+    # no validation curve: the same training, fewer evaluations (curves never change the model)
+    settings = replace(stored_settings(path), threads=threads, **{"curve_points": 0, **overrides})
+    return runs_table([run_one(method, seed, config["lr"][method], settings)])
 
 
 # -------------------------------------------------------------------- CLI
-def main(argv: Optional[Sequence[str]] = None) -> pd.DataFrame:
+def main(argv: Optional[Sequence[str]] = None):
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated, among {', '.join(METHODS)}")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument("--steps", type=int, default=Settings.steps)
-    parser.add_argument("--lr", type=float, default=Settings.lr)
-    parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
-    parser.add_argument("--rank", type=int, default=Settings.rank, help="total budget: one LoRA of this rank")
-    parser.add_argument("--n-train", type=int, default=Settings.n_train, help="training examples per task")
-    parser.add_argument("--n-low", type=int, default=Settings.n_low, help="training examples per low-data task")
-    parser.add_argument("--n-test", type=int, default=Settings.n_test, help="test examples per task")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, among {', '.join(METHODS)}")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
+    parser.add_argument("--lr-grid", default=",".join(map(str, LR_GRID)), help="learning rates tried (first seed)")
+    parser.add_argument("--anonymous", default=",".join(ANONYMOUS),
+                        help="methods also run with anonymous prompts ('' for none)")
+    parser.add_argument("--affinity-seeds", default=None, help="seeds of the affinity study (default: --seeds)")
+    parser.add_argument("--ablation-seeds", default=None, help="seeds of ablations and sweep (default: --seeds)")
+    parser.add_argument("--anonymous-seeds", default=None, help="seeds of the anonymous table (default: --seeds)")
+    defaults = Settings()
+    for field in ("steps", "batch_size", "rank", "n_train", "n_low", "n_validation", "n_test",
+                  "curve_points", "min_separate_steps", "affinity_warmup"):
+        parser.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(defaults, field))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (default 1 per worker; 2 for --quick)")
+    parser.add_argument("--affinity", default=defaults.affinity, choices=AFFINITY_METHODS,
+                        help="the affinity measure 1+N clusters by")
     parser.add_argument("--base", default=None, help="central model folder (default: the shipped one)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
-    parser.add_argument("--threads", type=int, default=Settings.threads, help="torch threads per process")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for results.csv, config.json, results.md (default results/; "
-                             "with --quick nothing is written unless given)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="results folder (default ./results of the working directory)")
     parser.add_argument("--quick", action="store_true",
-                        help="rerun one configuration (--methods, default cgc_lora; seed 0) of the stored "
-                             "study with its settings and compare with it")
+                        help="rerun one configuration (first of --methods if given, else cgc_lora; first seed) "
+                             "of the study stored in --out and compare it with the stored seeds")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    progress = not args.no_progress
+    from . import reporting
+
     if args.quick:
-        method = args.methods if args.methods != ",".join(METHODS) else "cgc_lora"
+        method = args.methods.split(",")[0] if args.methods != ",".join(METHODS) else "cgc_lora"
         seed = int(args.seeds.split(",")[0])
-        frame = quick_run(method, seed, progress=progress)
-        print(frame.pivot_table(index="task", columns="method", values="exact_match", sort=False).round(3))
-        print(within_spread(frame, load_results()).round(3).to_string(index=False))
-        if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            frame.to_csv(args.out / "quick.csv", index=False)
+        start = time.perf_counter()
+        frame = quick_run(method, seed, args.out, threads=args.threads or 2)
+        check = reporting.within_spread(frame, reporting.load_results(args.out))
+        print(check.round(3).to_string(index=False))
+        print(f"quick rerun in {time.perf_counter() - start:.0f} s")
         return frame
-    settings = Settings(steps=args.steps, lr=args.lr, batch_size=args.batch_size, rank=args.rank,
-                        n_train=args.n_train, n_low=args.n_low, n_test=args.n_test, base=args.base, threads=args.threads)
-    methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
-    out = args.out or RESULTS_DIR
+    settings = Settings(threads=args.threads or 1, **{f: getattr(args, f) for f in (
+        "steps", "batch_size", "rank", "n_train", "n_low", "n_validation", "n_test", "curve_points",
+        "min_separate_steps", "affinity_warmup", "affinity", "base")})
+    seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
-    frame = run_study(methods, seeds, settings, workers=args.workers, progress=progress, out=out)
+    study = run_study(args.out, args.methods.split(","), seeds, settings,
+                      [float(x) for x in args.lr_grid.split(",")],
+                      [m for m in args.anonymous.split(",") if m],
+                      *[None if v is None else [int(s) for s in v.split(",")]
+                        for v in (args.affinity_seeds, args.ablation_seeds, args.anonymous_seeds)],
+                      workers=args.workers, progress=not args.no_progress)
     wall = time.perf_counter() - start
-    frame.to_csv(out / "results.csv", index=False)
-    (out / "results.partial.csv").unlink(missing_ok=True)
-    from .framework import base_fingerprint
-    from .models import load_central_model
-    shown = {k: v for k, v in asdict(settings).items() if k not in ("base", "threads")}
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
-    config = {"command": command, "settings": asdict(settings), "methods": methods, "seeds": seeds,
-              "workers": args.workers, "wall_seconds": round(wall, 1),
-              "base_fingerprint": base_fingerprint(load_central_model(settings.base)),
-              "versions": {"torch": torch.__version__}}
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    (out / "results.md").write_text(markdown_tables(frame, shown, command))
-    print(f"{len(frame)} rows in {wall:.0f} s -> {out}/results.csv, results.md")
-    return frame
+    if study["trained"] == 0 and (args.out / "config.json").is_file():
+        # every run was read back: keep the wall time of the call that trained them
+        previous = stored_config(args.out)
+        if previous.get("command") == command:
+            wall = previous["wall_seconds"]
+    reporting.write_report(study, args.out, settings, command, wall, workers=args.workers)
+    print(f"{len(study['runs'])} runs in {wall:.0f} s -> {args.out}/results.csv, results.md")
+    return study
 
 
 if __name__ == "__main__":

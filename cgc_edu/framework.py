@@ -23,205 +23,21 @@ import json
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
-import numpy as np
 import pandas as pd
 import torch
-from datasets import Dataset
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import squareform
 from torch import nn
 
+# Affinity and clustering live in .affinity; imported here so that
+# `from cgc_edu.framework import task_affinity, cluster_tasks, ...` keeps working.
+from .affinity import (_task_order, cluster_tasks, clustering_agreement, prior_clusters,  # noqa: F401
+                       subset_tasks, task_affinity, task_linkage)
 from .config import AdapterConfig
-from .data import TinyTasksCollator, build_tokenizer
+from .data import build_tokenizer
 from .injection import add_adapters, adapter_layers
 from .io import export_peft_lora, load_adapters, read_adapter_config, save_adapters
 
 FORMAT = "cgc_edu-one-plus-n"
 MANIFEST = "one_plus_n.json"
-
-
-# ------------------------------------------------------------------ datasets
-def _task_order(dataset) -> list[str]:
-    """Task names of a TinyTasks split, in task-id order."""
-    pairs = sorted({(int(i), t) for i, t in zip(dataset["task_id"], dataset["task"])})
-    return [t for _, t in pairs]
-
-
-def prior_clusters(dataset) -> dict[str, list[str]]:
-    """Clusters from prior knowledge: the suite's ``cluster`` column, tasks in task-id order.
-
-    Taught in: notebooks/06_one_plus_n.ipynb.
-    """
-    if "cluster" not in dataset.column_names:
-        raise KeyError(f"prior_clusters: the dataset has no 'cluster' column (columns "
-                       f"{dataset.column_names}); pass a TinyTasks split or measure clusters "
-                       "with task_affinity + cluster_tasks.")
-    label = dict(zip(dataset["task"], dataset["cluster"]))
-    clusters: dict[str, list[str]] = {}
-    for task in _task_order(dataset):
-        clusters.setdefault(label[task], []).append(task)
-    return clusters
-
-
-def subset_tasks(dataset, tasks: Sequence[str]):
-    """The rows of ``tasks`` only, with ``task_id`` renumbered 0..len(tasks)-1 in that order.
-
-    This is how a cluster's adapter set sees its tasks: local ids, like a suite of its own.
-
-    Taught in: notebooks/06_one_plus_n.ipynb.
-    """
-    local = {t: i for i, t in enumerate(tasks)}
-    missing = sorted(set(tasks) - set(dataset["task"]))
-    if missing:
-        raise KeyError(f"subset_tasks: tasks {missing} have no rows in the dataset; its tasks "
-                       f"are {_task_order(dataset)}.")
-    rows = [dict(row, task_id=local[row["task"]]) for row in dataset if row["task"] in local]
-    return Dataset.from_list(rows)
-
-
-# ------------------------------------------------------------------ affinity
-def _task_batches(dataset, tokenizer, n_per_task: int, seed: int) -> dict[str, dict]:
-    collate = TinyTasksCollator(tokenizer)
-    rng = np.random.default_rng(seed)
-    rows_by_task: dict[str, list[dict]] = {}
-    for row in dataset:
-        rows_by_task.setdefault(row["task"], []).append(row)
-    batches = {}
-    for task in _task_order(dataset):
-        rows = rows_by_task[task]
-        pick = rng.permutation(len(rows))[:n_per_task]
-        batch = collate([rows[i] for i in pick])
-        batch.pop("task_ids")
-        batches[task] = batch
-    return batches
-
-
-def task_affinity(model: nn.Module, dataset, tokenizer=None, method: str = "gradient",
-                  n_per_task: int = 64, rank: int = 8, lookahead_lr: float = 0.1,
-                  seed: int = 0) -> pd.DataFrame:
-    """Task x task affinity measured at the central model (a DataFrame indexed by task name).
-
-    ``method="gradient"``: cosine similarity of the per-task gradients of a fresh LoRA of
-    rank ``rank`` on every linear layer (B starts at zero, so its gradient is the weight
-    gradient seen through LoRA's random A: a cheap random projection of it).
-    ``method="lookahead"`` (Fifty et al. 2021): entry (i, j) = 1 - L_j(after one SGD step of
-    size ``lookahead_lr`` on task i) / L_j(before); positive when training on i helps j.
-    ``n_per_task`` examples of each task (drawn with ``seed``) make its batch. The model is
-    not changed (the probe is a copy).
-
-    Taught in: notebooks/06_one_plus_n.ipynb.
-    """
-    if method not in ("gradient", "lookahead"):
-        raise ValueError(f"task_affinity: method={method!r}; choose 'gradient' or 'lookahead'.")
-    if adapter_layers(model):
-        raise ValueError(f"task_affinity: {type(model).__name__} already has adapters; measure "
-                         "affinity at the bare central model (before add_adapters).")
-    tokenizer = tokenizer or build_tokenizer()
-    batches = _task_batches(dataset, tokenizer, n_per_task, seed)
-    tasks = list(batches)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        probe = add_adapters(copy.deepcopy(model), AdapterConfig.lora(rank=rank, alpha=rank))
-    probe.eval()  # no dropout: the measure is deterministic
-    params = [p for p in probe.parameters() if p.requires_grad]
-
-    def loss_of(batch):
-        return probe(**batch).loss
-
-    grads = []
-    for task in tasks:
-        g = torch.autograd.grad(loss_of(batches[task]), params, allow_unused=True)
-        grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1)
-                                for x, p in zip(g, params)]))
-    if method == "gradient":
-        G = torch.nn.functional.normalize(torch.stack(grads), dim=1)
-        values = (G @ G.T).numpy()
-    else:
-        with torch.no_grad():
-            before = torch.stack([loss_of(batches[t]) for t in tasks])
-            values = np.zeros((len(tasks), len(tasks)))
-            saved = [p.detach().clone() for p in params]
-            for i, g in enumerate(grads):
-                offset = 0
-                for p in params:   # theta - lr * grad_i, one parameter at a time
-                    p.sub_(lookahead_lr * g[offset: offset + p.numel()].view_as(p))
-                    offset += p.numel()
-                after = torch.stack([loss_of(batches[t]) for t in tasks])
-                values[i] = (1.0 - after / before).numpy()
-                for p, s in zip(params, saved):
-                    p.copy_(s)
-    return pd.DataFrame(values, index=tasks, columns=tasks)
-
-
-# ---------------------------------------------------------------- clustering
-def _check_affinity(affinity) -> pd.DataFrame:
-    if not isinstance(affinity, pd.DataFrame):
-        raise TypeError(f"cluster_tasks: affinity is a {type(affinity).__name__}; pass the DataFrame "
-                        "that task_affinity returns (tasks as index and columns).")
-    if affinity.shape[0] != affinity.shape[1] or list(affinity.index) != list(affinity.columns):
-        raise ValueError(f"cluster_tasks: affinity has shape {affinity.shape} and index "
-                         f"{list(affinity.index)} vs columns {list(affinity.columns)}; pass a square "
-                         "matrix with the same tasks as rows and columns.")
-    return affinity
-
-
-def task_linkage(affinity: pd.DataFrame, method: str = "average") -> np.ndarray:
-    """scipy's linkage matrix of the tasks (for ``scipy.cluster.hierarchy.dendrogram``).
-
-    The affinity is symmetrised and turned into a distance, max(affinity) - affinity (average
-    linkage only depends on the order of distances, so the offset does not matter).
-
-    Taught in: notebooks/06_one_plus_n.ipynb.
-    """
-    a = _check_affinity(affinity).to_numpy(dtype=float)
-    sym = (a + a.T) / 2
-    off = sym[~np.eye(len(sym), dtype=bool)]
-    dist = (off.max() if off.size else 0.0) - sym
-    np.fill_diagonal(dist, 0.0)
-    return linkage(squareform(np.clip(dist, 0.0, None), checks=False), method=method)
-
-
-def cluster_tasks(affinity: pd.DataFrame, n_clusters: int, method: str = "average") -> dict[str, list[str]]:
-    """Group tasks into ``n_clusters`` clusters by hierarchical clustering of their affinity.
-
-    Returns ``{"cluster 0": [tasks...], ...}``, clusters numbered by their first task in the
-    affinity's order, tasks kept in that order.
-
-    Taught in: notebooks/06_one_plus_n.ipynb.
-    """
-    tasks = list(_check_affinity(affinity).index)
-    if not isinstance(n_clusters, int) or isinstance(n_clusters, bool) or not 1 <= n_clusters <= len(tasks):
-        raise ValueError(f"cluster_tasks: n_clusters={n_clusters!r}; pass an int between 1 and the "
-                         f"number of tasks ({len(tasks)}).")
-    if n_clusters == len(tasks):
-        labels = np.arange(len(tasks))
-    elif n_clusters == 1:
-        labels = np.zeros(len(tasks), dtype=int)
-    else:
-        labels = fcluster(task_linkage(affinity, method), n_clusters, criterion="maxclust")
-    clusters: dict[int, list[str]] = {}
-    for task, label in zip(tasks, labels):
-        clusters.setdefault(int(label), []).append(task)
-    return {f"cluster {k}": members for k, members in enumerate(clusters.values())}
-
-
-def clustering_agreement(a: Mapping[str, Sequence[str]], b: Mapping[str, Sequence[str]]) -> float:
-    """Rand index of two clusterings of the same tasks: the share of task pairs they treat alike
-    (both together or both apart). 1.0 means the same partition, whatever the cluster names.
-
-    Taught in: notebooks/06_one_plus_n.ipynb.
-    """
-    label_a = {t: k for k, ts in a.items() for t in ts}
-    label_b = {t: k for k, ts in b.items() for t in ts}
-    if set(label_a) != set(label_b):
-        raise ValueError(f"clustering_agreement: the clusterings cover different tasks "
-                         f"({sorted(set(label_a) ^ set(label_b))}); compare clusterings of one suite.")
-    tasks = sorted(label_a)
-    pairs = [(s, t) for i, s in enumerate(tasks) for t in tasks[i + 1:]]
-    if not pairs:
-        return 1.0
-    alike = sum((label_a[s] == label_a[t]) == (label_b[s] == label_b[t]) for s, t in pairs)
-    return alike / len(pairs)
 
 
 # ---------------------------------------------------------------------- 1+N

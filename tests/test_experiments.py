@@ -1,87 +1,97 @@
-"""The experiment runner: method configs at equal budget, one tiny run end to end, tables."""
+"""The study runner: methods at their budgets, learning-rate choice, a tiny study end to end
+(resumable, results folder of the caller), and the quick rerun against the stored study."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from cgc_edu import add_adapters, trainable_parameters
+from cgc_edu import AdapterConfig, add_adapters, trainable_parameters
 from cgc_edu import experiments
-from cgc_edu.experiments import (ALIASES, METHODS, SWEEP, Settings, main, markdown_tables,
-                                 summary, within_spread)
+from cgc_edu.experiments import METHODS, SWEEP, choose_lr, expert_rank, main
 from cgc_edu.models import central_config
 
+REPO = Path(__file__).resolve().parent.parent
 
-def test_every_adapter_method_has_the_same_budget():
-    base = LlamaForCausalLM(central_config())
-    lora = trainable_parameters(add_adapters(LlamaForCausalLM(central_config()), METHODS["lora"].config(24, 8)))
+
+def count(model, gates=False):
+    return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and (".gate." in n) == gates)
+
+
+def test_budgets_and_the_rank_a_task_sees():
+    lora = trainable_parameters(add_adapters(LlamaForCausalLM(central_config()), METHODS["integrated"].config(24, 8)))
     for name, method in METHODS.items():
-        if method.kind != "adapters":
-            continue
-        model = add_adapters(LlamaForCausalLM(central_config()), method.config(24, 8))
-        gates = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and ".gate." in n)
-        assert trainable_parameters(model) - gates == lora, name
-    # 1+N: two clusters of 4 tasks, each at half the rank: the same expert parameters again
-    one_plus_n = METHODS["one_plus_n"]
-    total = 0
-    for _ in range(2):
-        model = add_adapters(LlamaForCausalLM(central_config()), one_plus_n.config(12, 4))
-        total += sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and ".gate." not in n)
-    assert total == lora
-    assert sum(p.numel() for p in base.parameters()) > 0
-    assert set(SWEEP) <= set(METHODS) and all(run in METHODS for _, run in ALIASES.values())
+        if method.kind == "adapters":   # one bank of the total budget: one LoRA of rank 24, gates aside
+            assert count(add_adapters(LlamaForCausalLM(central_config()), method.config(24, 8))) == lora, name
+    ranks = {m: METHODS[m].task_rank(24, 8) for m in METHODS}
+    assert ranks == {"central": 0, "separate": 10, "integrated": 24, "moe_lora": 24, "cgc_lora": 10,
+                     "one_plus_n": 6, "one_plus_n_designed": 6, "cgc_no_common": 3,
+                     "cgc_uniform": 10, "cgc_c8_s2": 10, "cgc_c16_s1": 17}
+    # 1+N: CGC-LoRA's expert rank per cluster, 2 common + 1 specific: for two clusters the
+    # banks hold (2 + k1 + 2 + k2) * r_e = 12 * 2 = 24 ranks, the same budget whatever k1, k2
+    assert expert_rank(24, 8) == 2
+    assert set(SWEEP) <= set(METHODS)
 
 
-def fake_results():
-    rows = []
-    for m, level in [("lora", 0.2), ("cgc_lora", 0.6), ("independent", 0.5), ("moe_lora", 0.3)]:
-        for seed in range(3):
-            for t, task in enumerate(["a", "b"]):
-                rows.append({"method": m, "seed": seed, "task": task, "exact_match": level + 0.1 * t + 0.01 * seed,
-                             "trainable_params": 100, "rank": 24})
-    return pd.DataFrame(rows)
-
-
-def test_summary_and_markdown():
-    res = fake_results()
-    stats = summary(res).set_index(["method", "task"])
-    assert stats.loc[("cgc_lora", "a"), "mean"] == pytest.approx(0.61)
-    assert stats.loc[("cgc_lora", "a"), "std"] == pytest.approx(0.01)
-    assert stats.loc[("cgc_lora", "average"), "mean"] == pytest.approx(0.66)
-    text = markdown_tables(res)
-    assert "| CGC-LoRA (4 common + 1 specific) | 61.0 ± 1.0 | 71.0 ± 1.0 | 66.0 ± 1.0 | 100 |" in text
-    assert "(= MoE-LoRA) | 31.0 ± 1.0" in text     # ablation alias reuses the MoE-LoRA run
-
-
-def test_within_spread():
-    res = fake_results()
-    rerun = res[(res.method == "cgc_lora") & (res.seed == 1)]
-    check = within_spread(rerun, res)
-    assert check["ok"].all() and check["rerun"].iloc[0] == pytest.approx(0.66)
-    off = rerun.assign(exact_match=rerun.exact_match + 0.2)
-    assert not within_spread(off, res)["ok"].any()
-
-
-def test_unknown_method_is_a_clear_error():
+def test_unknown_method_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"unknown method\(s\) \['nope'\]; choose among"):
-        experiments.run_study(["nope"], [0])
+        experiments.run_study(tmp_path, ["nope"], [0])
 
 
-def test_cli_runs_a_tiny_study(tmp_path):
+def test_choose_lr_takes_the_best_validation_and_the_smaller_rate_on_ties():
+    runs = [{"method": "a", "lr": lr, "validation": {"t": v, "u": v}} for lr, v in [(1e-3, 0.5), (3e-3, 0.8), (1e-2, 0.8)]]
+    runs += [{"method": "b", "lr": lr, "validation": {"t": v}} for lr, v in [(1e-3, 0.1), (3e-3, 0.0)]]
+    assert choose_lr(runs) == {"a": 3e-3, "b": 1e-3}
+
+
+TINY = ["--seeds", "0,1", "--steps", "2", "--n-train", "16", "--n-low", "8", "--n-validation", "3",
+        "--n-test", "3", "--curve-points", "2", "--min-separate-steps", "1", "--affinity-warmup", "1",
+        "--lr-grid", "1e-3,1e-2", "--no-progress"]
+
+
+def test_cli_runs_a_tiny_study_resumes_and_writes_to_the_callers_results(tmp_path, monkeypatch):
     # a tiny central model stands in for the shipped one (same architecture, random weights)
     torch.manual_seed(0)
     LlamaForCausalLM(central_config()).save_pretrained(tmp_path / "base")
-    frame = main(["--methods", "central,cgc_lora,one_plus_n", "--seeds", "0", "--steps", "2",
-                  "--n-test", "3", "--n-train", "16", "--n-low", "8", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "out"),
-                  "--no-progress", "--threads", "1"])
-    assert set(frame["method"]) == {"central", "cgc_lora", "one_plus_n"}
-    assert len(frame) == 3 * 8 and frame["exact_match"].between(0, 1).all()
-    params = frame.groupby("method")["trainable_params"].first()
-    assert params["central"] == 0 and params["cgc_lora"] > 0
-    stored = pd.read_csv(tmp_path / "out" / "results.csv")
-    pd.testing.assert_frame_equal(stored, frame, check_dtype=False)
-    config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["settings"]["steps"] == 2 and config["seeds"] == [0]
-    assert "--steps 2" in config["command"]
-    assert "| central model (no adapter) |" in (tmp_path / "out" / "results.md").read_text()
+    monkeypatch.chdir(tmp_path)
+    methods = "central,separate,cgc_lora,one_plus_n"
+    args = ["--methods", methods, "--anonymous", "cgc_lora", "--base", str(tmp_path / "base"), *TINY]
+    study = main(args)
+    out = tmp_path / "results"                     # ./results of the caller's working directory
+    frame = pd.read_csv(out / "results.csv")
+    named = frame[frame.setting == "named"]
+    assert set(named["method"]) == set(methods.split(",")) and set(frame[frame.setting == "anonymous"]["method"]) == {"cgc_lora"}
+    assert len(named) == 4 * 2 * 8 and frame["exact_match"].between(0, 1).all()
+    info = named.groupby("method")[["trainable_params", "task_rank"]].first()
+    assert info.loc["central", "trainable_params"] == 0 and info.loc["separate", "task_rank"] == 10
+    rank10 = trainable_parameters(add_adapters(LlamaForCausalLM(central_config()), AdapterConfig.lora(rank=10)))
+    assert info.loc["separate", "trainable_params"] == 8 * rank10    # eight LoRAs of CGC-LoRA's task rank
+    config = json.loads((out / "config.json").read_text())
+    assert config["settings"]["steps"] == 2 and config["seeds"] == [0, 1] and "--steps 2" in config["command"]
+    assert set(config["lr"]) == set(methods.split(",")) and config["lr"]["central"] in (1e-3, 1e-2)
+    grid = pd.read_csv(out / "lr_grid.csv")
+    assert len(grid) == 3 * 2 and grid.groupby("method")["chosen"].sum().eq(1).all()
+    text = (out / "results.md").read_text()
+    for needle in ["## Main table", "### Paired comparisons", "Seesaw", "## Second table", "adjusted Rand"]:
+        assert needle in text, needle
+    assert {"curves.png", "comparison.png", "affinity.png", "curves.csv", "affinity.csv"} <= {p.name for p in out.iterdir()}
+    n_runs = len(list((out / "runs").glob("*.json")))
+    assert n_runs == 3 * 2 + 4 * 2 - 3 + 2 + 2     # grid, the rest at the chosen rate, anonymous, affinity
+    # resumable: a second call finds every run stored and trains nothing
+    monkeypatch.setattr(experiments, "_job", lambda job: pytest.fail(f"redid {job[1]}"))
+    again = main(args)
+    assert len(again["runs"]) == len(study["runs"])
+
+
+@pytest.mark.slow
+def test_quick_mode_lands_inside_the_stored_spread():
+    """`--quick` reruns CGC-LoRA on seed 0 with the stored settings and chosen rate (under a
+    minute) and must land inside the committed results' seed range (widened by 2 points)."""
+    from cgc_edu.reporting import load_results, within_spread
+
+    stored = load_results(REPO / "results")
+    frame = experiments.quick_run("cgc_lora", 0, REPO / "results", threads=2)
+    check = within_spread(frame, stored[stored.setting == "named"])
+    assert bool(check["ok"].all()), check

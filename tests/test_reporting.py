@@ -1,0 +1,81 @@
+"""Reporting of the TinyTasks study: summaries, paired comparisons, premises, collapses, tables."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binomtest
+
+from cgc_edu.reporting import (collapses, method_table, paired_comparison, per_seed_average, premises,
+                               summary, within_spread)
+
+
+def fake_results(levels=None, seeds=range(5)):
+    levels = levels or {"separate": 0.5, "integrated": 0.2, "cgc_lora": 0.6, "moe_lora": 0.3}
+    rows = []
+    for m, level in levels.items():
+        for seed in seeds:
+            for t, task in enumerate(["a", "b"]):
+                rows.append({"setting": "named", "method": m, "seed": seed, "task": task,
+                             "low_data": task == "b", "exact_match": level + 0.1 * t + 0.01 * seed,
+                             "trainable_params": 100, "task_rank": 10, "lr": 3e-3})
+    return pd.DataFrame(rows)
+
+
+def test_summary_mean_std_min_max():
+    stats = summary(fake_results()).set_index(["method", "task"])
+    assert stats.loc[("cgc_lora", "a"), "mean"] == pytest.approx(0.62)
+    assert stats.loc[("cgc_lora", "a"), "std"] == pytest.approx(np.std([0.6, 0.61, 0.62, 0.63, 0.64], ddof=1))
+    assert stats.loc[("cgc_lora", "average"), "min"] == pytest.approx(0.65)
+    assert stats.loc[("cgc_lora", "average"), "max"] == pytest.approx(0.69)
+    assert stats.loc[("cgc_lora", "average"), "n_seeds"] == 5
+
+
+def test_paired_comparison_hand_case():
+    res = fake_results()
+    diffs = [0.1, 0.2, -0.05, 0.1, 0.3]
+    # move cgc_lora's per-seed average by a known amount against separate
+    base = res[res.method == "separate"].copy()
+    shifted = base.assign(method="cgc_lora", exact_match=base.exact_match + base.seed.map(dict(enumerate(diffs))))
+    res = pd.concat([res[res.method != "cgc_lora"], shifted])
+    out = paired_comparison(res, "cgc_lora", "separate")
+    assert out["mean_diff"] == pytest.approx(np.mean(diffs))
+    assert (out["wins"], out["losses"], out["ties"]) == (4, 1, 0)
+    assert out["sign_p"] == pytest.approx(binomtest(4, 5).pvalue) == pytest.approx(0.375)
+    assert min(diffs) <= out["ci_low"] < out["mean_diff"] < out["ci_high"] <= max(diffs)
+    with pytest.raises(KeyError, match="no runs of \\['nope'\\]"):
+        paired_comparison(res, "nope", "separate")
+
+
+def test_premises_seesaw_and_low_data_gain():
+    res = fake_results()
+    found = premises(res)
+    assert found["seesaw"] == ["a", "b"]          # integrated 0.2..0.34 below separate 0.5..0.64
+    assert ("b", "cgc_lora") in found["low_data_gain"] and ("b", "moe_lora") not in found["low_data_gain"]
+    close = fake_results({"separate": 0.5, "integrated": 0.48, "cgc_lora": 0.52})
+    assert premises(close) == {"seesaw": [], "low_data_gain": []}   # within the seed spread
+
+
+def test_collapses_name_the_seed_and_the_cause():
+    res = fake_results()
+    res.loc[(res.method == "moe_lora") & (res.seed == 3), "exact_match"] = 0.0
+    curves = pd.DataFrame({"method": "moe_lora", "seed": 3, "step": [100, 200, 300],
+                           "validation": [0.5, 0.6, 0.0], "train_loss": [1.0, 0.5, 3.0]})
+    col = collapses(res, curves)
+    assert list(zip(col["method"], col["seed"])) == [("moe_lora", 3)]
+    assert "diverged" in col["cause"].iloc[0]
+    assert collapses(fake_results()).empty
+
+
+def test_within_spread():
+    res = fake_results()
+    rerun = res[(res.method == "cgc_lora") & (res.seed == 1)]
+    check = within_spread(rerun, res)
+    assert check["ok"].all() and check["rerun"].iloc[0] == pytest.approx(0.66)
+    off = rerun.assign(exact_match=rerun.exact_match + 0.2)
+    assert not within_spread(off, res)["ok"].any()
+
+
+def test_method_table_row():
+    text = method_table(fake_results(), ["cgc_lora", "separate"])
+    assert "| CGC-LoRA (4 common + 1 specific) | 62.0 ± 1.6 | 72.0 ± 1.6 | **67.0 ± 1.6** (65.0..69.0) | 100 | 10 | 0.003 |" in text
+    assert "b (low)" in text.splitlines()[0]
+    assert per_seed_average(fake_results()).shape == (20, 4)
