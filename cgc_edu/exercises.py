@@ -127,16 +127,17 @@ def _lora_rank(answer):
 @_check("01", 2)
 def _lora_scaling(answer):
     """With alpha = 16 for every rank, what are the scalings at rank 2 and rank 8? Answer a
-    pair (s_2, s_8). Then: which rank's update moves faster per Adam step?"""
+    pair (s_2, s_8)."""
     from .config import AdapterConfig
     from .layer import CGCLoRALinear
 
     want = [CGCLoRALinear(nn.Linear(4, 4), AdapterConfig.lora(rank=r, alpha=16)).scaling
             for r in (2, 8)]
     if _close(answer, want):
-        return True, (f"alpha/r = {want[0]:g} and {want[1]:g}: with alpha fixed, a higher rank "
-                      "gets a smaller scaling, so its update grows more slowly per step (rsLoRA's "
-                      "alpha/sqrt(r) shrinks it less; try LoRAKnobs).")
+        return True, (f"alpha/r = {want[0]:g} and {want[1]:g}: the higher rank gets the smaller "
+                      "factor, which offsets its update's r rank-one terms, so with Adam both "
+                      "updates grow at a comparable speed (rsLoRA's alpha/sqrt(r) shrinks it "
+                      "less; measure it with LoRAKnobs).")
     if _close(answer, [16 / math.sqrt(2), 16 / math.sqrt(8)]):
         return False, "that is rsLoRA's alpha/sqrt(r); the library's LoRA scales by alpha/r."
     return False, f"the scaling is alpha / r: for alpha = 16, {want[0]:g} at r=2 and {want[1]:g} at r=8."

@@ -233,6 +233,44 @@ def test_pages_render_offline(book_html, browser):
     assert formulas["intro.html"] > 0, "the intro's formulas were not typeset by MathJax"
 
 
+#: What overflows the book's column on a notebook page: code that scrolls sideways, and
+#: output figures whose own width is more than the column (the browser shrinks them).
+COLUMN_OVERFLOW = """() => {
+    const column = document.querySelector('article.bd-article') || document.querySelector('main');
+    const width = column.clientWidth;
+    const code = [...document.querySelectorAll('.cell_input div.highlight pre')]
+        .filter(pre => pre.scrollWidth > pre.clientWidth + 1)
+        .map(pre => pre.textContent.split('\\n').reduce((a, b) => (b.length > a.length ? b : a)));
+    const images = [...document.querySelectorAll('.cell_output img')]
+        .filter(img => img.naturalWidth > width)
+        .map(img => `${img.naturalWidth} px`);
+    return {width, code, images};
+}"""
+
+
+@pytest.mark.browser
+def test_notebook_pages_fit_the_column(book_html, browser):
+    """At a 1280 x 900 window no code cell scrolls sideways and no figure is wider than the
+    content column: code lines stay within the column (about 88 characters) and figures
+    within about 7.5 inches at 100 dpi."""
+    overflowing = {}
+    for notebook in NOTEBOOKS:
+        page = OfflinePage(browser, book_html, f"notebooks/{notebook.stem}.html")
+        try:
+            page.page.evaluate("""async () => { for (const img of document.images) {
+                img.loading = 'eager'; try { await img.decode(); } catch (e) {} } }""")
+            found = page.page.evaluate(COLUMN_OVERFLOW)
+        finally:
+            page.page.close()
+        if found["code"] or found["images"]:
+            overflowing[notebook.name] = (
+                f"column {found['width']} px; {len(found['code'])} code cells scroll (longest "
+                f"lines: {[line[:60] for line in found['code'][:3]]}); figures wider than the "
+                f"column: {found['images']}")
+    assert not overflowing, "pages wider than the book's column:\n" + "\n".join(
+        f"  {name}: {why}" for name, why in overflowing.items())
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(not GATE_LAB.exists(), reason="notebooks/08_gate_lab.ipynb is not written yet")
 def test_gate_lab_widget_renders_from_saved_state(book_html, browser):
