@@ -161,13 +161,26 @@ class OnePlusN:
 
     def _configs(self, config) -> dict[str, AdapterConfig]:
         if isinstance(config, AdapterConfig):
-            return {c: dataclasses.replace(config, n_tasks=len(t)) for c, t in self.clusters.items()}
-        if isinstance(config, Mapping) and set(config) == set(self.clusters):
+            configs = {c: dataclasses.replace(config, n_tasks=len(t)) for c, t in self.clusters.items()}
+        elif isinstance(config, Mapping) and set(config) == set(self.clusters):
             for c, cfg in config.items():
                 if not isinstance(cfg, AdapterConfig) or cfg.n_tasks != len(self.clusters[c]):
                     raise ValueError(f"OnePlusN: config of cluster {c!r} is {cfg!r}; it must be an "
                                      f"AdapterConfig with n_tasks={len(self.clusters[c])}.")
-            return {c: config[c] for c in self.clusters}
+            configs = {c: config[c] for c in self.clusters}
+        else:
+            configs = None
+        if configs is not None:
+            for c, cfg in configs.items():
+                # A module to save is trained whole: in a set that shares the central model it
+                # would be the central model's own module, changed for every set.
+                if cfg.modules_to_save:
+                    raise ValueError(
+                        f"OnePlusN: the config of cluster {c!r} has modules_to_save="
+                        f"{list(cfg.modules_to_save)}; the sets share the central model's modules, "
+                        "so none can be trained whole: drop modules_to_save (or train a separate "
+                        "model with add_adapters).")
+            return configs
         raise TypeError(f"OnePlusN: config={config!r}; pass one AdapterConfig (a template) or a dict "
                         f"with one AdapterConfig per cluster {list(self.clusters)}.")
 

@@ -93,6 +93,15 @@ def test_bad_clusters_fail_clearly():
         OnePlusN(tiny_base(), ["a", "b"], CONFIG)
 
 
+def test_modules_to_save_are_refused_over_the_shared_base():
+    import dataclasses
+    base = tiny_base()
+    before = base_fingerprint(base)
+    with pytest.raises(ValueError, match=r"modules_to_save=\['lm_head'\].*share the central model"):
+        OnePlusN(base, {"x": ["a", "b"]}, dataclasses.replace(CONFIG, modules_to_save=("lm_head",)))
+    assert base_fingerprint(base) == before and all(p.requires_grad for p in base.parameters())
+
+
 def test_merged_model_equals_routed_set_and_leaves_base_alone(framework):
     before = base_fingerprint(framework.base)
     tokens = torch.randint(4, 40, (2, 7))
