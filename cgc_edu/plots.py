@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.patches import Rectangle
 
 from .recording import GateRecording
@@ -260,7 +261,12 @@ def common_share(recording: GateRecording, step=-1, tasks=None, by: str = "layer
     """
     values, task_names, columns = common_share_table(recording, step, tasks, by)
     fig, ax = _new_axes(ax, (1.8 + 0.7 * len(columns), 1.4 + 0.45 * len(task_names)))
-    image = ax.imshow(values, cmap="RdBu", vmin=0.0, vmax=1.0, aspect="auto",
+    # White is where every task starts (the uniform gate: n_common / |S_t|), not 0.5: red
+    # cells moved towards the common experts, blue ones towards the task's own.
+    start = recording.n_common / (recording.n_common + recording.n_specific)
+    norm = (TwoSlopeNorm(vmin=0.0, vcenter=start, vmax=1.0) if 0.0 < start < 1.0
+            else Normalize(vmin=0.0, vmax=1.0))
+    image = ax.imshow(values, cmap="RdBu", norm=norm, aspect="auto",
                       interpolation="nearest")
     ax.set_xticks(range(len(columns)), columns, rotation=45 if by == "module" else 0,
                   ha="right" if by == "module" else "center", fontsize=8)
@@ -270,10 +276,12 @@ def common_share(recording: GateRecording, step=-1, tasks=None, by: str = "layer
     if annotate if annotate is not None else values.size <= ANNOTATE_MAX_CELLS:
         for (i, j), v in np.ndenumerate(values):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if abs(v - 0.5) > 0.3 else "black")
+                    color="white" if abs(float(norm(v)) - 0.5) > 0.3 else "black")
     step_value = int(recording.steps[recording.step_index(step)])
     ax.set_title(f"gate mass on common experts (step {step_value})", fontsize=9)
-    fig.colorbar(image, ax=ax, label="common share (1 = all common)", shrink=0.9)
+    bar = fig.colorbar(image, ax=ax, label=f"common share (white: the start, {start:.2f})",
+                       shrink=0.9)
+    bar.set_ticks(sorted({0.0, round(start, 2), 1.0}))
     return fig
 
 
