@@ -42,6 +42,8 @@ METHOD_NAMES = {
     "CGC-LoRA, uniform gate", "shared_bottom": "shared-bottom", "mmoe": "MMoE", "cgc": "CGC",
     "ple": "PLE",
 }
+#: The widest figure (inches at dpi 100) the book's column shows without a scroll bar.
+BOOK_WIDTH = 7.5
 #: The parts of an adapted layer, as the diagrams draw them (common = LoRA's blue, ...).
 PART_COLORS = {"frozen": "#bdbdbd", "common": "#0072B2", "specific": "#E69F00",
                "gate": "#009E73", "masked": "#eeeeee", "router": "#CC79A7"}
@@ -167,6 +169,8 @@ def gate_heatmap_grid(recording: GateRecording, step=-1, tasks=None, fig=None,
     ncols = max(len(members) for _, members in groups)
     size = (1.0 + ncols * (0.9 + 0.32 * recording.n_experts),
             0.8 + len(groups) * (0.9 + 0.3 * len(rows)))
+    shrink = min(1.0, BOOK_WIDTH / size[0])        # never wider than the book's column
+    size = (size[0] * shrink, max(2.5, size[1] * shrink))
     if fig is None:
         fig = plt.figure(figsize=size, layout="constrained")
     else:
@@ -261,8 +265,8 @@ def common_share(recording: GateRecording, step=-1, tasks=None, by: str = "layer
     """
     values, task_names, columns = common_share_table(recording, step, tasks, by)
     fig, ax = _new_axes(ax, (1.8 + 0.7 * len(columns), 1.4 + 0.45 * len(task_names)))
-    # White is where every task starts (the uniform gate: n_common / |S_t|), not 0.5: red
-    # cells moved towards the common experts, blue ones towards the task's own.
+    # White is where every task starts (the uniform gate: n_common / |S_t|), not 0.5: blue
+    # cells moved towards the common experts, red ones towards the task's own.
     start = recording.n_common / (recording.n_common + recording.n_specific)
     norm = (TwoSlopeNorm(vmin=0.0, vcenter=start, vmax=1.0) if 0.0 < start < 1.0
             else Normalize(vmin=0.0, vmax=1.0))
