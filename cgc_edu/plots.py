@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.patches import Rectangle
 
 from .recording import GateRecording
@@ -41,6 +42,8 @@ METHOD_NAMES = {
     "CGC-LoRA, uniform gate", "shared_bottom": "shared-bottom", "mmoe": "MMoE", "cgc": "CGC",
     "ple": "PLE",
 }
+#: The widest figure (inches at dpi 100) the book's column shows without a scroll bar.
+BOOK_WIDTH = 7.5
 #: The parts of an adapted layer, as the diagrams draw them (common = LoRA's blue, ...).
 PART_COLORS = {"frozen": "#bdbdbd", "common": "#0072B2", "specific": "#E69F00",
                "gate": "#009E73", "masked": "#eeeeee", "router": "#CC79A7"}
@@ -166,6 +169,8 @@ def gate_heatmap_grid(recording: GateRecording, step=-1, tasks=None, fig=None,
     ncols = max(len(members) for _, members in groups)
     size = (1.0 + ncols * (0.9 + 0.32 * recording.n_experts),
             0.8 + len(groups) * (0.9 + 0.3 * len(rows)))
+    shrink = min(1.0, BOOK_WIDTH / size[0])        # never wider than the book's column
+    size = (size[0] * shrink, max(2.5, size[1] * shrink))
     if fig is None:
         fig = plt.figure(figsize=size, layout="constrained")
     else:
@@ -260,7 +265,12 @@ def common_share(recording: GateRecording, step=-1, tasks=None, by: str = "layer
     """
     values, task_names, columns = common_share_table(recording, step, tasks, by)
     fig, ax = _new_axes(ax, (1.8 + 0.7 * len(columns), 1.4 + 0.45 * len(task_names)))
-    image = ax.imshow(values, cmap="RdBu", vmin=0.0, vmax=1.0, aspect="auto",
+    # White is where every task starts (the uniform gate: n_common / |S_t|), not 0.5: blue
+    # cells moved towards the common experts, red ones towards the task's own.
+    start = recording.n_common / (recording.n_common + recording.n_specific)
+    norm = (TwoSlopeNorm(vmin=0.0, vcenter=start, vmax=1.0) if 0.0 < start < 1.0
+            else Normalize(vmin=0.0, vmax=1.0))
+    image = ax.imshow(values, cmap="RdBu", norm=norm, aspect="auto",
                       interpolation="nearest")
     ax.set_xticks(range(len(columns)), columns, rotation=45 if by == "module" else 0,
                   ha="right" if by == "module" else "center", fontsize=8)
@@ -270,10 +280,12 @@ def common_share(recording: GateRecording, step=-1, tasks=None, by: str = "layer
     if annotate if annotate is not None else values.size <= ANNOTATE_MAX_CELLS:
         for (i, j), v in np.ndenumerate(values):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if abs(v - 0.5) > 0.3 else "black")
+                    color="white" if abs(float(norm(v)) - 0.5) > 0.3 else "black")
     step_value = int(recording.steps[recording.step_index(step)])
     ax.set_title(f"gate mass on common experts (step {step_value})", fontsize=9)
-    fig.colorbar(image, ax=ax, label="common share (1 = all common)", shrink=0.9)
+    bar = fig.colorbar(image, ax=ax, label=f"common share (white: the start, {start:.2f})",
+                       shrink=0.9)
+    bar.set_ticks(sorted({0.0, round(start, 2), 1.0}))
     return fig
 
 

@@ -110,6 +110,14 @@ def test_common_share_per_task_and_layer(rec):
         plots.common_share(rec, by="head")
 
 
+def test_common_share_colour_is_white_at_the_uniform_start(rec):
+    """The start is n_common / |S_t|, not 0.5: the colour map is centred there."""
+    image = plots.common_share(rec, step=0).axes[0].images[0]
+    start = rec.n_common / (rec.n_common + rec.n_specific)
+    assert image.norm(start) == pytest.approx(0.5)
+    assert image.norm(0.0) == pytest.approx(0.0) and image.norm(1.0) == pytest.approx(1.0)
+
+
 def test_affinity_matrix_groups_tasks_by_cluster():
     rng = np.random.default_rng(0)
     matrix = np.corrcoef(rng.random((5, 6)))
