@@ -408,29 +408,41 @@ def _onen_memory(answer):
 
 
 # ------------------------------------------------------------------ 07 experiments
-def _stored_stats():
-    from .experiments import load_results, summary
+def _named(results=None):
+    """The stored study's instruction-prompt rows (or the learner's own table)."""
+    from pathlib import Path
 
-    return summary(load_results())
+    from .reporting import load_results
+
+    if results is None:  # the repository's results/, wherever the learner runs from
+        results = load_results(Path(__file__).resolve().parent.parent / "results")
+    return results[results["setting"] == "named"] if "setting" in results else results
+
+
+def _stored_stats(results=None):
+    from .reporting import summary
+
+    return summary(_named(results))
 
 
 @_check("07", 1)
-def _exp_spread(answer):
-    """In the stored study, which task has the largest seed spread (std) under CGC-LoRA?"""
-    stats = _stored_stats()
+def _exp_spread(answer, results=None):
+    """In the stored study (instruction prompts), which task has the largest seed spread (std)
+    under CGC-LoRA?"""
+    stats = _stored_stats(results)
     cgc = stats[(stats["method"] == "cgc_lora") & (stats["task"] != "average")].set_index("task")
     want = cgc["std"].idxmax()
     if _same_text(answer, want):
         return True, f"{want} (std {100 * cgc['std'].max():.1f} points)."
-    return False, (f"read summary(load_results()) for cgc_lora: the largest std is {want}'s "
+    return False, (f"read reporting.summary(results) for cgc_lora: the largest std is {want}'s "
                    f"({100 * cgc['std'].max():.1f} points), not {answer!r}.")
 
 
 @_check("07", 2)
-def _exp_best(answer):
-    """In the stored study, which method has the best average exact match? (Its key, e.g.
-    'cgc_lora'.)"""
-    stats = _stored_stats()
+def _exp_best(answer, results=None):
+    """In the stored study (instruction prompts), which method has the best average exact
+    match? (Its key, e.g. 'cgc_lora'.)"""
+    stats = _stored_stats(results)
     average = stats[stats["task"] == "average"].set_index("method")["mean"]
     want = average.idxmax()
     if _same_text(answer, want):
@@ -438,6 +450,21 @@ def _exp_best(answer):
     mine = average.get(str(answer))
     hint = f"; {answer} has {100 * mine:.0f} %" if mine is not None else ""
     return False, f"the best average is {want}'s ({100 * average.max():.0f} %){hint}."
+
+
+@_check("07", 3)
+def _exp_wins(answer, results=None):
+    """On how many seeds does CGC-LoRA beat the independent models ('separate'), and on how
+    many does it lose? Answer a pair (wins, losses)."""
+    from .reporting import paired_comparison
+
+    pair = paired_comparison(_named(results), "cgc_lora", "separate")
+    want = (pair["wins"], pair["losses"])
+    if _close(answer, want):
+        return True, (f"{want} of {pair['n_seeds']} seeds, mean {100 * pair['mean_diff']:+.1f} "
+                      "points: CGC-LoRA does not beat the independent models here.")
+    return False, (f"reporting.paired_comparison(results, 'cgc_lora', 'separate') pairs the "
+                   f"seeds: {want[0]} wins and {want[1]} losses, not {answer!r}.")
 
 
 # ------------------------------------------------------------------ 08 gate lab

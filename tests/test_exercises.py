@@ -3,19 +3,24 @@ wrong one."""
 import pytest
 
 from cgc_edu.exercises import Checks
-from cgc_edu.experiments import load_results, summary
+from cgc_edu.reporting import load_results, paired_comparison, summary
 from fixtures.gate_data import synthetic_recording
 
 
 def _stored():
-    stats = summary(load_results())
+    named = load_results()
+    named = named[named.setting == "named"]
+    stats = summary(named)
+    pair = paired_comparison(named, "cgc_lora", "separate")
+    wins = (pair["wins"], pair["losses"])
     cgc = stats[(stats.method == "cgc_lora") & (stats.task != "average")].set_index("task")["std"]
     average = stats[stats.task == "average"].set_index("method")["mean"]
-    return cgc.idxmax(), cgc.idxmin(), average.idxmax(), average.idxmin()
+    return (cgc.idxmax(), cgc.idxmin(), average.idxmax(), average.idxmin(), wins,
+            (wins[0] + 1, wins[1] - 1))
 
 
 RECORDING = synthetic_recording(tasks=["first", "last", "ends"])
-SPREAD_MAX, SPREAD_MIN, BEST, WORST = _stored()
+SPREAD_MAX, SPREAD_MIN, BEST, WORST, WINS, NOT_WINS = _stored()
 
 CASES = [  # chapter, exercise, right answer, wrong answer, a word the wrong answer's reason has
     ("00", 1, ["reverse", "shift", "rotate", "reverse_tail"], ["reverse", "last"], "4 tasks"),
@@ -40,6 +45,7 @@ CASES = [  # chapter, exercise, right answer, wrong answer, a word the wrong ans
     ("06", 3, (1, 8), (2, 8), "share one base"),
     ("07", 1, SPREAD_MAX, SPREAD_MIN, "largest std"),
     ("07", 2, BEST, WORST, "best average"),
+    ("07", 3, WINS, NOT_WINS, "pairs the seeds"),
     ("08", 2, 1 / 3, 0.25, "|S_t| = 3"),
     ("08", 3, (0, 0.6, 0, 0.4, 0), (0, 0.3, 0, 0.2, 0), "divide the rest"),
 ]
@@ -75,5 +81,5 @@ def test_every_chapter_has_checks_and_questions(capsys):
     assert Checks(5).chapter == "05"
     with pytest.raises(ValueError, match="no exercises for chapter '09'"):
         Checks("09")
-    with pytest.raises(AttributeError, match="exercises \\[1, 2\\], not 7"):
+    with pytest.raises(AttributeError, match="exercises \\[1, 2, 3\\], not 7"):
         Checks("07").ex7
