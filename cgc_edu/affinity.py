@@ -68,8 +68,6 @@ def subset_tasks(dataset, tasks: Sequence[str]):
     """The rows of ``tasks`` only, with ``task_id`` renumbered 0..len(tasks)-1 in that order.
 
     This is how a cluster's adapter set sees its tasks: local ids, like a suite of its own.
-
-    Taught in: notebooks/06_one_plus_n.ipynb.
     """
     local = {t: i for i, t in enumerate(tasks)}
     missing = sorted(set(tasks) - set(dataset["task"]))
@@ -307,7 +305,7 @@ def adjusted_rand_index(a: Mapping[str, Sequence[str]], b: Mapping[str, Sequence
     ARI = (sum C(n_ij,2) - E) / (max - E), with E = sum C(a_i,2) sum C(b_j,2) / C(n,2) and
     max = (sum C(a_i,2) + sum C(b_j,2)) / 2.
 
-    Taught in: notebooks/06_one_plus_n.ipynb.
+    Taught in: notebooks/07_experiments.ipynb.
     """
     label_a, label_b = _labels(a, b, "adjusted_rand_index")
     table = pd.crosstab(pd.Series(label_a), pd.Series(label_b).reindex(list(label_a)))

@@ -54,8 +54,6 @@ def _snippet(rng: random.Random) -> str:
 
 def corpus_line(rng: random.Random) -> str:
     """One line of the general pretraining corpus: snippets joined by spaces.
-
-    Taught in: notebooks/00_tour.ipynb
     """
     line = _snippet(rng)
     while True:
@@ -80,8 +78,6 @@ def pretrain(steps: int = 2000, batch_size: int = 32, lr: float = 3e-3, seed: in
     """Train the central model from scratch on the general corpus (deterministic for a seed).
 
     AdamW, linear warm-up then cosine decay, gradient clipping at 1.
-
-    Taught in: notebooks/00_tour.ipynb
     """
     seed_everything(seed)
     tok = build_tokenizer()

@@ -39,8 +39,6 @@ class ExpertLayout:
     experts in task order: task t owns n_common + t*n_specific ... n_common + (t+1)*n_specific - 1.
     Task t may use S_t = the common experts, then its own. Get one from
     ``AdapterConfig.layout`` (or, for a saved gate recording, ``GateRecording.layout``).
-
-    Taught in: notebooks/05_cgc_lora.ipynb.
     """
 
     n_common: int

@@ -17,8 +17,6 @@ parameters alone. Other tasks' rows pass through unchanged.
 Tuples ``("zero", e)`` and ``("swap", u)`` work too. Every override stays inside S_t: the
 layer computes only S_t's experts for a task (its gather path), so weight outside S_t would
 be silently ignored; it is an error instead.
-
-Taught in: notebooks/08_gate_lab.ipynb.
 """
 from __future__ import annotations
 
@@ -67,8 +65,6 @@ def _parse(weights):
 
 def override_weights(gate: nn.Module, config: AdapterConfig, task_id: int, weights) -> torch.Tensor:
     """The (E,) weights one gate gives ``task_id`` under an override (see the module doc).
-
-    Taught in: notebooks/08_gate_lab.ipynb.
     """
     n_tasks, E = config.n_tasks, config.n_experts
     if not isinstance(task_id, int) or not 0 <= task_id < n_tasks:
@@ -118,8 +114,6 @@ def override_choices(config: AdapterConfig, task_id: int,
                      task_names: Optional[Sequence[str]] = None) -> list[tuple[str, str]]:
     """[(label, weights)] of the overrides that make sense for a task: "learned" (none),
     uniform, zero each expert of S_t (when it has several), swap with each other task.
-
-    Taught in: notebooks/08_gate_lab.ipynb.
     """
     names = list(task_names) if task_names is not None else [str(t) for t in range(config.n_tasks)]
     choices = [("learned gate (no override)", "learned")]
@@ -142,8 +136,6 @@ def override_gate(model: nn.Module, task_id: int, weights) -> Iterator[nn.Module
     doc). Each gate's override is computed from that gate (zero and swap are per layer).
     Rows of other tasks are untouched; on exit the hooks are removed, so the model is exactly
     as before (no parameter is written). Bad input raises before anything is changed.
-
-    Taught in: notebooks/08_gate_lab.ipynb.
     """
     config, gates = _gates(model)
     replacements = [override_weights(g, config, task_id, weights) for g in gates]

@@ -21,7 +21,7 @@ ends is first then last); across clusters the same input wants a different answe
 (reverse of "cab" is "bac", its last letter is "b"). The low-data tasks get 50 examples
 against 2000 (1/40): too few to learn alone, enough to steer what their cluster learned.
 
-Taught in: notebooks/03_multitask_learning.ipynb
+Taught in: notebooks/00_tour.ipynb.
 """
 
 from __future__ import annotations
@@ -52,8 +52,6 @@ def _shift(s: str, k: int = 1) -> str:
 @dataclass(frozen=True)
 class TaskSpec:
     """One TinyTasks task: its name, cluster, answer function and whether it is low-data.
-
-    Taught in: notebooks/03_multitask_learning.ipynb
     """
 
     name: str
@@ -79,15 +77,13 @@ _BY_NAME = {t.name: t for t in TASKS}
 def task_names() -> list[str]:
     """The names of all TinyTasks tasks, in task-id order.
 
-    Taught in: notebooks/03_multitask_learning.ipynb
+    Taught in: notebooks/00_tour.ipynb.
     """
     return list(TASK_NAMES)
 
 
 def format_prompt(word: str, task: str | None = None) -> str:
     """The prompt for ``word``: ``"cab="``, or ``"reverse:cab="`` when a task is named.
-
-    Taught in: notebooks/03_multitask_learning.ipynb
     """
     return f"{task}:{word}=" if task else f"{word}="
 
@@ -130,7 +126,7 @@ def make_tiny_tasks(
     per task. Words are distinct across splits within a task (no leakage), and the same
     seed always gives the same data.
 
-    Taught in: notebooks/03_multitask_learning.ipynb
+    Taught in: notebooks/00_tour.ipynb.
     """
     specs = _check_tasks(tasks)
     for name, value in [("n_train", n_train), ("n_low", n_low), ("n_validation", n_validation),
@@ -207,7 +203,7 @@ class TinyTasksCollator:
     The tokenizer needs a pad token; padding is found by position, not by id, so the
     pad token may be the eos token.
 
-    Taught in: notebooks/04_moe_lora.ipynb
+    Taught in: notebooks/06_one_plus_n.ipynb.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, device=None):

@@ -3,8 +3,6 @@
 It builds a small LlamaForCausalLM from a config (no download), adds CGC-LoRA adapters for
 three toy tasks, trains only the adapters and gates on a mixed-task batch, and prints what it
 did: the loss, the learned gates, and checks of merging, saving and exporting.
-
-Taught in: notebooks/00_tour.ipynb.
 """
 from __future__ import annotations
 

@@ -91,8 +91,6 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     """Train, then save this rank's adapters and losses under OUTPUT_DIR/rank<R>/.
-
-    Taught in: notebooks/09_your_model.ipynb
     """
     args = _parse(argv)
     tasks = [t for t in args.tasks.split(",") if t]

@@ -61,8 +61,6 @@ class Method:
     trained alone, at CGC-LoRA's per-task rank) or "one_plus_n" (one CGC-LoRA bank per
     cluster with CGC-LoRA's expert rank). ``tuned``: its learning rate is chosen from
     `LR_GRID`; otherwise it uses the rate chosen for ``lr_from``.
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
 
     name: str
@@ -125,8 +123,6 @@ ANONYMOUS = ["integrated", "moe_lora", "cgc_lora"]
 @dataclass(frozen=True)
 class Settings:
     """Everything a run depends on besides the method, the seed and the learning rate.
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
 
     steps: int = 300
@@ -204,8 +200,6 @@ def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) 
     ``validation`` (final exact match per task), ``curve`` (validation exact match at
     `Settings.curve_points` points of training), trainable parameters, the rank a task sees,
     the clusters (1+N) and the seconds spent.
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     from .affinity import _task_order, adjusted_rand_index, measured_clusters, prior_clusters, subset_tasks
     from .data import build_tokenizer, make_tiny_tasks
@@ -299,8 +293,6 @@ def affinity_run(seed: int, settings: Settings = Settings()) -> dict:
     """Every affinity measure, cold (at the bare central model) and after the joint warm-up,
     each clustered two ways (average linkage of the affinity; complete linkage of the tasks'
     affinity profiles) into as many clusters as the suite designs, scored by adjusted Rand index.
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     from .affinity import _measure, _probe, adjusted_rand_index, cluster_tasks, prior_clusters
     from .data import build_tokenizer, make_tiny_tasks
@@ -354,8 +346,6 @@ def _key(kind, settings, **kw):
 def run_jobs(jobs: list, out: Path, workers: int = 1, progress: bool = True, desc: str = "runs") -> list[dict]:
     """Run (kind, key, settings) jobs, each stored as ``out/runs/*.json``; finished ones are
     read back, not redone.
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     todo, done = [], []
     for job in jobs:
@@ -391,8 +381,6 @@ def run_jobs(jobs: list, out: Path, workers: int = 1, progress: bool = True, des
 def choose_lr(grid_runs: list[dict]) -> dict[str, float]:
     """Per method, the grid's learning rate with the best final validation exact match
     (averaged over tasks; ties go to the smaller rate).
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     best: dict[str, tuple] = {}
     for run in grid_runs:
@@ -414,8 +402,6 @@ def run_study(out: Path = DEFAULT_OUT, methods: Sequence[str] = tuple(METHODS), 
     ``seeds`` serve the baselines; ablations and sweep points use ``ablation_seeds``, the
     anonymous table ``anonymous_seeds`` and the affinity study ``affinity_seeds`` (each
     defaulting to ``seeds``): a way to shrink the study where time is short, said in results.md.
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     methods = _check(methods)
     out = Path(out)

@@ -399,8 +399,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> FinetuneRun:
     """The command line: ``python -m cgc_edu.finetune --model ... --data ... --output-dir ...``.
-
-    Taught in: notebooks/09_your_model.ipynb
     """
     args = _parser().parse_args(argv)
     columns = dict(prompt_column=args.prompt_column, target_column=args.target_column,

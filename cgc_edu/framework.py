@@ -62,8 +62,6 @@ def _task_lora(layer, task_id: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def base_fingerprint(model: nn.Module) -> str:
     """A short hash of a model's weights (names, shapes and values): is this the same base?
-
-    Taught in: notebooks/06_one_plus_n.ipynb.
     """
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -265,8 +263,6 @@ class OnePlusN:
         the same shared base, so a mixed batch costs one LoRA of that rank per sample, with no
         gate and no loop over clusters. It is rebuilt when an adapter of a set has changed
         (training, ``load_adapters``), so it always answers like the sets.
-
-        Taught in: notebooks/06_one_plus_n.ipynb.
         """
         if self._served is not None and self._served_key == self._adapter_versions(self._sources):
             return self._served

@@ -313,7 +313,7 @@ def task_context(model: nn.Module, task_ids) -> Iterator[nn.Module]:
     on entry, so a bad id fails before any forward runs; generate's beams or several return
     sequences get the ids repeated to match.
 
-    Taught in: notebooks/05_cgc_lora.ipynb.
+    Taught in: notebooks/06_one_plus_n.ipynb.
     """
     router = _router(model, "task_context")
     router.enter_context(task_ids)
@@ -326,7 +326,7 @@ def task_context(model: nn.Module, task_ids) -> Iterator[nn.Module]:
 def merge_task(model: nn.Module, task_id: int) -> nn.Module:
     """Fold task ``task_id``'s adapter into every adapted layer's W0 (serving at base speed).
 
-    Taught in: notebooks/06_one_plus_n.ipynb.
+    Taught in: notebooks/01_lora_from_scratch.ipynb.
     """
     _router(model, "merge_task")
     layers = adapter_layers(model)
@@ -352,7 +352,7 @@ def merge_task(model: nn.Module, task_id: int) -> nn.Module:
 def unmerge(model: nn.Module) -> nn.Module:
     """Undo `merge_task`: subtract the merged adapter from every W0.
 
-    Taught in: notebooks/06_one_plus_n.ipynb.
+    Taught in: notebooks/01_lora_from_scratch.ipynb.
     """
     router = _router(model, "unmerge")
     for layer in adapter_layers(model).values():

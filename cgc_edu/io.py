@@ -13,7 +13,7 @@ keeps them). Over GPT-2's ``Conv1D`` layers the export sets peft's ``fan_in_fan_
 (peft's lora_A / lora_B have the same shapes either way). ``modules_to_save`` (a classifier
 head) are saved whole, under the names peft uses for its own ``modules_to_save``.
 
-Taught in: notebooks/06_one_plus_n.ipynb.
+Taught in: notebooks/05_cgc_lora.ipynb.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_adapters(model: nn.Module, path: Union[str, Path]) -> Path:
     """Write the adapters of ``model`` to the folder ``path`` (adapters.safetensors + adapter_config.json).
 
-    Taught in: notebooks/06_one_plus_n.ipynb.
+    Taught in: notebooks/05_cgc_lora.ipynb.
     """
     config = _model_config(model, "save_adapters")
     path = Path(path)
@@ -82,8 +82,6 @@ def read_adapter_config(path: Union[str, Path], caller: str = "load_adapters") -
     """(AdapterConfig, {module: (d_out, d_in)}) from the adapter_config.json that `save_adapters`
     wrote in the folder ``path``; a missing or corrupt file raises a clear error naming ``caller``.
     (The shapes of the ``modules_to_save`` are in the file's "modules_to_save" entry.)
-
-    Taught in: notebooks/06_one_plus_n.ipynb.
     """
     cfg_file = Path(path) / CONFIG_NAME
     if not cfg_file.is_file():
@@ -144,7 +142,7 @@ def load_adapters(model: nn.Module, path: Union[str, Path]) -> nn.Module:
     model with matching adapters. Everything is checked before anything changes: a corrupt
     file, another config, or a base of other shapes raises and leaves the model as it was.
 
-    Taught in: notebooks/06_one_plus_n.ipynb.
+    Taught in: notebooks/05_cgc_lora.ipynb.
     """
     path = Path(path)
     meta, tensors = _read(path)
@@ -214,7 +212,7 @@ def export_peft_lora(model: nn.Module, task_id: int, path: Union[str, Path],
     model does for that task (up to rounding in the base's dtype). Conv1D layers (GPT-2) are
     exported with ``fan_in_fan_out=True``; ``modules_to_save`` go with the adapter.
 
-    Taught in: notebooks/06_one_plus_n.ipynb.
+    Taught in: notebooks/09_your_model.ipynb.
     """
     from peft import LoraConfig  # imported here: peft is only needed for export
 

@@ -41,8 +41,6 @@ from .synthetic import make_correlated_tasks
 @contextlib.contextmanager
 def one_thread():
     """Run tiny tensor work on one thread: on a busy laptop, threads only wait for each other.
-
-    Taught in: notebooks/02_mixture_of_experts.ipynb.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -54,8 +52,6 @@ def one_thread():
 
 def render_png(fig: Figure, image: widgets.Image, dpi: int) -> bytes:
     """Draw ``fig`` into ``image`` as PNG at its own pixel width (shrunk only to fit).
-
-    Taught in: notebooks/08_gate_lab.ipynb.
     """
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
@@ -121,8 +117,6 @@ def lora_regression(d_in: int = 32, d_out: int = 24, n: int = 256, true_rank: in
                     seed: int = 0) -> dict:
     """A fixed regression task for one frozen layer: Y = X (W0 + Δ)^T + noise, Δ of rank
     ``true_rank``. Returns a dict with X, Y, W0 and the true Δ.
-
-    Taught in: notebooks/01_lora_from_scratch.ipynb.
     """
     g = torch.Generator().manual_seed(seed)
     W0 = torch.randn(d_out, d_in, generator=g) / d_in ** 0.5
@@ -138,8 +132,6 @@ def train_lora_layer(problem: dict, rank: int, alpha: float, rslora: bool = Fals
     """Train a library LoRA layer (`AdapterConfig.lora`) on `lora_regression`'s task with Adam.
 
     Returns ``(layer, losses)``; ``losses[0]`` is the loss before the first step.
-
-    Taught in: notebooks/01_lora_from_scratch.ipynb.
     """
     torch.manual_seed(seed)
     W0 = problem["W0"]
@@ -254,8 +246,6 @@ class LoRAKnobs(_Knobs):
 def clustered_tokens(n_tokens: int = 512, d: int = 8, n_clusters: int = 4, seed: int = 0):
     """Tokens from ``n_clusters`` clusters, each with its own linear target map (chapter 02's
     problem, smaller). Returns (X, Y, cluster).
-
-    Taught in: notebooks/02_mixture_of_experts.ipynb.
     """
     g = torch.Generator().manual_seed(seed)
     centres = 3 * torch.randn(n_clusters, d, generator=g)
@@ -274,8 +264,6 @@ def train_router(X, Y, temperature: float = 1.0, k: int = 1, aux_coef: float = 0
     top-1 keeps the raw probability (Switch), top-k > 1 renormalises. The loss is the MSE
     plus ``aux_coef`` times the Switch load-balancing loss. Returns ``(layer, before)``:
     the trained layer and `router_stats` of the untrained one on X.
-
-    Taught in: notebooks/02_mixture_of_experts.ipynb.
     """
     if temperature <= 0:
         raise ValueError(f"train_router: temperature={temperature}; pass a number > 0.")

@@ -85,8 +85,6 @@ class TaskGate(nn.Module):
     expert) the gate has no parameters and stays uniform. The gate computes in float32 and
     returns float32 weights whatever the dtype of its parameters (a model cast to bfloat16
     keeps an exact softmax); the layer casts them to its adapter's dtype.
-
-    Taught in: notebooks/04_moe_lora.ipynb.
     """
 
     def __init__(self, config: AdapterConfig):

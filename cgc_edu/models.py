@@ -26,8 +26,6 @@ def central_config() -> LlamaConfig:
     """The central model's architecture: hidden 128, 4 layers, 4 heads, 52-character vocab.
 
     Tiny on purpose: adapter training on it takes seconds on a laptop CPU.
-
-    Taught in: notebooks/00_tour.ipynb
     """
     tok = build_tokenizer()
     return LlamaConfig(

@@ -64,8 +64,6 @@ class RouterOutput:
 
     probs: full softmax over experts (tokens, E); weights: renormalised top-k weights
     (tokens, E), zero for unselected experts; indices: selected experts (tokens, k).
-
-    Taught in: notebooks/02_mixture_of_experts.ipynb
     """
 
     probs: torch.Tensor

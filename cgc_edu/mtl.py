@@ -108,8 +108,6 @@ class ExtractionLayer(nn.Module):
     [shared experts, task t's experts] (in that order). With `shared_gate=True` (PLE's inner
     levels) a further gate, fed the shared stream, mixes every expert
     [shared, task 0's, task 1's, ...] into the next level's shared stream.
-
-    Taught in: notebooks/03_multitask_learning.ipynb
     """
 
     def __init__(self, in_features: int, n_tasks: int, n_shared: int, n_specific: int,

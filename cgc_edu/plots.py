@@ -349,8 +349,6 @@ def method_comparison(results: pd.DataFrame, metric: str = "exact_match", ax=Non
     e.g. ``method="cgc_lora", seed=0, task="add", exact_match=0.83``. A bar is the mean over
     seeds; its error bar spans the lowest to the highest seed. The "average" group first
     averages the tasks within each seed. Methods and tasks keep their order of appearance.
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     if not isinstance(results, pd.DataFrame):
         raise TypeError(f"method_comparison: results is a {type(results).__name__}; pass a pandas "

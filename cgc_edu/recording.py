@@ -226,8 +226,6 @@ class GateRecorder:
 
 def load_recording(path) -> GateRecording:
     """Read a recording saved with `GateRecorder.save` / `GateRecording.save`.
-
-    Taught in: notebooks/08_gate_lab.ipynb.
     """
     return GateRecording.load(path)
 

@@ -34,8 +34,6 @@ def _labels():
 def runs_table(runs: Sequence[dict]) -> pd.DataFrame:
     """The long table: one row per setting, method, seed and task, with exact match on test
     and validation, lr, trainable parameters, the rank a task sees, clusters and seconds.
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     from .experiments import METHODS
 
@@ -61,8 +59,6 @@ def runs_table(runs: Sequence[dict]) -> pd.DataFrame:
 def curves_table(runs: Sequence[dict]) -> pd.DataFrame:
     """Validation curves: setting, method, seed, lr, step, validation exact match (average
     over tasks) and the training loss at that point.
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     rows = []
     for run in runs:
@@ -79,8 +75,6 @@ def curves_table(runs: Sequence[dict]) -> pd.DataFrame:
 
 def grid_table(grid: Sequence[dict], chosen: dict) -> pd.DataFrame:
     """The learning-rate grid: method, lr, final validation exact match, chosen or not.
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     rows = [{"method": r["method"], "lr": r["lr"],
              "validation": float(np.mean(list(r["validation"].values()))),
@@ -91,8 +85,6 @@ def grid_table(grid: Sequence[dict], chosen: dict) -> pd.DataFrame:
 def affinity_table(affinity_runs: Sequence[dict]) -> pd.DataFrame:
     """One row per seed and affinity measure: its adjusted Rand index against the designed
     clusters and the clusters it found.
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     rows = [{"seed": r["seed"], "measure": m["method"], "warmup_steps": m["warmup_steps"],
              "clustering": m.get("clustering", ""), "ari": m["ari"],
@@ -257,8 +249,6 @@ def _frame_md(frame: pd.DataFrame) -> str:
 def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFrame,
                     affinity: pd.DataFrame, config: dict) -> str:
     """The whole study as Markdown (the content of ``results.md``).
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     from .experiments import ANONYMOUS, METHODS, SWEEP
 
@@ -363,8 +353,6 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
 def figures(results: pd.DataFrame, curves: pd.DataFrame, affinity: pd.DataFrame, out: Path) -> list[Path]:
     """Write curves.png (validation curves), comparison.png (average per seed and method) and
     affinity.png (adjusted Rand index per measure); return their paths.
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     import matplotlib
     matplotlib.use("Agg", force=False)
@@ -436,8 +424,6 @@ def figures(results: pd.DataFrame, curves: pd.DataFrame, affinity: pd.DataFrame,
 # ---------------------------------------------------------- write / read
 def write_report(study: dict, out: Path, settings, command: str, wall: float, workers: int = 1) -> dict:
     """Write every file of the results folder from a `cgc_edu.experiments.run_study` result.
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     from dataclasses import asdict
 
