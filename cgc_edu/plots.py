@@ -36,11 +36,16 @@ METHOD_COLORS = {
     "cgc_lora": "#D55E00", "one_plus_n": "#CC79A7", "cgc_no_gate": "#56B4E9",
     "shared_bottom": "#0072B2", "mmoe": "#009E73", "cgc": "#D55E00", "ple": "#CC79A7",
 }
+# The study's names for the same methods (cgc_edu.experiments.METHODS) share their colours.
+METHOD_COLORS.update(integrated=METHOD_COLORS["lora"], separate=METHOD_COLORS["independent"],
+                     cgc_uniform=METHOD_COLORS["cgc_no_gate"])
 METHOD_NAMES = {
     "central": "central model", "lora": "LoRA", "independent": "independent LoRAs",
     "moe_lora": "MoE-LoRA", "cgc_lora": "CGC-LoRA", "one_plus_n": "1+N", "cgc_no_gate":
     "CGC-LoRA, uniform gate", "shared_bottom": "shared-bottom", "mmoe": "MMoE", "cgc": "CGC",
     "ple": "PLE",
+    "integrated": "integrated model", "separate": "independent models",
+    "cgc_uniform": "CGC-LoRA, uniform gate",
 }
 #: The widest figure (inches at dpi 100) the book's column shows without a scroll bar.
 BOOK_WIDTH = 7.5

@@ -153,9 +153,12 @@ def test_one_plus_n_diagram_has_one_set_per_cluster_and_one_central_model():
 
 
 def test_one_palette_for_methods_and_their_chapter_03_analogues():
-    for key in ("lora", "independent", "moe_lora", "cgc_lora", "one_plus_n", "cgc_no_gate",
+    for key in ("integrated", "separate", "moe_lora", "cgc_lora", "one_plus_n", "cgc_uniform",
                 "central"):
         assert key in METHODS and key in METHOD_COLORS          # the experiments' methods
+    for study, course in [("integrated", "lora"), ("separate", "independent"),
+                          ("cgc_uniform", "cgc_no_gate")]:      # one colour, two names
+        assert METHOD_COLORS[study] == METHOD_COLORS[course]
     assert method_style("MMoE") == (METHOD_COLORS["moe_lora"], "MMoE")
     assert method_style("shared-bottom")[0] == METHOD_COLORS["lora"] == PART_COLORS["common"]
     assert method_style("cgc_lora") == (METHOD_COLORS["cgc_lora"], "CGC-LoRA")
