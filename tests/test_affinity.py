@@ -4,25 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from cgc_edu import affinity
 from cgc_edu.affinity import (adjusted_rand_index, cluster_tasks, clustering_agreement, measured_clusters,
                               prior_clusters, subset_tasks, task_affinity, task_linkage)
-from cgc_edu.data import TASKS, build_tokenizer, make_tiny_tasks
+from cgc_edu.data import TASKS, make_tiny_tasks
 from cgc_edu.framework import base_fingerprint
 from cgc_edu.injection import adapter_layers
 
-TOK = build_tokenizer()
+from tiny_models import TOK, tiny_base  # tests/tiny_models.py
 
-
-def tiny_base(seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(TOK), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-                         tie_word_embeddings=True, pad_token_id=TOK.pad_token_id,
-                         bos_token_id=TOK.bos_token_id, eos_token_id=TOK.eos_token_id)
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")

@@ -1,31 +1,23 @@
 """The 1+N framework: routing, shared base memory, merging, save/load (affinity and clustering:
 test_affinity.py)."""
+import json
+
 import pandas as pd
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
-import json
+from transformers import LlamaForCausalLM
 
 from cgc_edu import AdapterConfig, merge_task, remove_adapters, task_context, unmerge
 from cgc_edu.io import export_peft_lora, load_adapters, save_adapters
 from cgc_edu.train import train
-from cgc_edu.data import TASKS, build_tokenizer, make_tiny_tasks
+from cgc_edu.data import TASKS, make_tiny_tasks
 from cgc_edu.framework import (OnePlusN, base_fingerprint, prior_clusters, subset_tasks,
                                unique_parameter_bytes)
 from cgc_edu.injection import adapter_layers
 
-TOK = build_tokenizer()
+from tiny_models import TOK, tiny_base  # tests/tiny_models.py
+
 CONFIG = AdapterConfig.cgc_lora(rank=6, alpha=12, n_common=2, n_specific=1, budget="per_task")
-
-
-def tiny_base(seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(TOK), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-                         tie_word_embeddings=True, pad_token_id=TOK.pad_token_id,
-                         bos_token_id=TOK.bos_token_id, eos_token_id=TOK.eos_token_id)
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,15 @@ import contextlib
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from cgc_edu import AdapterConfig, CGCLoRALinear, merge_task
-from cgc_edu.data import build_tokenizer, make_tiny_tasks
+from cgc_edu.data import make_tiny_tasks
 from cgc_edu.framework import OnePlusN, prior_clusters, unique_parameter_bytes
 from cgc_edu.injection import adapter_layers
 from cgc_edu import train as train_module
 
-TOK = build_tokenizer()
+from tiny_models import TOK, tiny_base  # tests/tiny_models.py
+
 D_IN, D_OUT = 12, 10
 
 
@@ -101,15 +101,6 @@ def test_one_expert_training_repeats_bit_for_bit_with_two_threads():
 
 
 # ------------------------------------------------------------- 1+N serving model
-def tiny_base(seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(TOK), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-                         tie_word_embeddings=True, pad_token_id=TOK.pad_token_id,
-                         bos_token_id=TOK.bos_token_id, eos_token_id=TOK.eos_token_id)
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="module")
 def clusters():
     return prior_clusters(make_tiny_tasks(seed=0, n_train=4, n_low=2, n_validation=0, n_test=0)["train"])
