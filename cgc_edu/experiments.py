@@ -44,7 +44,7 @@ from .config import AdapterConfig
 
 COMMAND = "python -m cgc_edu.experiments"
 DEFAULT_OUT = Path("results")          # relative to the caller's working directory
-LR_GRID = (3e-3, 6e-3, 1.2e-2)
+LR_GRID = (3e-3, 6e-3, 1.2e-2, 2.4e-2)
 SEEDS = (0, 1, 2, 3, 4)
 AFFINITY_METHODS = ("gradient", "lookahead", "update")
 #: ways to cut an affinity into clusters: name -> (scipy linkage method, what is clustered)
@@ -125,11 +125,11 @@ class Settings:
     """Everything a run depends on besides the method, the seed and the learning rate.
     """
 
-    steps: int = 300
+    steps: int = 600
     batch_size: int = 32
     rank: int = 24
     n_train: int = 2000
-    n_low: int = 50
+    n_low: int = 20                  # 1/100 of a data-rich task: too few to learn alone
     n_validation: int = 50
     n_test: int = 100
     name_in_prompt: bool = True
@@ -139,6 +139,7 @@ class Settings:
     affinity_warmup: int = 60        # joint warm-up steps before measuring it
     base: Optional[str] = None       # central model folder; None: the shipped one
     threads: int = 1
+    task_sampling: str = "uniform"   # every task an equal share of each batch ("data": by rows)
 
     @property
     def setting(self) -> str:
@@ -153,7 +154,8 @@ def _check(methods: Sequence[str]) -> list[str]:
 
 
 # -------------------------------------------------------------- one run
-def _fit(model, rows, tok, steps, lr, batch_size, seed, val_rows, points, task_names=None):
+def _fit(model, rows, tok, steps, lr, batch_size, seed, val_rows, points, task_names=None,
+         task_sampling="data"):
     """Train; return the validation curve [(share of the steps, {task: exact match})]."""
     from .train import evaluate, train
 
@@ -166,7 +168,7 @@ def _fit(model, rows, tok, steps, lr, batch_size, seed, val_rows, points, task_n
             curve.append((round(step / steps, 4), table["exact_match"].to_dict()))
 
     losses = train(model, rows, tok, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                   callback=record, callback_every=every, progress=False)
+                   callback=record, callback_every=every, progress=False, task_sampling=task_sampling)
     # the training loss at the same points (mean of the steps since the previous point)
     for i, (share, scores) in enumerate(curve):
         end = round(share * steps)
@@ -191,6 +193,14 @@ def _merge_curves(parts):
         last.update(merged[s])
         out.append((s, dict(last)))
     return out
+
+
+def _share(part, rows, settings) -> float:
+    """The share of the joint run's steps a part of the tasks gets: by rows, or by tasks
+    when the joint run samples tasks uniformly."""
+    if settings.task_sampling == "uniform":
+        return len(set(part["task"])) / len(set(rows["task"]))
+    return len(part) / len(rows)
 
 
 def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) -> dict:
@@ -222,7 +232,8 @@ def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) 
     n_tasks = len(tasks)
     start = time.perf_counter()
     extra: dict = {}
-    fit = dict(batch_size=settings.batch_size, seed=seed, points=settings.curve_points)
+    fit = dict(batch_size=settings.batch_size, seed=seed, points=settings.curve_points,
+               task_sampling=settings.task_sampling)
     if spec.kind == "central":
         params, curve = 0, []
         scorer = lambda split: evaluate(base, split, tok)
@@ -235,7 +246,7 @@ def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) 
                 model = add_adapters(load_central_model(settings.base),
                                      AdapterConfig.lora(rank=rank, alpha=2.0 * rank))
             mine = subset_tasks(train_rows, [task])
-            steps = max(settings.min_separate_steps, round(settings.steps * len(mine) / len(train_rows)))
+            steps = max(settings.min_separate_steps, round(settings.steps * _share(mine, train_rows, settings)))
             parts.append(_fit(model, mine, tok, steps, lr, val_rows=subset_tasks(val_rows, [task]),
                               task_names=[task], **fit))
             models[task] = model
@@ -262,7 +273,7 @@ def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) 
         parts = []
         for cluster, members in clusters.items():   # as OnePlusN.train: steps shared by rows
             mine = subset_tasks(train_rows, members)
-            steps = max(1, round(settings.steps * len(mine) / len(train_rows)))
+            steps = max(1, round(settings.steps * _share(mine, train_rows, settings)))
             parts.append(_fit(fw.sets[cluster], mine, tok, steps, lr, val_rows=subset_tasks(val_rows, members),
                               task_names=members, **fit))
         curve = _merge_curves(parts)
@@ -482,6 +493,8 @@ def main(argv: Optional[Sequence[str]] = None):
                         help="torch threads per process (default 1 per worker; 2 for --quick)")
     parser.add_argument("--affinity", default=defaults.affinity, choices=AFFINITY_METHODS,
                         help="the affinity measure 1+N clusters by")
+    parser.add_argument("--task-sampling", default=defaults.task_sampling, choices=("uniform", "data"),
+                        help="joint runs: every task an equal share of each batch, or tasks by rows")
     parser.add_argument("--base", default=None, help="central model folder (default: the shipped one)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
@@ -505,7 +518,7 @@ def main(argv: Optional[Sequence[str]] = None):
         return frame
     settings = Settings(threads=args.threads or 1, **{f: getattr(args, f) for f in (
         "steps", "batch_size", "rank", "n_train", "n_low", "n_validation", "n_test", "curve_points",
-        "min_separate_steps", "affinity_warmup", "affinity", "base")})
+        "min_separate_steps", "affinity_warmup", "affinity", "task_sampling", "base")})
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     study = run_study(args.out, args.methods.split(","), seeds, settings,

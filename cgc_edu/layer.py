@@ -227,6 +227,11 @@ class CGCLoRALinear(nn.Module):
         h_in = (self.dropout(x) if self.training else x).reshape(batch, -1, self.in_features)
         if self.rows.shape[1] == r_e:   # |S_t| = 1
             out = self._one_expert_output(h_in, task_ids)
+        elif not torch.is_grad_enabled():
+            # Serving: each sample's allowed experts as one LoRA of rank |S_t| r_e, its gate
+            # and the scaling folded into B (kept while the ids and weights stay the same).
+            A_t, Bt_t = self._per_sample_lora(task_ids)
+            out = torch.bmm(torch.bmm(A_t, h_in.transpose(1, 2)).transpose(1, 2), Bt_t)
         elif self.n_experts > self.gather_ratio * self.config.experts_per_task:
             # Gather path: each sample uses only its task's |S_t| experts: the cost of a LoRA
             # of rank |S_t| r_e, however many tasks the bank serves. The scaling rides on the
@@ -265,7 +270,8 @@ class CGCLoRALinear(nn.Module):
         return torch.bmm(h.transpose(1, 2), Bt_t)                         # (batch, tokens, d_out)
 
     def _per_sample_lora(self, task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each sample's expert as (A (batch, r_e, d_in), B^T (batch, r_e, d_out)), contiguous.
+        """Each sample's experts as (A (batch, k, d_in), B^T (batch, k, d_out)), contiguous,
+        k = |S_t| r_e; with several experts B^T carries the gate and the scaling.
 
         Gathered by index_select (its backward sums repeated ids in a fixed order). Without
         autograd (decoding) the gather is kept and reused while the very same ids tensor comes
@@ -273,17 +279,28 @@ class CGCLoRALinear(nn.Module):
         changed (their version counters): a decode step then costs two products per layer.
         """
         A, B = self.lora_A, self.lora_B
-        reuse = not (torch.is_grad_enabled() or task_ids.is_inference() or A.is_inference()
-                     or B.is_inference())
+        gate = tuple(self.gate.parameters())
+        reuse = not (torch.is_grad_enabled() or task_ids.is_inference()
+                     or any(t.is_inference() for t in (A, B, *gate)))
         if reuse:
-            versions = (task_ids._version, A._version, B._version)
+            versions = tuple(t._version for t in (task_ids, A, B, *gate))
             kept = self.__dict__.get("_gathered")
             if (kept is not None and kept[0] is task_ids and kept[1] is A and kept[2] is B
                     and kept[3] == versions):
                 return kept[4]
-        # B^T gathered from the transposed view comes out contiguous: the second product
-        # runs several times faster on it than on a strided B^T.
-        pair = (A.index_select(0, task_ids), B.transpose(1, 2).index_select(0, task_ids))
+        if self.rows.shape[1] == self.expert_rank:   # one expert: expert t is task t's
+            # B^T gathered from the transposed view comes out contiguous: the second product
+            # runs several times faster on it than on a strided B^T.
+            pair = (A.index_select(0, task_ids), B.transpose(1, 2).index_select(0, task_ids))
+        else:   # |S_t| experts stacked, B^T's rows scaled by the gate and the scaling
+            rows = self.rows.index_select(0, task_ids)                        # (batch, k)
+            A_rows = A.reshape(-1, self.in_features).index_select(0, rows.flatten())
+            Bt_rows = B.transpose(1, 2).reshape(-1, self.out_features).index_select(0, rows.flatten())
+            g = self.gate(task_ids).gather(1, self.allowed.index_select(0, task_ids))
+            g = (g * self.scaling).to(B.dtype).repeat_interleave(self.expert_rank, dim=1)
+            batch = task_ids.shape[0]
+            pair = (A_rows.view(batch, -1, self.in_features),
+                    Bt_rows.view(batch, -1, self.out_features) * g[:, :, None])
         if reuse:
             self.__dict__["_gathered"] = (task_ids, A, B, versions, pair)  # plain attribute, no Module bookkeeping
         return pair

@@ -52,15 +52,44 @@ def _routed(model, task_ids):
     return task_context(model, task_ids)
 
 
+def _uniform_draw(rows, batch_size, order):
+    """Yield batches of row indices in which every task has an equal share (the remainder
+    of ``batch_size`` goes to tasks in a rotating order); each task's rows are reshuffled
+    when they run out."""
+    by_task: dict = {}
+    for i, row in enumerate(rows):
+        by_task.setdefault(row["task_id"], []).append(i)
+    tasks = sorted(by_task)
+    queues = {t: [] for t in tasks}
+    turn = 0
+    while True:
+        counts = {t: batch_size // len(tasks) for t in tasks}
+        for k in range(batch_size % len(tasks)):
+            counts[tasks[(turn + k) % len(tasks)]] += 1
+        turn = (turn + batch_size % len(tasks)) % len(tasks)
+        batch = []
+        for t in tasks:
+            while len(queues[t]) < counts[t]:
+                perm = torch.randperm(len(by_task[t]), generator=order).tolist()
+                queues[t] += [by_task[t][j] for j in perm]
+            batch += queues[t][:counts[t]]
+            del queues[t][:counts[t]]
+        perm = torch.randperm(len(batch), generator=order).tolist()
+        yield [batch[j] for j in perm]
+
+
 def train(model, dataset, tokenizer, steps: int = 300, lr: float = 3e-3, batch_size: int = 32,
           seed: int = 0, callback: Optional[Callable] = None, callback_every: int = 10,
           progress: bool = True, weight_decay: float = 0.0,
-          gate_lr: Optional[float] = None) -> list[float]:
+          gate_lr: Optional[float] = None, task_sampling: str = "data") -> list[float]:
     """Train the model's trainable parameters (its adapters) for ``steps`` AdamW steps.
 
-    Batches are drawn by reshuffling ``dataset`` each epoch (so tasks mix in proportion to
-    their data, and low-data tasks are seen less often), collated with the loss on the
-    target only. The learning rate decays linearly to zero. ``callback(step, model)`` is
+    With ``task_sampling="data"`` batches are drawn by reshuffling ``dataset`` each epoch
+    (tasks mix in proportion to their data, so a low-data task is seen rarely); with
+    ``"uniform"`` every task fills an equal share of each batch (each task's rows reshuffled
+    when they run out), so a task with 50 rows trains as often as one with 2000 -- the
+    usual multi-task recipe when a small task should borrow from its neighbours. The
+    loss is on the target only. The learning rate decays linearly to zero. ``callback(step, model)`` is
     called before the first step (step 0), every ``callback_every`` steps and after the
     last one; a ``GateRecorder`` is such a callback. ``gate_lr`` gives the task gates their
     own learning rate (they have few parameters and start neutral, so a larger step lets
@@ -75,6 +104,9 @@ def train(model, dataset, tokenizer, steps: int = 300, lr: float = 3e-3, batch_s
         raise ValueError(f"batch_size={batch_size!r}: must be a positive integer")
     if not isinstance(callback_every, int) or callback_every < 1:
         raise ValueError(f"callback_every={callback_every!r}: must be a positive integer")
+    if task_sampling not in ("data", "uniform"):
+        raise ValueError(f"task_sampling={task_sampling!r}: choose 'data' (tasks in proportion "
+                         "to their rows) or 'uniform' (every task equally often)")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters; add adapters first "
@@ -91,16 +123,20 @@ def train(model, dataset, tokenizer, steps: int = 300, lr: float = 3e-3, batch_s
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
     order = torch.Generator().manual_seed(seed)
     queue: list[int] = []
+    draw = _uniform_draw(rows, batch_size, order) if task_sampling == "uniform" else None
     losses = []
     model.train()
     if callback is not None:
         callback(0, model)
     bar = tqdm(range(1, steps + 1), desc="training", disable=not progress)
     for step in bar:
-        if len(queue) < batch_size:  # a new epoch: reshuffle
-            queue += torch.randperm(len(rows), generator=order).tolist()
-        batch = collate([rows[i] for i in queue[:batch_size]])
-        del queue[:batch_size]
+        if draw is not None:
+            batch = collate([rows[i] for i in next(draw)])
+        else:
+            if len(queue) < batch_size:  # a new epoch: reshuffle
+                queue += torch.randperm(len(rows), generator=order).tolist()
+            batch = collate([rows[i] for i in queue[:batch_size]])
+            del queue[:batch_size]
         task_ids = batch.pop("task_ids")
         loss = model(**batch, **({"task_ids": task_ids} if routed else {})).loss
         loss.backward()

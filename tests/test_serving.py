@@ -77,6 +77,51 @@ def test_decoding_reuses_the_gather_only_while_ids_and_weights_are_unchanged():
     assert layer.lora_A.grad is not None and layer.lora_A.grad.abs().sum() > 0
 
 
+MULTI = {  # |S_t| > 1: served with the gate folded into each sample's B
+    "cgc_lora": AdapterConfig.cgc_lora(rank=6, n_tasks=3, n_common=2, n_specific=1),
+    "cgc_lora_total_8": AdapterConfig.cgc_lora(rank=20, n_tasks=8, n_common=2, n_specific=1,
+                                               budget="total"),
+    "moe_lora": AdapterConfig.moe_lora(rank=4, n_tasks=3, n_experts=4, budget="total"),
+    "cgc_uniform": AdapterConfig.cgc_lora(rank=6, n_tasks=3, gate="uniform"),
+}
+
+
+def randomize_gate(layer, seed=1):
+    if layer.gate.learned:
+        with torch.no_grad():
+            layer.gate.weight.copy_(torch.randn(layer.gate.weight.shape,
+                                                generator=torch.Generator().manual_seed(seed)))
+
+
+@pytest.mark.parametrize("name", sorted(MULTI))
+def test_serving_path_with_the_gate_folded_in_equals_the_training_path(name):
+    layer = make_layer(MULTI[name]).eval()
+    randomize_gate(layer)
+    ids = torch.tensor([0, 2, 1, 2, 0, 1, 1]) % layer.config.n_tasks
+    x = torch.randn(7, 5, D_IN)
+    trained_path = layer(x, ids)                      # autograd on: the dense / gather path
+    assert trained_path.requires_grad
+    with torch.no_grad():
+        served = layer(x, ids)
+        assert "_gathered" in vars(layer)             # the folded path ran
+    torch.testing.assert_close(served, trained_path.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(served, reference(layer, x, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_folded_gate_is_refolded_when_the_gate_or_the_ids_change():
+    layer = make_layer(MULTI["cgc_lora"]).eval()
+    x, ids = torch.randn(4, 3, D_IN), torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        first = layer(x, ids)
+        torch.testing.assert_close(layer(x, ids), first, rtol=0, atol=0)
+        randomize_gate(layer, seed=3)                # the gate trained or loaded in place
+        moved = layer(x, ids)
+        assert (moved - first).abs().max() > 1e-3
+        torch.testing.assert_close(moved, reference(layer, x, ids), rtol=1e-5, atol=1e-5)
+        ids[0] = 2                                   # the same tensor, changed in place
+        torch.testing.assert_close(layer(x, ids), reference(layer, x, ids), rtol=1e-5, atol=1e-5)
+
+
 def test_one_expert_training_repeats_bit_for_bit_with_two_threads():
     def run():
         torch.manual_seed(0)

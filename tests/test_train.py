@@ -96,6 +96,28 @@ def test_trainer_routes_task_ids(data, tok, tmp_path):
         assert layer.lora_B[2].abs().sum() == 0  # no sample of task 2: its expert never moved
 
 
+def test_uniform_task_sampling_gives_every_task_an_equal_share_and_cycles_small_tasks():
+    rows = [{"task_id": t} for t in [0] * 100 + [1] * 3 + [2] * 10]
+    draw = train_module._uniform_draw(rows, 8, torch.Generator().manual_seed(0))
+    batches = [next(draw) for _ in range(30)]
+    counts = torch.zeros(30, 3)
+    for b, batch in enumerate(batches):
+        assert len(batch) == 8
+        for i in batch:
+            counts[b, rows[i]["task_id"]] += 1
+    # 8 = 2 + 2 + 2 and a remainder of 2 that rotates over the tasks: 80 samples each in 30 batches
+    assert set(counts.flatten().tolist()) <= {2.0, 3.0} and counts.sum(0).tolist() == [80, 80, 80]
+    # a task's rows are reshuffled only when all were used: each row of a small task is
+    # drawn equally often, to within one pass
+    for task in (1, 2):
+        uses = torch.bincount(torch.tensor([i for batch in batches for i in batch
+                                            if rows[i]["task_id"] == task]))
+        uses = uses[uses > 0]
+        assert len(uses) == (3 if task == 1 else 10) and uses.max() - uses.min() <= 1
+    again = train_module._uniform_draw(rows, 8, torch.Generator().manual_seed(0))
+    assert [next(again) for _ in range(30)] == batches                 # deterministic for a seed
+
+
 def test_clear_errors(data, tok):
     bare = load_central_model().requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
@@ -103,6 +125,8 @@ def test_clear_errors(data, tok):
     model = add_adapters(load_central_model(), AdapterConfig.lora(rank=4, n_tasks=2))
     with pytest.raises(ValueError, match="steps=0"):
         train(model, data["train"], tok, steps=0, progress=False)
+    with pytest.raises(ValueError, match="task_sampling='balanced'.*'uniform'"):
+        train(model, data["train"], tok, steps=1, progress=False, task_sampling="balanced")
     with pytest.raises(ValueError, match="empty"):
         train(model, data["train"].select([]), tok, steps=1, progress=False)
     with pytest.raises(KeyError, match="target"):
