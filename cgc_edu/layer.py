@@ -190,7 +190,7 @@ class CGCLoRALinear(nn.Module):
         else the ready tensor the model's router resolved and checked once for the whole
         model, else task 0 where the adapter needs no ids."""
         if task_ids is None and self.router is not None:
-            routed = self.router.ids_on(self.lora_A.device)
+            routed = self.router.ids_on(self._parameters["lora_A"].device)
             if routed is not None:
                 if routed.shape[0] != batch:  # metadata only: no host sync
                     raise ValueError(
@@ -278,20 +278,26 @@ class CGCLoRALinear(nn.Module):
         back (generate routes one tensor to every step) and neither it nor the weights have
         changed (their version counters): a decode step then costs two products per layer.
         """
-        A, B = self.lora_A, self.lora_B
-        gate = tuple(self.gate.parameters())
-        reuse = not (torch.is_grad_enabled() or task_ids.is_inference()
-                     or any(t.is_inference() for t in (A, B, *gate)))
-        if reuse:
-            versions = tuple(t._version for t in (task_ids, A, B, *gate))
+        params = self._parameters          # direct: nn.Module.__getattr__ costs on every decode step
+        A, B = params["lora_A"], params["lora_B"]
+        stamp = None
+        if not torch.is_grad_enabled():
+            gate = self._modules["gate"]._parameters.values()
+            try:   # in-place changes bump _version; ``model.to(...)`` swaps data (data_ptr)
+                stamp = (task_ids._version, A._version, B._version, A.data_ptr(), B.data_ptr(),
+                         *[(p._version, p.data_ptr()) for p in gate])
+            except RuntimeError:   # inference tensors keep no version counter: nothing is kept
+                stamp = None
             kept = self.__dict__.get("_gathered")
-            if (kept is not None and kept[0] is task_ids and kept[1] is A and kept[2] is B
-                    and kept[3] == versions):
+            if (stamp is not None and kept is not None and kept[0] is task_ids and kept[1] is A
+                    and kept[2] is B and kept[3] == stamp):
                 return kept[4]
-        if self.rows.shape[1] == self.expert_rank:   # one expert: expert t is task t's
+        if self.rows.shape[1] == self.expert_rank:   # one expert per task (LoRA: all expert 0)
             # B^T gathered from the transposed view comes out contiguous: the second product
             # runs several times faster on it than on a strided B^T.
-            pair = (A.index_select(0, task_ids), B.transpose(1, 2).index_select(0, task_ids))
+            experts = task_ids if self.n_experts == self.config.n_tasks else \
+                self.allowed.index_select(0, task_ids)[:, 0]
+            pair = (A.index_select(0, experts), B.transpose(1, 2).index_select(0, experts))
         else:   # |S_t| experts stacked, B^T's rows scaled by the gate and the scaling
             rows = self.rows.index_select(0, task_ids)                        # (batch, k)
             A_rows = A.reshape(-1, self.in_features).index_select(0, rows.flatten())
@@ -301,8 +307,8 @@ class CGCLoRALinear(nn.Module):
             batch = task_ids.shape[0]
             pair = (A_rows.view(batch, -1, self.in_features),
                     Bt_rows.view(batch, -1, self.out_features) * g[:, :, None])
-        if reuse:
-            self.__dict__["_gathered"] = (task_ids, A, B, versions, pair)  # plain attribute, no Module bookkeeping
+        if stamp is not None:
+            self.__dict__["_gathered"] = (task_ids, A, B, stamp, pair)  # plain attribute, no Module bookkeeping
         return pair
 
     def forward(self, x: torch.Tensor, task_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -312,9 +318,27 @@ class CGCLoRALinear(nn.Module):
                 self._check_merged(task_ids)
             return result
         ids = self._task_ids(task_ids, x.shape[0])
-        # In place: the base's output is not saved for its own backward, and one full-size
-        # allocation fewer per adapted layer matters when decoding (the serving path).
+        if not torch.is_grad_enabled() and not self.training:
+            return self._serve(x, ids, result)
+        # In place: the base's output is not saved for its own backward.
         return result.add_(self.adapter_output(x.to(self.lora_A.dtype), ids).to(result.dtype))
+
+    def _serve(self, x: torch.Tensor, task_ids: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """Inference: result += each sample's LoRA (gate and scaling folded, `_per_sample_lora`),
+        the second product accumulated into the base's output in place (one ``baddbmm_``).
+        A decode step of a small model is per-op overhead, not arithmetic: this path takes
+        the fewest ops and no allocation of the output's size."""
+        A_t, Bt_t = self._per_sample_lora(task_ids)
+        batch = x.shape[0]
+        if x.dtype != A_t.dtype:
+            x = x.to(A_t.dtype)
+        h = torch.bmm(A_t, x.reshape(batch, -1, A_t.shape[2]).transpose(1, 2))   # (batch, k, tokens)
+        if self.scaling != 1.0 and self.config.experts_per_task == 1:   # not folded in B^T
+            h = h * self.scaling
+        if result.dtype == A_t.dtype:
+            result.view(batch, -1, Bt_t.shape[2]).baddbmm_(h.transpose(1, 2), Bt_t)
+            return result
+        return result.add_(torch.bmm(h.transpose(1, 2), Bt_t).view(result.shape).to(result.dtype))
 
     # ------------------------------------------------------------------ merging
     def _check_merged(self, task_ids) -> None:

@@ -73,6 +73,27 @@ def curves_table(runs: Sequence[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def convergence(curves: pd.DataFrame, lr: dict, setting: str = "named") -> pd.DataFrame:
+    """How much each method's validation average still moved near the end of training, at
+    its chosen rate, mean over seeds (in exact-match points, 0..1): ``last_half`` is the end
+    minus the point nearest mid-run, ``last_third`` the end minus the point nearest two
+    thirds of the run. Near 0: the curve is flat (the linear decay of the rate to zero
+    flattens the very end by itself, so read both).
+
+    Taught in: notebooks/07_experiments.ipynb.
+    """
+    c = curves[(curves["setting"] == setting) & (curves["lr"] == curves["method"].map(lr))]
+
+    def moved(run, share):
+        run = run.groupby("step")["validation"].mean()
+        ref = run.index[np.abs(run.index - share * run.index.max()).argmin()]
+        return run.iloc[-1] - run[ref]
+
+    rows = [{"method": m, "seed": s, "last_half": moved(run, 1 / 2), "last_third": moved(run, 2 / 3)}
+            for (m, s), run in c.groupby(["method", "seed"], sort=False)]
+    return pd.DataFrame(rows).groupby("method", sort=False)[["last_half", "last_third"]].mean()
+
+
 def grid_table(grid: Sequence[dict], chosen: dict) -> pd.DataFrame:
     """The learning-rate grid: method, lr, final validation exact match, chosen or not.
     """
@@ -263,9 +284,14 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
              f"{config['workers']} workers). Exact match (%) on the test split ({s['n_test']} examples per "
              f"task), mean ± standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}); each seed "
              "draws the data, the initialisation and the batch order. Joint runs train "
-             f"{s['steps']} steps of batch {s['batch_size']}; separately trained models and 1+N's cluster sets "
-             "share those steps in proportion to their rows (a separate model at least "
-             f"{s['min_separate_steps']}). Adapter banks have the budget of one LoRA of rank {s['rank']} "
+             f"{s['steps']} steps of batch {s['batch_size']}"
+             + (", every task an equal share of each batch (a low-data task's "
+                f"{s['n_low']} rows recur, a data-rich task's {s['n_train']} are sampled); separately trained "
+                "models and 1+N's cluster sets share those steps in proportion to their tasks"
+                if s.get("task_sampling", "data") == "uniform" else
+                "; separately trained models and 1+N's cluster sets share those steps in proportion to "
+                "their rows")
+             + f" (a separate model at least {s['min_separate_steps']}). Adapter banks have the budget of one LoRA of rank {s['rank']} "
              "(gates aside), except the independent models: eight LoRAs, each of the rank a task sees in "
              "CGC-LoRA.", ""]
     parts += ["## Learning rates", "",
@@ -278,6 +304,16 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
     g.insert(0, "method", [labels[m] for m in g.index])
     g["chosen"] = [f"{config['lr'][m]:g}" for m in g.index]
     parts += [_frame_md(g), "", "Validation curves of every run: `curves.png` (the chosen rates, mean over seeds) and `curves.csv`.", ""]
+    if len(curves):
+        conv = convergence(curves, config["lr"])
+        conv = conv.reindex([m for m in labels if m in conv.index])
+        conv = (100 * conv).round(1).reset_index()
+        conv.insert(0, "label", conv.pop("method").map(labels))
+        parts += ["How much the validation average (points) still moved at the end, mean over seeds: the last "
+                  "point minus the point nearest half-way and nearest two thirds of training (the rate decays "
+                  "linearly to zero, which flattens the very end by itself).", "",
+                  _frame_md(conv.rename(columns={"label": "method", "last_half": "last half",
+                                                 "last_third": "last third"})), ""]
     parts += ["## Main table: instruction-bearing prompts", "",
               "Prompts name the task (`reverse:cab=`), as the paper's instructions do, so one shared LoRA "
               "(the integrated model) can read what is asked.", "", method_table(named, baselines), ""]

@@ -161,7 +161,8 @@ def greedy_decode(model, tokenizer, prompts: Sequence[str], task_ids=None,
     """
     was_training = model.training
     device = model_device(model)
-    model.eval()
+    if was_training:   # eval() walks every module: skip it when already in eval mode (serving)
+        model.eval()
     answers = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start: start + batch_size])
@@ -174,7 +175,8 @@ def greedy_decode(model, tokenizer, prompts: Sequence[str], task_ids=None,
                                  eos_token_id=tokenizer.eos_token_id)
         answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:].cpu(),
                                           skip_special_tokens=True)
-    model.train(was_training)
+    if was_training:
+        model.train()
     return answers
 
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from cgc_edu.reporting import (collapses, method_table, paired_comparison, per_seed_average, premises,
+from cgc_edu.reporting import (collapses, convergence, method_table, paired_comparison, per_seed_average, premises,
                                summary, within_spread)
 
 
@@ -79,3 +79,17 @@ def test_method_table_row():
     assert "| CGC-LoRA (4 common + 1 specific) | 62.0 ± 1.6 | 72.0 ± 1.6 | **67.0 ± 1.6** (65.0..69.0) | 100 | 10 | 0.003 |" in text
     assert "b (low)" in text.splitlines()[0]
     assert per_seed_average(fake_results()).shape == (20, 4)
+
+
+def test_convergence_hand_case():
+    """Two seeds of a method at its chosen rate (and one run at another rate, ignored)."""
+    rows = []
+    for seed, values in [(0, [0.2, 0.5, 0.6, 0.7, 0.7, 0.7]), (1, [0.1, 0.3, 0.5, 0.6, 0.8, 0.9])]:
+        rows += [{"setting": "named", "method": "m", "seed": seed, "lr": 0.01, "step": 10 * (i + 1),
+                  "validation": v} for i, v in enumerate(values)]
+    rows += [{"setting": "named", "method": "m", "seed": 0, "lr": 0.1, "step": 60, "validation": 0.0}]
+    rows += [{"setting": "anonymous", "method": "m", "seed": 0, "lr": 0.01, "step": 60, "validation": 0.0}]
+    got = convergence(pd.DataFrame(rows), {"m": 0.01})
+    # steps 10..60: half-way is step 30, two thirds is step 40
+    assert got.loc["m", "last_half"] == pytest.approx(((0.7 - 0.6) + (0.9 - 0.5)) / 2)
+    assert got.loc["m", "last_third"] == pytest.approx(((0.7 - 0.7) + (0.9 - 0.6)) / 2)

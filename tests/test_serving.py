@@ -108,6 +108,16 @@ def test_serving_path_with_the_gate_folded_in_equals_the_training_path(name):
     torch.testing.assert_close(served, reference(layer, x, ids), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_serving_path_of_one_expert_presets_equals_the_reference(name):
+    layer = make_layer(FAST[name]).eval()
+    ids = torch.tensor([0, 2, 1, 2, 0]) % layer.config.n_tasks
+    x = torch.randn(5, 4, D_IN)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, ids), reference(layer, x, ids), rtol=1e-5, atol=1e-5)
+        assert "_gathered" in vars(layer)
+
+
 def test_folded_gate_is_refolded_when_the_gate_or_the_ids_change():
     layer = make_layer(MULTI["cgc_lora"]).eval()
     x, ids = torch.randn(4, 3, D_IN), torch.tensor([0, 1, 2, 1])
