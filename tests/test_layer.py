@@ -233,11 +233,15 @@ def test_expert_labels():
         layer.expert_labels(["add"])
 
 
-def test_training_repeats_bit_for_bit_with_two_threads():
+@pytest.mark.parametrize("config", [
+    AdapterConfig.cgc_lora(rank=6, n_tasks=8, n_common=2, n_specific=1),   # dense / gather paths
+    AdapterConfig.independent(rank=8, n_tasks=8),                          # the one-expert path
+], ids=["cgc_lora", "independent"])
+def test_training_repeats_bit_for_bit_with_two_threads(config):
     """Mixed-task training must repeat exactly (nbval compares notebooks that train)."""
     def run():
         torch.manual_seed(0)
-        layer = CGCLoRALinear(nn.Linear(64, 64), AdapterConfig.cgc_lora(rank=6, n_tasks=8, n_common=2, n_specific=1))
+        layer = CGCLoRALinear(nn.Linear(64, 64), config)
         opt = torch.optim.AdamW([p for p in layer.parameters() if p.requires_grad], lr=1e-2)
         g = torch.Generator().manual_seed(1)
         for _ in range(10):
