@@ -1,7 +1,6 @@
 """Serving: the layer's inference path (one expert, or the gate folded into B), its reuse of
 gathered weights while decoding, and the 1+N serving model that answers every cluster's
 tasks in one pass."""
-import contextlib
 
 import pytest
 import torch
@@ -11,9 +10,8 @@ from cgc_edu import AdapterConfig, CGCLoRALinear, merge_task
 from cgc_edu.data import make_tiny_tasks
 from cgc_edu.framework import OnePlusN, prior_clusters, unique_parameter_bytes
 from cgc_edu.injection import adapter_layers
-from cgc_edu import train as train_module
 
-from tiny_models import TOK, tiny_base  # tests/tiny_models.py
+from tiny_models import TOK, Seen, spy_on_generate, tiny_base  # tests/tiny_models.py
 
 D_IN, D_OUT = 12, 10
 
@@ -220,19 +218,7 @@ def test_generate_hands_the_serving_model_tensors_on_the_models_device(clusters,
                   tokenizer=TOK)
     served = fw.serving_model()
     assert {p.device for p in served.parameters()} == {torch.device("meta")}
-    seen = {}
-
-    class Seen(Exception):
-        pass
-
-    monkeypatch.setattr(train_module, "_routed", lambda m, ids: seen.update(task_ids=ids.device)
-                        or contextlib.nullcontext())
-
-    def generate(input_ids, attention_mask, **kwargs):
-        seen.update(input_ids=input_ids.device, attention_mask=attention_mask.device)
-        raise Seen
-
-    monkeypatch.setattr(served, "generate", generate)
+    seen = spy_on_generate(monkeypatch, served)
     with pytest.raises(Seen):
         fw.generate(["abc=", "xy="], [fw.tasks[0], fw.tasks[-1]], max_new_tokens=2)
     assert set(seen.values()) == {torch.device("meta")} and len(seen) == 3

@@ -1,5 +1,4 @@
 """The adapter training loop, greedy evaluation, and transformers.Trainer with task ids."""
-import contextlib
 
 import pandas as pd
 import pytest
@@ -11,6 +10,7 @@ from cgc_edu.data import TinyTasksCollator, build_tokenizer, make_tiny_tasks
 from cgc_edu.injection import adapter_layers
 from cgc_edu.models import load_central_model
 import cgc_edu.train as train_module
+from tiny_models import Seen, spy_on_generate  # tests/tiny_models.py
 from cgc_edu.train import evaluate, greedy_decode, model_device, train
 
 # "first" and "last" read the same prompt and want different answers: only task ids tell them apart.
@@ -176,17 +176,8 @@ def test_batches_follow_the_model_device(data, tok, monkeypatch):
     with pytest.raises(_Seen):
         train(model, data["train"], tok, steps=1, batch_size=4, progress=False)
     assert seen == {"input_ids": torch.device("meta"), "task_ids": torch.device("meta")}
-    # generate cannot run on meta (it reads token values): spy on what greedy_decode hands it.
-    seen.clear()
-    monkeypatch.setattr(train_module, "_routed", lambda m, ids: seen.update(task_ids=ids.device)
-                        or contextlib.nullcontext())
-
-    def generate(input_ids, attention_mask, **kwargs):
-        seen.update(input_ids=input_ids.device, attention_mask=attention_mask.device)
-        raise _Seen
-
-    monkeypatch.setattr(model, "generate", generate)
-    with pytest.raises(_Seen):
+    seen = spy_on_generate(monkeypatch, model)
+    with pytest.raises(Seen):
         greedy_decode(model, tok, ["cab=", "ab="], task_ids=[0, 1], max_new_tokens=2)
     assert set(seen.values()) == {torch.device("meta")} and len(seen) == 3
 
