@@ -461,8 +461,11 @@ def _exp_wins(answer, results=None):
     pair = paired_comparison(_named(results), "cgc_lora", "separate")
     want = (pair["wins"], pair["losses"])
     if _close(answer, want):
+        verdict = ("CGC-LoRA beats the independent models here" if pair["ci_low"] > 0 else
+                   "the independent models beat CGC-LoRA here" if pair["ci_high"] < 0 else
+                   "no clear winner: the bootstrap interval contains 0")
         return True, (f"{want} of {pair['n_seeds']} seeds, mean {100 * pair['mean_diff']:+.1f} "
-                      "points: CGC-LoRA does not beat the independent models here.")
+                      f"points: {verdict}.")
     return False, (f"reporting.paired_comparison(results, 'cgc_lora', 'separate') pairs the "
                    f"seeds: {want[0]} wins and {want[1]} losses, not {answer!r}.")
 

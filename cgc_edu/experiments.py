@@ -44,7 +44,7 @@ from .config import AdapterConfig
 
 COMMAND = "python -m cgc_edu.experiments"
 DEFAULT_OUT = Path("results")          # relative to the caller's working directory
-LR_GRID = (3e-3, 6e-3, 1.2e-2, 2.4e-2)
+LR_GRID = (1.5e-3, 3e-3, 6e-3, 1.2e-2, 2.4e-2)
 SEEDS = (0, 1, 2, 3, 4)
 AFFINITY_METHODS = ("gradient", "lookahead", "update")
 #: ways to cut an affinity into clusters: name -> (scipy linkage method, what is clustered)
