@@ -293,14 +293,11 @@ class OnePlusN:
     @staticmethod
     def _adapter_versions(layers) -> tuple:
         """Which adapter tensors the layers hold, where their data lives (``model.to(...)``
-        moves it) and their version counters (bumped by every in-place change: an optimizer
-        step, load_adapters): equal keys, same adapters."""
-        key = []
-        for layer in layers:
-            gate = layer.gate
-            for p in (layer.lora_A, layer.lora_B) + ((gate.task_embedding, gate.weight) if gate.learned else ()):
-                key += (id(p), p.data_ptr(), p.device, p._version)
-        return tuple(key)
+        gives it a new address) and their version counters (bumped by every in-place change:
+        an optimizer step, load_adapters): equal keys, same adapters. Checked on every
+        `generate`, so it reads the parameter dicts directly (A, B and the gate's)."""
+        return tuple((id(p), p.data_ptr(), p._version) for layer in layers
+                     for p in (*layer._parameters.values(), *layer.gate._parameters.values()))
 
     def evaluate(self, dataset, batch_size: int = 256) -> pd.DataFrame:
         """Exact match per task (and "average"), like `cgc_edu.train.evaluate`, each task

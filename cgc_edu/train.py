@@ -47,7 +47,8 @@ def model_device(model) -> torch.device:
 
 def _routed(model, task_ids):
     """task_context for a model with adapters; nothing to route for a bare model."""
-    if task_ids is None or not adapter_layers(model):
+    # the router add_adapters attaches (cheap: adapter_layers would walk every module)
+    if task_ids is None or getattr(model, "_cgc_router", None) is None:
         return contextlib.nullcontext()
     return task_context(model, task_ids)
 

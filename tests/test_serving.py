@@ -117,6 +117,30 @@ def test_serving_path_of_one_expert_presets_equals_the_reference(name):
         assert "_gathered" in vars(layer)
 
 
+@pytest.mark.parametrize("name", sorted(FAST) + sorted(MULTI))
+def test_one_request_alone_takes_the_2d_path_and_equals_the_reference(name):
+    layer = make_layer({**FAST, **MULTI}[name]).eval()
+    randomize_gate(layer)
+    with torch.no_grad():
+        for task in range(layer.config.n_tasks):
+            x, ids = torch.randn(1, 6, D_IN), torch.tensor([task])
+            torch.testing.assert_close(layer(x, ids), reference(layer, x, ids), rtol=1e-5, atol=1e-5)
+            assert vars(layer)["_single"][0] is vars(layer)["_gathered"][4][0]
+
+
+def test_hooks_on_the_base_layer_still_run():
+    layer = make_layer(MULTI["cgc_lora"])
+    seen = []
+    handle = layer.base_layer.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    x, ids = torch.randn(2, 3, D_IN), torch.tensor([0, 1])
+    layer(x, ids)
+    with torch.no_grad():
+        layer.eval()(x, ids)
+    handle.remove()
+    layer(x, ids)
+    assert seen == [torch.Size([2, 3, D_OUT])] * 2
+
+
 def test_folded_gate_is_refolded_when_the_gate_or_the_ids_change():
     layer = make_layer(MULTI["cgc_lora"]).eval()
     x, ids = torch.randn(4, 3, D_IN), torch.tensor([0, 1, 2, 1])
