@@ -98,6 +98,9 @@ class OnePlusN:
         base_reference: where the base can be loaded from (saved by `save`); default the
             base's ``name_or_path``.
         seed: seeds the adapters' initialisation (cluster k uses seed + k).
+        hot_merge: serve a lone request through a private merged copy of the adapted weights
+            for its task (`CGCLoRALinear.hot_merge`): a merged model's latency, at the memory
+            of one more copy of the adapted layers; mixed batches are unaffected.
 
     The sets share the base's tensors, so nothing done to one set may write into them.
     ``merge_task`` on a set (the one public operation that writes W0) raises a clear error
@@ -111,7 +114,8 @@ class OnePlusN:
 
     def __init__(self, base_model: nn.Module, clusters: Mapping[str, Sequence[str]],
                  config: Union[AdapterConfig, Mapping[str, AdapterConfig]], tokenizer=None,
-                 base_reference: Optional[str] = None, seed: int = 0):
+                 base_reference: Optional[str] = None, seed: int = 0, hot_merge: bool = False):
+        self.hot_merge = bool(hot_merge)
         self.clusters = self._check_clusters(clusters)
         if adapter_layers(base_model):
             raise ValueError(f"OnePlusN: {type(base_model).__name__} already has adapters; pass the bare "
@@ -265,6 +269,8 @@ class OnePlusN:
         (training, ``load_adapters``), so it always answers like the sets.
         """
         if self._served is not None and self._served_key == self._adapter_versions(self._sources):
+            if self._served_hot != self.hot_merge:
+                self._set_hot_merge(self._served)
             return self._served
         layers = {c: adapter_layers(s) for c, s in self.sets.items()}
         self._sources = [layer for per_set in layers.values() for layer in per_set.values()]
@@ -288,7 +294,14 @@ class OnePlusN:
                         layer.lora_A[gid, : A.shape[0]] = A.to(layer.lora_A.dtype)
                         layer.lora_B[gid, :, : B.shape[1]] = B.to(layer.lora_B.dtype)
         self._served, self._served_key, self._serving_ids = served, self._adapter_versions(self._sources), ids
+        self._set_hot_merge(served)
         return served
+
+    def _set_hot_merge(self, served: nn.Module) -> None:
+        for layer in adapter_layers(served).values():
+            layer.hot_merge = self.hot_merge
+            layer.__dict__.pop("_hot", None)
+        self._served_hot = self.hot_merge
 
     @staticmethod
     def _adapter_versions(layers) -> tuple:

@@ -505,10 +505,13 @@ def load_results(path: Path = DEFAULT_OUT) -> pd.DataFrame:
     return pd.read_csv(file)
 
 
-def within_spread(run: pd.DataFrame, stored: pd.DataFrame, tolerance: float = 0.02) -> pd.DataFrame:
+def within_spread(run: pd.DataFrame, stored: pd.DataFrame, tolerance: float = 0.05) -> pd.DataFrame:
     """Compare a rerun's per-seed average with the stored seeds' min..max, per method (and
     setting). Returns ``method, rerun, stored_min, stored_max, ok`` (``ok``: inside the range
-    widened by ``tolerance``).
+    widened by ``tolerance``). On the machine that stored the study a rerun repeats its seed
+    exactly; other CPU kernels (checked with ``ATEN_CPU_CAPABILITY=default``, one thread)
+    moved CGC-LoRA's seed 0 by 3.3 points and seed 4 by 1.6, so the default widens the range
+    by 5 points.
 
     Taught in: notebooks/07_experiments.ipynb.
     """

@@ -128,6 +128,31 @@ def test_one_request_alone_takes_the_2d_path_and_equals_the_reference(name):
             assert vars(layer)["_single"][0] is vars(layer)["_gathered"][4][0]
 
 
+def test_hot_merge_serves_a_lone_request_from_a_private_merged_copy():
+    layer = make_layer(MULTI["cgc_lora_total_8"]).eval()
+    randomize_gate(layer)
+    layer.hot_merge = True
+    w0 = layer.base_layer.weight.detach().clone()
+    x = torch.randn(1, 4, D_IN)
+    with torch.no_grad():
+        for task in (3, 3, 5):
+            ids = torch.tensor([task])
+            torch.testing.assert_close(layer(x, ids), reference(layer, x, ids), rtol=1e-5, atol=1e-5)
+        kept = vars(layer)["_hot"][2]
+        assert layer(x, torch.tensor([5])) is not None and vars(layer)["_hot"][2] is kept  # reused
+        layer.lora_B.mul_(2.0)                          # an adapter change rebuilds it
+        ids = torch.tensor([5])
+        torch.testing.assert_close(layer(x, ids), reference(layer, x, ids), rtol=1e-5, atol=1e-5)
+        assert vars(layer)["_hot"][2] is not kept
+        two = torch.tensor([1, 2])                      # a batch takes the unmerged path
+        torch.testing.assert_close(layer(x.expand(2, -1, -1), two),
+                                   reference(layer, x.expand(2, -1, -1), two), rtol=1e-5, atol=1e-5)
+    assert torch.equal(layer.base_layer.weight, w0)     # W0 itself never written
+    out = layer.train()(x, torch.tensor([5]))           # training: no hot copy, gradients flow
+    out.sum().backward()
+    assert layer.lora_A.grad is not None
+
+
 def test_hooks_on_the_base_layer_still_run():
     layer = make_layer(MULTI["cgc_lora"])
     seen = []
@@ -207,6 +232,24 @@ def test_serving_model_answers_every_cluster_like_its_set_in_one_pass(clusters, 
     with torch.no_grad():
         torch.testing.assert_close(served_logits(fw, input_ids, tasks), set_logits(fw, input_ids, tasks),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_hot_merge_answers_each_lone_request_like_its_set_and_leaves_the_base_alone(clusters):
+    fw = framework(clusters)
+    fw.hot_merge = True
+    before = {k: v.clone() for k, v in fw.base.state_dict().items()}
+    input_ids = torch.randint(3, len(TOK), (1, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for task in [fw.tasks[0], fw.tasks[0], fw.tasks[-1], fw.tasks[2]]:
+            torch.testing.assert_close(served_logits(fw, input_ids, [task]),
+                                       set_logits(fw, input_ids, [task]), rtol=1e-5, atol=1e-5)
+        assert all("_hot" in vars(layer) for layer in adapter_layers(fw.serving_model()).values())
+    lone = [fw.generate("abc=", task, max_new_tokens=4) for task in fw.tasks]
+    fw.hot_merge = False                                # switched off: the caches are dropped
+    assert not any("_hot" in vars(layer) for layer in adapter_layers(fw.serving_model()).values())
+    assert [fw.generate("abc=", task, max_new_tokens=4) for task in fw.tasks] == lone
+    after = fw.base.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_serving_model_follows_changes_to_the_sets_and_shares_the_base(clusters):
