@@ -93,14 +93,14 @@ def serving(args) -> dict:
         t = interleaved({"1+N batch": serve_one_plus_n, "merged batch": serve_merged,
                          "1+N one": lambda: serve_one_plus_n(*one),
                          "merged one": lambda: serve_merged(*one)}, args.rounds)
-    # The same lone request through OnePlusN(hot_merge=True): a private merged copy of the
-    # adapted weights for the request's task, kept while the task stays the same.
+    # The same lone request through OnePlusN(hot_merge=True): a hot copy of the base whose
+    # adapted weights are private merged tensors for the request's task, kept while it stays.
     fw.hot_merge = True
     assert serve_one_plus_n(*one) == serve_merged(*one), "the hot copy must answer like the sets"
     with torch.no_grad():
         hot = interleaved({"1+N one hot": lambda: serve_one_plus_n(*one),
                            "merged one": lambda: serve_merged(*one)}, args.rounds)
-    hot_bytes = sum(l.__dict__["_hot"][2].nbytes for l in adapter_layers(fw.serving_model()).values())
+    hot_bytes = sum(private.nbytes for private, _ in fw._hot_weights.values())
     fw.hot_merge = False
     bank = [fw.serving_model()] if hasattr(fw, "serving_model") else []  # its one-pass bank, if any
     mem_1n = unique_parameter_bytes(base, *fw.sets.values(), *bank)

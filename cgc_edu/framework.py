@@ -98,9 +98,12 @@ class OnePlusN:
         base_reference: where the base can be loaded from (saved by `save`); default the
             base's ``name_or_path``.
         seed: seeds the adapters' initialisation (cluster k uses seed + k).
-        hot_merge: serve a lone request through a private merged copy of the adapted weights
-            for its task (`CGCLoRALinear.hot_merge`): a merged model's latency, at the memory
-            of one more copy of the adapted layers; mixed batches are unaffected.
+        hot_merge: serve a batch whose requests all ask one task (a lone request, say)
+            through a *hot copy*: the base's modules over its own tensors, except that every
+            adapted weight is a private tensor W0 + dW of that task, refilled when the task
+            or a weight changes. A merged model's speed, at the memory of one more copy of
+            the adapted weights; the shared base is never written; mixed batches still take
+            `serving_model`.
 
     The sets share the base's tensors, so nothing done to one set may write into them.
     ``merge_task`` on a set (the one public operation that writes W0) raises a clear error
@@ -116,6 +119,7 @@ class OnePlusN:
                  config: Union[AdapterConfig, Mapping[str, AdapterConfig]], tokenizer=None,
                  base_reference: Optional[str] = None, seed: int = 0, hot_merge: bool = False):
         self.hot_merge = bool(hot_merge)
+        self._hot, self._hot_key = None, None   # built by _hot_model() when first needed
         self.clusters = self._check_clusters(clusters)
         if adapter_layers(base_model):
             raise ValueError(f"OnePlusN: {type(base_model).__name__} already has adapters; pass the bare "
@@ -250,11 +254,43 @@ class OnePlusN:
         if len(tasks) != len(prompts):
             raise ValueError(f"OnePlusN.generate: {len(prompts)} prompts but {len(tasks)} tasks; "
                              "name one task per prompt (or one task for all).")
-        served = self.serving_model()
-        ids = [self._serving_ids[self.route(t)] for t in tasks]   # every task checked first
-        answers = greedy_decode(served, self.tokenizer, prompts, task_ids=ids,
-                                max_new_tokens=max_new_tokens)
+        routes = [self.route(t) for t in tasks]   # every task checked first
+        if self.hot_merge and len(set(tasks)) == 1:
+            answers = greedy_decode(self._hot_model(tasks[0]), self.tokenizer, prompts,
+                                    max_new_tokens=max_new_tokens)
+        else:
+            served = self.serving_model()
+            answers = greedy_decode(served, self.tokenizer, prompts,
+                                    task_ids=[self._serving_ids[r] for r in routes],
+                                    max_new_tokens=max_new_tokens)
         return answers[0] if single else answers
+
+    @torch.no_grad()
+    def _hot_model(self, task: str) -> nn.Module:
+        """The hot copy for ``task`` (see ``hot_merge``): refilled only when the task, an
+        adapter of its set (`_adapter_versions`) or the base's adapted weights changed."""
+        cluster, local = self.route(task)
+        if self._hot is None:
+            self._set_layers = {c: adapter_layers(s) for c, s in self.sets.items()}
+            self._hot = _shared_view(self.base).eval()
+            names = sorted({n for s in self.sets.values() for n in adapter_layers(s)})
+            self._hot_weights = {}
+            for name in names:   # private tensors for the adapted weights only
+                module = self._hot.get_submodule(name)
+                module.weight = nn.Parameter(module.weight.detach().clone(), requires_grad=False)
+                self._hot_weights[name] = (module.weight, self.base.get_submodule(name).weight)
+        layers = self._set_layers[cluster]
+        key = (task, self._adapter_versions(layers.values()),
+               tuple((w0._version, w0.data_ptr()) for _, w0 in self._hot_weights.values()))
+        if key != self._hot_key:
+            for name, (private, w0) in self._hot_weights.items():
+                private.copy_(w0)
+                if name in layers:
+                    delta = layers[name].delta_weight(local)
+                    private.copy_((w0.to(delta.dtype) + (delta.T if layers[name].fan_in_fan_out
+                                                         else delta)).to(private.dtype))
+            self._hot_key = key
+        return self._hot
 
     @torch.no_grad()
     def serving_model(self) -> nn.Module:
@@ -269,8 +305,6 @@ class OnePlusN:
         (training, ``load_adapters``), so it always answers like the sets.
         """
         if self._served is not None and self._served_key == self._adapter_versions(self._sources):
-            if self._served_hot != self.hot_merge:
-                self._set_hot_merge(self._served)
             return self._served
         layers = {c: adapter_layers(s) for c, s in self.sets.items()}
         self._sources = [layer for per_set in layers.values() for layer in per_set.values()]
@@ -294,14 +328,7 @@ class OnePlusN:
                         layer.lora_A[gid, : A.shape[0]] = A.to(layer.lora_A.dtype)
                         layer.lora_B[gid, :, : B.shape[1]] = B.to(layer.lora_B.dtype)
         self._served, self._served_key, self._serving_ids = served, self._adapter_versions(self._sources), ids
-        self._set_hot_merge(served)
         return served
-
-    def _set_hot_merge(self, served: nn.Module) -> None:
-        for layer in adapter_layers(served).values():
-            layer.hot_merge = self.hot_merge
-            layer.__dict__.pop("_hot", None)
-        self._served_hot = self.hot_merge
 
     @staticmethod
     def _adapter_versions(layers) -> tuple:

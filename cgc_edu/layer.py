@@ -139,10 +139,6 @@ class CGCLoRALinear(nn.Module):
     #: Use the per-sample gather when the bank has more than this many times the experts one
     #: task uses (see benchmarks/bench_layer.py for the measurement behind the choice).
     gather_ratio: float = 2.0
-    #: Serve a batch of one request (no autograd, eval mode, an nn.Linear base) through a
-    #: private merged copy of W0 + dW for its task, rebuilt when the task or a weight changes:
-    #: a merged model's speed for a lone request, at the memory of one more W0 per layer.
-    hot_merge: bool = False
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig,
                  gate: Optional[TaskGate] = None, name: str = "CGCLoRALinear"):
@@ -326,9 +322,6 @@ class CGCLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor, task_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         base = self.base_layer
-        if (self.hot_merge and x.shape[0] == 1 and self.merged_task is None and not self.training
-                and not torch.is_grad_enabled() and type(base) is nn.Linear and _no_hooks(base)):
-            return nn.functional.linear(x, self._hot_weight(self._task_ids(task_ids, 1)), base.bias)
         # What nn.Module.__call__ does itself when a module has no hooks, minus two Python
         # frames: 28 adapted projections per decode step make that overhead visible.
         result = base.forward(x) if _no_hooks(base) else base(x)
@@ -369,27 +362,6 @@ class CGCLoRALinear(nn.Module):
             result.view(batch, -1, d_out).baddbmm_(h.transpose(1, 2), Bt_t)
             return result
         return result.add_(torch.bmm(h.transpose(1, 2), Bt_t).view(result.shape).to(result.dtype))
-
-    def _hot_weight(self, task_ids: torch.Tensor) -> torch.Tensor:
-        """W0 + dW of the one task in ``task_ids``, in a private tensor (W0 is never written):
-        kept while the task, the adapter and W0 stay the same, so a lone request runs at a
-        merged model's speed. Costs one copy of W0 per layer (`hot_merge`)."""
-        A_t, Bt_t = self._per_sample_lora(task_ids)
-        weight = self.base_layer.weight
-        stamp = (weight._version, weight.data_ptr())
-        hot = self.__dict__.get("_hot")
-        if hot is not None and hot[1] == stamp:
-            if hot[0] is A_t:
-                return hot[2]
-            # a new generate call gathers anew: the same task and adapter give equal tensors
-            if hot[0].shape == A_t.shape and torch.equal(hot[0], A_t) and torch.equal(hot[3], Bt_t):
-                self.__dict__["_hot"] = (A_t, stamp, hot[2], Bt_t)
-                return hot[2]
-        scale = self.scaling if self.rows.shape[1] == self.expert_rank else 1.0   # else in B^T
-        delta = torch.mm(Bt_t[0].t(), A_t[0]).mul_(scale)                # (d_out, d_in)
-        merged = (weight.to(delta.dtype) + delta).to(weight.dtype)
-        self.__dict__["_hot"] = (A_t, stamp, merged, Bt_t)
-        return merged
 
     # ------------------------------------------------------------------ merging
     def _check_merged(self, task_ids) -> None:

@@ -128,31 +128,6 @@ def test_one_request_alone_takes_the_2d_path_and_equals_the_reference(name):
             assert vars(layer)["_single"][0] is vars(layer)["_gathered"][4][0]
 
 
-def test_hot_merge_serves_a_lone_request_from_a_private_merged_copy():
-    layer = make_layer(MULTI["cgc_lora_total_8"]).eval()
-    randomize_gate(layer)
-    layer.hot_merge = True
-    w0 = layer.base_layer.weight.detach().clone()
-    x = torch.randn(1, 4, D_IN)
-    with torch.no_grad():
-        for task in (3, 3, 5):
-            ids = torch.tensor([task])
-            torch.testing.assert_close(layer(x, ids), reference(layer, x, ids), rtol=1e-5, atol=1e-5)
-        kept = vars(layer)["_hot"][2]
-        assert layer(x, torch.tensor([5])) is not None and vars(layer)["_hot"][2] is kept  # reused
-        layer.lora_B.mul_(2.0)                          # an adapter change rebuilds it
-        ids = torch.tensor([5])
-        torch.testing.assert_close(layer(x, ids), reference(layer, x, ids), rtol=1e-5, atol=1e-5)
-        assert vars(layer)["_hot"][2] is not kept
-        two = torch.tensor([1, 2])                      # a batch takes the unmerged path
-        torch.testing.assert_close(layer(x.expand(2, -1, -1), two),
-                                   reference(layer, x.expand(2, -1, -1), two), rtol=1e-5, atol=1e-5)
-    assert torch.equal(layer.base_layer.weight, w0)     # W0 itself never written
-    out = layer.train()(x, torch.tensor([5]))           # training: no hot copy, gradients flow
-    out.sum().backward()
-    assert layer.lora_A.grad is not None
-
-
 def test_hooks_on_the_base_layer_still_run():
     layer = make_layer(MULTI["cgc_lora"])
     seen = []
@@ -234,22 +209,34 @@ def test_serving_model_answers_every_cluster_like_its_set_in_one_pass(clusters, 
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_hot_merge_answers_each_lone_request_like_its_set_and_leaves_the_base_alone(clusters):
-    fw = framework(clusters)
-    fw.hot_merge = True
+@pytest.mark.parametrize("preset", ["cgc", "mixed_ranks"])
+def test_hot_merge_answers_like_the_sets_and_never_writes_the_base(clusters, preset):
+    names = list(clusters)
+    config = None if preset == "cgc" else {
+        names[0]: AdapterConfig.cgc_lora(rank=6, n_tasks=len(clusters[names[0]]), target_modules=["q_proj"]),
+        names[1]: AdapterConfig.lora(rank=2, n_tasks=len(clusters[names[1]]), target_modules=["down_proj"])}
+    fw = framework(clusters, config)
     before = {k: v.clone() for k, v in fw.base.state_dict().items()}
-    input_ids = torch.randint(3, len(TOK), (1, 6), generator=torch.Generator().manual_seed(1))
+    input_ids = torch.randint(3, len(TOK), (2, 6), generator=torch.Generator().manual_seed(1))
+    cold = [fw.generate(["abc=", "xy="], task, max_new_tokens=4) for task in fw.tasks]
+    fw.hot_merge = True
     with torch.no_grad():
         for task in [fw.tasks[0], fw.tasks[0], fw.tasks[-1], fw.tasks[2]]:
-            torch.testing.assert_close(served_logits(fw, input_ids, [task]),
-                                       set_logits(fw, input_ids, [task]), rtol=1e-5, atol=1e-5)
-        assert all("_hot" in vars(layer) for layer in adapter_layers(fw.serving_model()).values())
-    lone = [fw.generate("abc=", task, max_new_tokens=4) for task in fw.tasks]
-    fw.hot_merge = False                                # switched off: the caches are dropped
-    assert not any("_hot" in vars(layer) for layer in adapter_layers(fw.serving_model()).values())
-    assert [fw.generate("abc=", task, max_new_tokens=4) for task in fw.tasks] == lone
+            hot = fw._hot_model(task)
+            assert not adapter_layers(hot)                    # a plain model, like a merged one
+            torch.testing.assert_close(hot(input_ids).logits, set_logits(fw, input_ids, [task] * 2),
+                                       rtol=1e-5, atol=1e-5)
+    assert [fw.generate(["abc=", "xy="], task, max_new_tokens=4) for task in fw.tasks] == cold
+    fw.generate("abc=", fw.tasks[2])
+    kept = fw._hot_key
+    fw.generate("xy=", fw.tasks[2])                           # the same task: nothing refilled
+    assert fw._hot_key is kept
+    with torch.no_grad():                                     # an adapter changes: refilled
+        next(iter(adapter_layers(fw.sets[fw.route(fw.tasks[2])[0]]).values())).lora_B.mul_(3.0)
+        torch.testing.assert_close(fw._hot_model(fw.tasks[2])(input_ids).logits,
+                                   set_logits(fw, input_ids, [fw.tasks[2]] * 2), rtol=1e-5, atol=1e-5)
     after = fw.base.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(before[k], after[k]) for k in before)   # the shared base is untouched
 
 
 def test_serving_model_follows_changes_to_the_sets_and_shares_the_base(clusters):
