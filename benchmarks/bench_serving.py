@@ -100,7 +100,7 @@ def serving(args) -> dict:
     with torch.no_grad():
         hot = interleaved({"1+N one hot": lambda: serve_one_plus_n(*one),
                            "merged one": lambda: serve_merged(*one)}, args.rounds)
-    hot_bytes = sum(private.nbytes for private, _ in fw._hot_weights.values())
+    hot_bytes = fw.memory()["hot_bytes"]
     fw.hot_merge = False
     bank = [fw.serving_model()] if hasattr(fw, "serving_model") else []  # its one-pass bank, if any
     mem_1n = unique_parameter_bytes(base, *fw.sets.values(), *bank)

@@ -389,10 +389,13 @@ class OnePlusN:
                                 base_model_name_or_path=self.base_reference)
 
     def memory(self) -> dict[str, int]:
-        """Parameter bytes: the base, the adapter sets, and all of it counted once."""
+        """Parameter bytes: the base, the adapter sets, and all of it counted once; with
+        ``hot_merge``, the hot copy's private weights (0 until a request has built it)."""
         base = unique_parameter_bytes(self.base)
         total = unique_parameter_bytes(self.base, *self.sets.values())
-        return {"base_bytes": base, "adapter_bytes": total - base, "total_bytes": total}
+        hot = sum(p.nbytes for p, _ in self._hot_weights.values()) if self._hot is not None else 0
+        return {"base_bytes": base, "adapter_bytes": total - base, "total_bytes": total,
+                "hot_bytes": hot}
 
     # ------------------------------------------------------------ save / load
     def save(self, path: Union[str, Path]) -> Path:
