@@ -433,7 +433,8 @@ def figures(results: pd.DataFrame, curves: pd.DataFrame, affinity: pd.DataFrame,
             ax.set_xticks(range(len(methods)), [labels[m].split(" (")[0] for m in methods], rotation=60,
                           ha="right", fontsize=7)
             ax.set_ylim(0, 100)
-            ax.set_title(f"{setting} prompts: average exact match, each dot a seed", fontsize=9)
+            ax.set_title(f"{setting} prompts" + (": average exact match, each dot a seed"
+                                                 if setting == "named" else ""), fontsize=9)
         axes[0].set_ylabel("test exact match (%)")
         files.append(out / "comparison.png")
         fig.savefig(files[-1], dpi=110)

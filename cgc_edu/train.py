@@ -90,7 +90,8 @@ def train(model, dataset, tokenizer, steps: int = 300, lr: float = 3e-3, batch_s
     ``"uniform"`` every task fills an equal share of each batch (each task's rows reshuffled
     when they run out), so a task with 50 rows trains as often as one with 2000 -- the
     usual multi-task recipe when a small task should borrow from its neighbours. The
-    loss is on the target only. The learning rate decays linearly to zero. ``callback(step, model)`` is
+    loss is on the target only. The learning rate decays linearly to zero.
+    ``callback(step, model)`` is
     called before the first step (step 0), every ``callback_every`` steps and after the
     last one; a ``GateRecorder`` is such a callback. ``gate_lr`` gives the task gates their
     own learning rate (they have few parameters and start neutral, so a larger step lets
