@@ -140,6 +140,7 @@ class Settings:
     base: Optional[str] = None       # central model folder; None: the shipped one
     threads: int = 1
     task_sampling: str = "uniform"   # every task an equal share of each batch ("data": by rows)
+    grid_steps: Optional[int] = None  # steps of the learning-rate grid's runs (None: ``steps``)
 
     @property
     def setting(self) -> str:
@@ -350,8 +351,10 @@ def _job(job):
 
 
 def _key(kind, settings, **kw):
-    return {"kind": kind, "settings": asdict(replace(settings, threads=1)), **kw,
-            "setting": settings.setting}
+    # grid_steps only says which steps the grid runs with; a run's own steps are in "steps"
+    # (so a study stored before grid_steps existed is still found)
+    fields = {k: v for k, v in asdict(replace(settings, threads=1)).items() if k != "grid_steps"}
+    return {"kind": kind, "settings": fields, **kw, "setting": settings.setting}
 
 
 def run_jobs(jobs: list, out: Path, workers: int = 1, progress: bool = True, desc: str = "runs") -> list[dict]:
@@ -418,7 +421,10 @@ def run_study(out: Path = DEFAULT_OUT, methods: Sequence[str] = tuple(METHODS), 
     out = Path(out)
     named = replace(settings, name_in_prompt=True)
     tuned = [m for m in methods if METHODS[m].tuned]
-    grid_jobs = [("run", _key("run", named, method=m, seed=seeds[0], lr=lr), named) for m in tuned for lr in lr_grid]
+    # the grid may run fewer steps than the study (Settings.grid_steps) where the hour is short
+    on_grid = replace(named, steps=named.grid_steps) if named.grid_steps else named
+    grid_jobs = [("run", _key("run", on_grid, method=m, seed=seeds[0], lr=lr), on_grid)
+                 for m in tuned for lr in lr_grid]
     grid = run_jobs(grid_jobs, out, workers, progress, desc="lr grid")
     trained = run_jobs.trained
     chosen = choose_lr(grid)
@@ -482,13 +488,16 @@ def main(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--lr-grid", default=",".join(map(str, LR_GRID)), help="learning rates tried (first seed)")
     parser.add_argument("--anonymous", default=",".join(ANONYMOUS),
                         help="methods also run with anonymous prompts ('' for none)")
-    parser.add_argument("--affinity-seeds", default=None, help="seeds of the affinity study (default: --seeds)")
+    parser.add_argument("--affinity-seeds", default=None,
+                        help="seeds of the affinity study (default: --seeds; '' for none)")
     parser.add_argument("--ablation-seeds", default=None, help="seeds of ablations and sweep (default: --seeds)")
     parser.add_argument("--anonymous-seeds", default=None, help="seeds of the anonymous table (default: --seeds)")
     defaults = Settings()
     for field in ("steps", "batch_size", "rank", "n_train", "n_low", "n_validation", "n_test",
                   "curve_points", "min_separate_steps", "affinity_warmup"):
         parser.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(defaults, field))
+    parser.add_argument("--grid-steps", type=int, default=None,
+                        help="steps of the learning-rate grid's runs (default: --steps)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per process (default 1 per worker; 2 for --quick)")
     parser.add_argument("--affinity", default=defaults.affinity, choices=AFFINITY_METHODS,
@@ -518,13 +527,13 @@ def main(argv: Optional[Sequence[str]] = None):
         return frame
     settings = Settings(threads=args.threads or 1, **{f: getattr(args, f) for f in (
         "steps", "batch_size", "rank", "n_train", "n_low", "n_validation", "n_test", "curve_points",
-        "min_separate_steps", "affinity_warmup", "affinity", "task_sampling", "base")})
+        "min_separate_steps", "affinity_warmup", "affinity", "task_sampling", "grid_steps", "base")})
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     study = run_study(args.out, args.methods.split(","), seeds, settings,
                       [float(x) for x in args.lr_grid.split(",")],
                       [m for m in args.anonymous.split(",") if m],
-                      *[None if v is None else [int(s) for s in v.split(",")]
+                      *[None if v is None else [int(s) for s in v.split(",") if s]
                         for v in (args.affinity_seeds, args.ablation_seeds, args.anonymous_seeds)],
                       workers=args.workers, progress=not args.no_progress)
     wall = time.perf_counter() - start

@@ -296,7 +296,8 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
              "CGC-LoRA.", ""]
     parts += ["## Learning rates", "",
               f"Chosen per method on the validation split ({s['n_validation']} examples per task, final "
-              f"exact match averaged over tasks) from the grid {config['lr_grid']}, on seed {seeds[0]}; "
+              f"exact match averaged over tasks) from the grid {config['lr_grid']}, on seed {seeds[0]}"
+              + (f" with runs of {s['grid_steps']} steps" if s.get("grid_steps") else "") + "; "
               "methods not tuned (ablations, sweep) use CGC-LoRA's rate.", ""]
     g = grid.assign(validation=lambda f: (100 * f["validation"]).round(1)).pivot(
         index="method", columns="lr", values="validation")
@@ -474,7 +475,9 @@ def write_report(study: dict, out: Path, settings, command: str, wall: float, wo
     results = results.sort_values(["setting", "method", "seed"], ascending=[False, True, True],
                                   key=lambda c: c.map(order) if c.name == "method" else c,
                                   kind="stable").reset_index(drop=True)
-    curves = curves_table(study["runs"] + study["grid"]).drop_duplicates(["setting", "method", "seed", "lr", "step"])
+    # the grid's curves only where its runs have the study's length (Settings.grid_steps)
+    same_length = [g for g in study["grid"] if g["settings"]["steps"] == settings.steps]
+    curves = curves_table(study["runs"] + same_length).drop_duplicates(["setting", "method", "seed", "lr", "step"])
     grid = grid_table(study["grid"], study["lr"])
     affinity = affinity_table(study["affinity"]) if study["affinity"] else pd.DataFrame()
     config = {"command": command, "settings": {k: v for k, v in asdict(settings).items() if k != "base"},

@@ -85,6 +85,22 @@ def test_cli_runs_a_tiny_study_resumes_and_writes_to_the_callers_results(tmp_pat
     assert len(again["runs"]) == len(study["runs"])
 
 
+def test_the_grid_may_run_fewer_steps_than_the_study(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    LlamaForCausalLM(central_config()).save_pretrained(tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    args = ["--methods", "central,cgc_lora", "--anonymous", "", "--affinity-seeds", "",
+            "--base", str(tmp_path / "base"), *TINY, "--steps", "3", "--grid-steps", "1"]
+    study = main(args)
+    assert {g["settings"]["steps"] for g in study["grid"]} == {1}
+    assert {r["settings"]["steps"] for r in study["runs"]} == {3}     # seed 0 rerun at full length
+    config = json.loads((tmp_path / "results" / "config.json").read_text())
+    assert config["settings"]["grid_steps"] == 1 and config["settings"]["steps"] == 3
+    assert "with runs of 1 steps" in (tmp_path / "results" / "results.md").read_text()
+    curves = pd.read_csv(tmp_path / "results" / "curves.csv")
+    assert curves["step"].max() == 3 and len(curves) == curves[["method", "seed", "step"]].drop_duplicates().shape[0]
+
+
 @pytest.mark.slow
 def test_quick_mode_lands_inside_the_stored_spread():
     """`--quick` reruns CGC-LoRA on seed 0 with the stored settings and chosen rate (under a
