@@ -272,7 +272,7 @@ def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) 
                    for c, t in clusters.items()}
         fw = OnePlusN(base, clusters, configs, tokenizer=tok, seed=seed)
         parts = []
-        for cluster, members in clusters.items():   # as OnePlusN.train: steps shared by rows
+        for cluster, members in clusters.items():   # the joint run's steps, shared (`_share`)
             mine = subset_tasks(train_rows, members)
             steps = max(1, round(settings.steps * _share(mine, train_rows, settings)))
             parts.append(_fit(fw.sets[cluster], mine, tok, steps, lr, val_rows=subset_tasks(val_rows, members),

@@ -273,7 +273,7 @@ class OnePlusN:
         if self._hot is None:
             self._set_layers = {c: adapter_layers(s) for c, s in self.sets.items()}
             self._hot = _shared_view(self.base).eval()
-            names = sorted({n for s in self.sets.values() for n in adapter_layers(s)})
+            names = sorted({n for per_set in self._set_layers.values() for n in per_set})
             self._hot_weights = {}
             for name in names:   # private tensors for the adapted weights only
                 module = self._hot.get_submodule(name)

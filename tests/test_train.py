@@ -10,8 +10,9 @@ from cgc_edu.data import TinyTasksCollator, build_tokenizer, make_tiny_tasks
 from cgc_edu.injection import adapter_layers
 from cgc_edu.models import load_central_model
 import cgc_edu.train as train_module
-from tiny_models import Seen, spy_on_generate  # tests/tiny_models.py
 from cgc_edu.train import evaluate, greedy_decode, model_device, train
+
+from tiny_models import Seen, spy_on_generate  # tests/tiny_models.py
 
 # "first" and "last" read the same prompt and want different answers: only task ids tell them apart.
 TASKS = ["first", "last"]
