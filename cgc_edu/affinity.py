@@ -6,7 +6,11 @@ Affinity measures (`task_affinity`), each a task x task DataFrame:
 * ``"lookahead"`` (Fifty et al. 2021, "Efficiently Identifying Task Groupings"): entry (i, j)
   = 1 - L_j(after one SGD step on task i) / L_j(before): positive when a step on i helps j;
 * ``"update"``: cosine similarity of the per-task adapter updates, each task trained alone
-  for a few steps from the same probe (the weight change dW = B A each task asks for).
+  for a few steps from the same probe (the weight change dW = B A each task asks for);
+* ``"transfer"``: the same short single-task training, scored by what it does to the
+  others: entry (i, j) = 1 - L_j(after training on i alone) / L_j(before). The lookahead's
+  question (does learning i help j?) asked after a few real steps instead of one gradient
+  step, so it sees what a task teaches rather than which character its answer starts with.
 
 At the bare central model a task's gradient is mostly about its first answer character, not
 about the skill behind it. ``warmup_steps`` first trains the probe LoRA jointly on all tasks
@@ -38,7 +42,7 @@ from .config import AdapterConfig
 from .data import TinyTasksCollator, build_tokenizer
 from .injection import add_adapters, adapter_layers
 
-METHODS = ("gradient", "lookahead", "update")
+METHODS = ("gradient", "lookahead", "update", "transfer")
 
 
 # ------------------------------------------------------------------ datasets
@@ -144,6 +148,10 @@ def task_affinity(model: nn.Module, dataset, tokenizer=None, method: str = "grad
     ``method="update"``: each task alone trains a copy of the probe for ``update_steps`` AdamW
     steps (``update_lr``, its own rows); entry (i, j) is the cosine similarity of the weight
     changes dW = B A of tasks i and j, over all adapted layers.
+    ``method="transfer"``: the same single-task copies; entry (i, j) = 1 - L_j(copy trained on
+    i) / L_j(probe), the relative drop of task j's loss that training on task i alone brings
+    (1 would be a perfect answer; negative when learning i hurts j). Not symmetric;
+    `cluster_tasks` symmetrises it.
 
     ``n_per_task`` examples of each task (drawn with ``seed``) make its batch for the
     gradient and the losses. The model is not changed.
@@ -156,9 +164,9 @@ def task_affinity(model: nn.Module, dataset, tokenizer=None, method: str = "grad
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"task_affinity: {name}={value!r}; pass a positive int.")
     for name, value in [("warmup_steps", warmup_steps), ("update_steps", update_steps)]:
-        if not isinstance(value, int) or value < 0 or (name == "update_steps" and method == "update" and value == 0):
+        if not isinstance(value, int) or value < 0 or (name == "update_steps" and method in ("update", "transfer") and value == 0):
             raise ValueError(f"task_affinity: {name}={value!r}; pass a non-negative int "
-                             "(update_steps >= 1 for method='update').")
+                             "(update_steps >= 1 for method='update' or 'transfer').")
     if adapter_layers(model):
         raise ValueError(f"task_affinity: {type(model).__name__} already has adapters; measure "
                          "affinity at the bare central model (before add_adapters).")
@@ -171,8 +179,9 @@ def task_affinity(model: nn.Module, dataset, tokenizer=None, method: str = "grad
 def _measure(probe, dataset, tokenizer, method, n_per_task=64, lookahead_lr=0.1, seed=0,
              update_steps=20, update_lr=3e-3, batch_size=32) -> pd.DataFrame:
     """One affinity measure at a probe (restored afterwards: several measures can share it)."""
-    if method == "update":
-        return _update_affinity(probe, dataset, tokenizer, update_steps, update_lr, batch_size, seed)
+    if method in ("update", "transfer"):
+        return _alone_affinity(probe, dataset, tokenizer, method, update_steps, update_lr, batch_size,
+                               seed, n_per_task)
     batches = _task_batches(dataset, tokenizer, n_per_task, seed)
     tasks = list(batches)
     params = [p for p in probe.parameters() if p.requires_grad]
@@ -195,19 +204,29 @@ def _measure(probe, dataset, tokenizer, method, n_per_task=64, lookahead_lr=0.1,
     return pd.DataFrame(values, index=tasks, columns=tasks)
 
 
-def _update_affinity(probe, dataset, tokenizer, steps, lr, batch_size, seed) -> pd.DataFrame:
+def _alone_affinity(probe, dataset, tokenizer, method, steps, lr, batch_size, seed, n_per_task) -> pd.DataFrame:
+    """Each task trains a copy of the probe alone; "update" compares the weight changes,
+    "transfer" the losses the change brings to every task's batch."""
     from .train import train
 
     tasks = _task_order(dataset)
+    batches = _task_batches(dataset, tokenizer, n_per_task, seed) if method == "transfer" else {}
     start = _delta_weights(probe).detach()
-    updates = []
+    with torch.no_grad():
+        before = torch.stack([probe(**batches[t]).loss for t in batches]) if batches else None
+    updates, values = [], []
     for task in tasks:
         alone = copy.deepcopy(probe)
         rows = [dict(r, task_id=0) for r in dataset if r["task"] == task]
         train(alone, rows, tokenizer, steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=False)
         with torch.no_grad():
-            updates.append(_delta_weights(alone) - start)
-    return pd.DataFrame(_cosine(updates), index=tasks, columns=tasks)
+            if method == "update":
+                updates.append(_delta_weights(alone) - start)
+            else:   # how much training on `task` alone lowered every task's loss (relative)
+                after = torch.stack([alone(**batches[t]).loss for t in tasks])
+                values.append((1.0 - after / before).numpy())
+    matrix = _cosine(updates) if method == "update" else np.stack(values)
+    return pd.DataFrame(matrix, index=tasks, columns=tasks)
 
 
 # ---------------------------------------------------------------- clustering
@@ -321,13 +340,16 @@ def adjusted_rand_index(a: Mapping[str, Sequence[str]], b: Mapping[str, Sequence
 
 
 def measured_clusters(model: nn.Module, dataset, n_clusters: int, tokenizer=None,
-                      method: str = "update", linkage_method: str = "complete", on: str = "profile",
+                      method: str = "transfer", linkage_method: str = "complete", on: str = "profile",
                       **affinity_kwargs) -> tuple[dict[str, list[str]], pd.DataFrame]:
     """Clusters found from the data: `task_affinity` then `cluster_tasks`.
 
-    The defaults are the combination that recovered TinyTasks' designed clusters (see
-    results/results.md): the update affinity, clustered by the profiles of its rows with
-    complete linkage. Returns ``(clusters, affinity)``; ``affinity_kwargs`` go to
+    The defaults are the combination that recovers TinyTasks' designed clusters with
+    instruction-bearing prompts (results/results.md: every study seed, and ten held-out
+    seeds): the transfer affinity at the central model (``warmup_steps=0``: each task trains
+    a fresh LoRA alone for 20 steps), clustered by the profiles of its rows with complete
+    linkage. With anonymous prompts it does not (one prompt, eight answers: training any task
+    alone hurts all the others). Returns ``(clusters, affinity)``; ``affinity_kwargs`` go to
     `task_affinity` (``warmup_steps``, ``seed``, ...).
 
     Taught in: notebooks/07_experiments.ipynb.

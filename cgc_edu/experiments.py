@@ -46,7 +46,9 @@ COMMAND = "python -m cgc_edu.experiments"
 DEFAULT_OUT = Path("results")          # relative to the caller's working directory
 LR_GRID = (1.5e-3, 3e-3, 6e-3, 1.2e-2, 2.4e-2)
 SEEDS = (0, 1, 2, 3, 4)
-AFFINITY_METHODS = ("gradient", "lookahead", "update")
+AFFINITY_METHODS = ("gradient", "lookahead", "update", "transfer")
+#: joint warm-up steps the affinity study measures after (besides 1+N's own `Settings.affinity_warmup`)
+AFFINITY_WARMUPS = (0, 60)
 #: ways to cut an affinity into clusters: name -> (scipy linkage method, what is clustered)
 CLUSTERINGS = {"average linkage of the affinity": ("average", "affinity"),
                "complete linkage of the profiles": ("complete", "profile")}
@@ -135,8 +137,8 @@ class Settings:
     name_in_prompt: bool = True
     curve_points: int = 6            # validation exact match this many times per run
     min_separate_steps: int = 100    # each separately trained model gets at least this
-    affinity: str = "update"         # how 1+N measures task affinity
-    affinity_warmup: int = 60        # joint warm-up steps before measuring it
+    affinity: str = "transfer"       # how 1+N measures task affinity
+    affinity_warmup: int = 0         # joint warm-up steps before measuring it (0: at the central model)
     base: Optional[str] = None       # central model folder; None: the shipped one
     threads: int = 1
     task_sampling: str = "uniform"   # every task an equal share of each batch ("data": by rows)
@@ -317,14 +319,15 @@ def affinity_run(seed: int, settings: Settings = Settings()) -> dict:
     designed = prior_clusters(data["train"])
     out = {"seed": seed, "setting": settings.setting, "settings": asdict(settings), "designed": designed,
            "measures": []}
-    for warmup in sorted({0, settings.affinity_warmup}):
+    begin = time.perf_counter()
+    for warmup in sorted({*AFFINITY_WARMUPS, settings.affinity_warmup}):
         start = time.perf_counter()
         probe = _probe(base, data["train"], tok, rank=8, seed=seed, warmup_steps=warmup, warmup_lr=3e-3,
                        batch_size=settings.batch_size)
         warm_seconds = time.perf_counter() - start
         for method in AFFINITY_METHODS:
             if method == "update" and warmup == 0:
-                continue   # the update from a fresh LoRA is its first gradient step: "gradient" again
+                continue   # a fresh LoRA's update is mostly its first steps' gradients: "gradient" again
             start = time.perf_counter()
             aff = _measure(probe, data["train"], tok, method, seed=seed, batch_size=settings.batch_size)
             seconds = round(time.perf_counter() - start + warm_seconds, 2)
@@ -333,6 +336,7 @@ def affinity_run(seed: int, settings: Settings = Settings()) -> dict:
                 out["measures"].append({"method": method, "warmup_steps": warmup, "clustering": clustering,
                                         "clusters": clusters, "ari": adjusted_rand_index(clusters, designed),
                                         "affinity": aff.round(4).to_dict(), "seconds": seconds})
+    out["total_seconds"] = round(time.perf_counter() - begin, 2)
     return out
 
 
@@ -350,10 +354,19 @@ def _job(job):
     return run_one(key["method"], key["seed"], key["lr"], settings)
 
 
+#: Settings fields only some runs depend on: the affinity 1+N clusters by matters to the runs
+#: that measure clusters (and to the affinity study), not to the others.
+_AFFINITY_FIELDS = ("affinity", "affinity_warmup")
+
+
 def _key(kind, settings, **kw):
+    """What a stored run depends on: its file's name is a digest of this."""
     # grid_steps only says which steps the grid runs with; a run's own steps are in "steps"
     # (so a study stored before grid_steps existed is still found)
-    fields = {k: v for k, v in asdict(replace(settings, threads=1)).items() if k != "grid_steps"}
+    skip = {"grid_steps"}
+    if kind == "run" and kw.get("method") != "one_plus_n":
+        skip.update(_AFFINITY_FIELDS)
+    fields = {k: v for k, v in asdict(replace(settings, threads=1)).items() if k not in skip}
     return {"kind": kind, "settings": fields, **kw, "setting": settings.setting}
 
 
@@ -538,12 +551,16 @@ def main(argv: Optional[Sequence[str]] = None):
                       workers=args.workers, progress=not args.no_progress)
     wall = time.perf_counter() - start
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
-    if study["trained"] == 0 and (args.out / "config.json").is_file():
-        # every run was read back: keep the wall time of the call that trained them
+    calls = 1
+    n_jobs = len(study["grid"]) + len(study["runs"]) + len(study["affinity"])
+    if study["trained"] < n_jobs and (args.out / "config.json").is_file():
+        # some runs were read back: the study's time is that of the calls that trained them
         previous = stored_config(args.out)
         if previous.get("command") == command:
-            wall = previous["wall_seconds"]
-    reporting.write_report(study, args.out, settings, command, wall, workers=args.workers)
+            before = previous.get("calls", 1)
+            wall, calls = ((previous["wall_seconds"], before) if study["trained"] == 0
+                           else (previous["wall_seconds"] + wall, before + 1))
+    reporting.write_report(study, args.out, settings, command, wall, workers=args.workers, calls=calls)
     print(f"{len(study['runs'])} runs in {wall:.0f} s -> {args.out}/results.csv, results.md")
     return study
 

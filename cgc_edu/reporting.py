@@ -280,8 +280,12 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
     s = config["settings"]
     baselines = [m for m, spec in METHODS.items() if spec.family == "baseline"]
     parts = ["# CGC-LoRA and 1+N on TinyTasks", "",
-             f"Produced by: `{config['command']}` ({config['wall_seconds'] / 60:.0f} min, "
-             f"{config['workers']} workers). Exact match (%) on the test split ({s['n_test']} examples per "
+             f"Produced by: `{config['command']}` ({config['wall_seconds'] / 60:.0f} min"
+             + (f" in {config['calls']} calls" if config.get("calls", 1) > 1 else "") + ", "
+             f"{config['workers']} workers"
+             + (f"; its runs take {config['run_seconds'] / 60:.0f} core-minutes in all, "
+                f"{config['run_seconds'] / 60 / config['workers']:.0f} min shared by {config['workers']} workers"
+                if config.get("run_seconds") else "") + "). Exact match (%) on the test split ({s['n_test']} examples per "
              f"task), mean ± standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}); each seed "
              "draws the data, the initialisation and the batch order. Joint runs train "
              f"{s['steps']} steps of batch {s['batch_size']}"
@@ -351,8 +355,11 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
     if "one_plus_n" in set(named["method"]):
         onp = named[named["method"] == "one_plus_n"].groupby("seed")[["clusters", "ari"]].first()
         parts += ["### Clusters 1+N found", "",
-                  f"1+N measures task affinity (`{s['affinity']}` after a joint warm-up of "
-                  f"{s['affinity_warmup']} steps) on each seed's training data and clusters it into as many "
+                  f"1+N measures task affinity (`{s['affinity']}`, "
+                  + (f"after a joint warm-up of {s['affinity_warmup']} steps" if s["affinity_warmup"]
+                     else "at the central model") +
+                  ") on each seed's training data and clusters it (complete linkage of the tasks' "
+                  "affinity profiles) into as many "
                   f"clusters as the suite designs; adjusted Rand index against the designed clusters: "
                   f"{onp['ari'].mean():.2f} on average ({', '.join(f'{v:.2f}' for v in onp['ari'])}).", ""]
     parts += ["## Ablations and the expert sweep (instruction-bearing prompts)", "",
@@ -460,8 +467,19 @@ def figures(results: pd.DataFrame, curves: pd.DataFrame, affinity: pd.DataFrame,
 
 
 # ---------------------------------------------------------- write / read
-def write_report(study: dict, out: Path, settings, command: str, wall: float, workers: int = 1) -> dict:
+def _run_seconds(study: dict) -> float:
+    """Seconds of one core that the study's runs took (training and scoring, each run once)."""
+    runs = {(r["setting"], r["method"], r["seed"], r["lr"], r["settings"]["steps"]): r
+            for r in study["grid"] + study["runs"]}.values()
+    return (sum(r["train_seconds"] + r["eval_seconds"] for r in runs)
+            + sum(r.get("total_seconds", 0.0) for r in study["affinity"]))
+
+
+def write_report(study: dict, out: Path, settings, command: str, wall: float, workers: int = 1,
+                 calls: int = 1) -> dict:
     """Write every file of the results folder from a `cgc_edu.experiments.run_study` result.
+
+    ``wall``: the seconds of the ``calls`` calls of ``command`` that trained the runs.
     """
     from dataclasses import asdict
 
@@ -483,7 +501,8 @@ def write_report(study: dict, out: Path, settings, command: str, wall: float, wo
     config = {"command": command, "settings": {k: v for k, v in asdict(settings).items() if k != "base"},
               "base": settings.base, "lr": study["lr"], "lr_grid": study["lr_grid"],
               "seeds": sorted({r["seed"] for r in study["runs"]}), "workers": workers,
-              "wall_seconds": round(wall, 1),
+              "wall_seconds": round(wall, 1), "calls": calls,
+              "run_seconds": round(_run_seconds(study), 1),
               "base_fingerprint": base_fingerprint(load_central_model(settings.base)),
               "versions": {"torch": torch.__version__}}
     results.to_csv(out / "results.csv", index=False)

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from datasets import Dataset
 
 from cgc_edu import affinity
 from cgc_edu.affinity import (adjusted_rand_index, cluster_tasks, clustering_agreement, measured_clusters,
@@ -140,6 +141,29 @@ def test_update_affinity_is_a_cosine_matrix_of_weight_changes(tasks):
     pd.testing.assert_frame_equal(aff, again)
     with pytest.raises(ValueError, match="update_steps=0"):
         task_affinity(base, tasks["train"], TOK, method="update", update_steps=0)
+
+
+def test_transfer_affinity_scores_what_training_one_task_does_to_the_others(tasks):
+    # "a" and "b" are one task under two names (the rows of `first`); "r" (the rows of
+    # `reverse`) wants another answer to the same prompts. Training on a or on b is the same
+    # training, so it must help b exactly as much as a: rows and columns of a and b agree.
+    rows = {t: [r for r in tasks["train"] if r["task"] == t] for t in ("first", "reverse")}
+    twins = [dict(r, task=name, task_id=i) for i, name in enumerate("ab") for r in rows["first"]]
+    other = [dict(r, task="r", task_id=2) for r in rows["reverse"]]
+    suite = Dataset.from_list(twins + other)
+    base = tiny_base()
+    before = base_fingerprint(base)
+    aff = task_affinity(base, suite, TOK, method="transfer", n_per_task=64, update_steps=20,
+                        update_lr=2e-2)
+    assert list(aff.index) == list(aff.columns) == ["a", "b", "r"]
+    np.testing.assert_allclose(aff.loc["a"], aff.loc["b"], atol=1e-5)       # same training
+    np.testing.assert_allclose(aff["a"], aff["b"], atol=1e-5)               # same loss
+    assert (np.diag(aff) > 0.02).all()          # training on a task lowers its own loss
+    assert aff.loc["a", "b"] > 2 * aff.loc["a", "r"]   # ... and its twin's, more than r's
+    assert not np.allclose(aff, aff.T, atol=1e-3)   # not symmetric: a directed question
+    assert base_fingerprint(base) == before and not adapter_layers(base)
+    with pytest.raises(ValueError, match="update_steps=0"):
+        task_affinity(base, suite, TOK, method="transfer", update_steps=0)
 
 
 def test_measured_clusters_returns_a_partition_and_its_affinity(tasks):

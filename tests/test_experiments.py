@@ -1,6 +1,7 @@
 """The study runner: methods at their budgets, learning-rate choice, a tiny study end to end
 (resumable, results folder of the caller), and the quick rerun against the stored study."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +11,7 @@ from transformers import LlamaForCausalLM
 
 from cgc_edu import AdapterConfig, add_adapters, trainable_parameters
 from cgc_edu import experiments
-from cgc_edu.experiments import METHODS, SWEEP, choose_lr, expert_rank, main
+from cgc_edu.experiments import METHODS, SWEEP, Settings, _key, choose_lr, expert_rank, main
 from cgc_edu.models import central_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,9 +81,27 @@ def test_cli_runs_a_tiny_study_resumes_and_writes_to_the_callers_results(tmp_pat
     n_runs = len(list((out / "runs").glob("*.json")))
     assert n_runs == 3 * 2 + 4 * 2 - 3 + 2 + 2     # grid, the rest at the chosen rate, anonymous, affinity
     # resumable: a second call finds every run stored and trains nothing
-    monkeypatch.setattr(experiments, "_job", lambda job: pytest.fail(f"redid {job[1]}"))
-    again = main(args)
+    with monkeypatch.context() as patch:
+        patch.setattr(experiments, "_job", lambda job: pytest.fail(f"redid {job[1]}"))
+        again = main(args)
     assert len(again["runs"]) == len(study["runs"])
+    assert json.loads((out / "config.json").read_text())["wall_seconds"] == config["wall_seconds"]
+    # a call that trains some runs again adds its time to the study's (two calls now)
+    next(iter((out / "runs").glob("run_named_cgc_lora_1_*.json"))).unlink()
+    main(args)
+    second = json.loads((out / "config.json").read_text())
+    assert second["calls"] == 2 and second["wall_seconds"] > config["wall_seconds"]
+    assert "in 2 calls" in (out / "results.md").read_text()
+
+
+def test_only_runs_that_measure_clusters_depend_on_the_affinity_settings():
+    other = replace(Settings(), affinity="gradient", affinity_warmup=7)
+    for method in ["cgc_lora", "separate", "one_plus_n_designed"]:
+        assert _key("run", Settings(), method=method, seed=0, lr=1e-2) == \
+            _key("run", other, method=method, seed=0, lr=1e-2), method
+    assert _key("run", Settings(), method="one_plus_n", seed=0, lr=1e-2) != \
+        _key("run", other, method="one_plus_n", seed=0, lr=1e-2)
+    assert _key("affinity", Settings(), seed=0) != _key("affinity", other, seed=0)
 
 
 def test_the_grid_may_run_fewer_steps_than_the_study(tmp_path, monkeypatch):
