@@ -206,6 +206,8 @@ class TinyTasksCollator:
     Taught in: notebooks/06_one_plus_n.ipynb.
     """
 
+    CACHE_SIZE = 100_000   # token ids kept for this many strings at most
+
     def __init__(self, tokenizer: PreTrainedTokenizerFast, device=None):
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError(
@@ -214,22 +216,33 @@ class TinyTasksCollator:
                 "tokenizer.pad_token = tokenizer.eos_token")
         self.tokenizer = tokenizer
         self.device = None if device is None else torch.device(device)
+        # A training run collates the same rows again and again: each string is tokenized
+        # once (its ids do not change), which saves a few percent of a small model's step.
+        self._ids: dict[tuple[str, bool], list[int]] = {}
+
+    def _encode(self, texts: list[str], special: bool) -> list[list[int]]:
+        new = [t for t in dict.fromkeys(texts) if (t, special) not in self._ids]
+        if new:
+            if len(self._ids) + len(new) > self.CACHE_SIZE:   # a large corpus: start afresh
+                self._ids.clear()
+            for text, ids in zip(new, self.tokenizer(new, add_special_tokens=special)["input_ids"]):
+                self._ids[(text, special)] = ids
+        return [self._ids[(t, special)] for t in texts]
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("cannot collate an empty list of examples")
         tok = self.tokenizer
-        prompts = tok([f["prompt"] for f in features], add_special_tokens=True)["input_ids"]
-        targets = tok([f["target"] for f in features], add_special_tokens=False)["input_ids"]
+        prompts = self._encode([f["prompt"] for f in features], True)
+        targets = self._encode([f["target"] for f in features], False)
         seqs = [p + t + [tok.eos_token_id] for p, t in zip(prompts, targets)]
         width = max(map(len, seqs))
-        input_ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, (p, s) in enumerate(zip(prompts, seqs)):
-            input_ids[i, : len(s)] = torch.tensor(s)
-            labels[i, len(p): len(s)] = torch.tensor(s[len(p):])
-            attention_mask[i, : len(s)] = 1
+        pad = [tok.pad_token_id] * width
+        input_ids = torch.tensor([s + pad[len(s):] for s in seqs], dtype=torch.long)
+        labels = torch.tensor([[-100] * len(p) + s[len(p):] + [-100] * (width - len(s))
+                               for p, s in zip(prompts, seqs)], dtype=torch.long)
+        attention_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs],
+                                      dtype=torch.long)
         task_ids = torch.tensor([int(f["task_id"]) for f in features], dtype=torch.long)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "labels": labels, "task_ids": task_ids}

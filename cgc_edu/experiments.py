@@ -127,7 +127,7 @@ class Settings:
     """Everything a run depends on besides the method, the seed and the learning rate.
     """
 
-    steps: int = 600
+    steps: int = 1200
     batch_size: int = 32
     rank: int = 24
     n_train: int = 2000
@@ -142,7 +142,7 @@ class Settings:
     base: Optional[str] = None       # central model folder; None: the shipped one
     threads: int = 1
     task_sampling: str = "uniform"   # every task an equal share of each batch ("data": by rows)
-    grid_steps: Optional[int] = None  # steps of the learning-rate grid's runs (None: ``steps``)
+    grid_steps: Optional[int] = 600  # the learning-rate grid's runs: at most this many steps (None: ``steps``)
 
     @property
     def setting(self) -> str:
@@ -435,7 +435,7 @@ def run_study(out: Path = DEFAULT_OUT, methods: Sequence[str] = tuple(METHODS), 
     named = replace(settings, name_in_prompt=True)
     tuned = [m for m in methods if METHODS[m].tuned]
     # the grid may run fewer steps than the study (Settings.grid_steps) where the hour is short
-    on_grid = replace(named, steps=named.grid_steps) if named.grid_steps else named
+    on_grid = replace(named, steps=min(named.steps, named.grid_steps)) if named.grid_steps else named
     grid_jobs = [("run", _key("run", on_grid, method=m, seed=seeds[0], lr=lr), on_grid)
                  for m in tuned for lr in lr_grid]
     grid = run_jobs(grid_jobs, out, workers, progress, desc="lr grid")
@@ -478,10 +478,16 @@ def stored_settings(path: Path = DEFAULT_OUT) -> Settings:
 
 
 def quick_run(method: str = "cgc_lora", seed: int = 0, path: Path = DEFAULT_OUT,
-              threads: int = 2, **overrides) -> pd.DataFrame:
+              threads: int = 1, setting: str = "anonymous", **overrides) -> pd.DataFrame:
     """Rerun one configuration of the stored study (its settings and chosen lr, one seed).
 
-    Returns the long table (`cgc_edu.reporting.runs_table`) of that run.
+    ``threads``: torch threads for the run. Two are faster on an idle 2-core machine (the
+    CLI's ``--quick`` default), but under ``OMP_WAIT_POLICY=PASSIVE`` (the tests' and the
+    notebooks' setting) a second thread costs more than it brings on a model this small.
+
+    ``setting``: "anonymous" (the second table's prompts, ``"cab="``: half as long as the
+    instruction prompts, so the same 1200 steps train in under a minute) or "named" (the
+    main table's). Returns the long table (`cgc_edu.reporting.runs_table`) of that run.
 
     Taught in: notebooks/07_experiments.ipynb.
     """
@@ -489,7 +495,10 @@ def quick_run(method: str = "cgc_lora", seed: int = 0, path: Path = DEFAULT_OUT,
 
     config = stored_config(path)
     # no validation curve: the same training, fewer evaluations (curves never change the model)
-    settings = replace(stored_settings(path), threads=threads, **{"curve_points": 0, **overrides})
+    if setting not in ("anonymous", "named"):
+        raise ValueError(f"quick_run: setting={setting!r}; choose 'anonymous' or 'named'.")
+    settings = replace(stored_settings(path), threads=threads, name_in_prompt=setting == "named",
+                       **{"curve_points": 0, **overrides})
     return runs_table([run_one(method, seed, config["lr"][method], settings)])
 
 
@@ -509,8 +518,9 @@ def main(argv: Optional[Sequence[str]] = None):
     for field in ("steps", "batch_size", "rank", "n_train", "n_low", "n_validation", "n_test",
                   "curve_points", "min_separate_steps", "affinity_warmup"):
         parser.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(defaults, field))
-    parser.add_argument("--grid-steps", type=int, default=None,
-                        help="steps of the learning-rate grid's runs (default: --steps)")
+    parser.add_argument("--grid-steps", type=int, default=defaults.grid_steps,
+                        help=f"the learning-rate grid's runs train at most this many steps (default "
+                             f"{defaults.grid_steps}; 0: as many as --steps)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per process (default 1 per worker; 2 for --quick)")
     parser.add_argument("--affinity", default=defaults.affinity, choices=AFFINITY_METHODS,
@@ -522,8 +532,10 @@ def main(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="results folder (default ./results of the working directory)")
     parser.add_argument("--quick", action="store_true",
-                        help="rerun one configuration (first of --methods if given, else cgc_lora; first seed) "
-                             "of the study stored in --out and compare it with the stored seeds")
+                        help="rerun one configuration (first of --methods if given, else cgc_lora; first seed; "
+                             "--quick-setting prompts) of the study stored in --out and compare it with the stored seeds")
+    parser.add_argument("--quick-setting", default="anonymous", choices=("anonymous", "named"),
+                        help="--quick: anonymous prompts (under a minute) or the main table's instruction prompts")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -533,11 +545,12 @@ def main(argv: Optional[Sequence[str]] = None):
         method = args.methods.split(",")[0] if args.methods != ",".join(METHODS) else "cgc_lora"
         seed = int(args.seeds.split(",")[0])
         start = time.perf_counter()
-        frame = quick_run(method, seed, args.out, threads=args.threads or 2)
+        frame = quick_run(method, seed, args.out, threads=args.threads or 2, setting=args.quick_setting)
         check = reporting.within_spread(frame, reporting.load_results(args.out))
         print(check.round(3).to_string(index=False))
         print(f"quick rerun in {time.perf_counter() - start:.0f} s")
         return frame
+    args.grid_steps = args.grid_steps or None
     settings = Settings(threads=args.threads or 1, **{f: getattr(args, f) for f in (
         "steps", "batch_size", "rank", "n_train", "n_low", "n_validation", "n_test", "curve_points",
         "min_separate_steps", "affinity_warmup", "affinity", "task_sampling", "grid_steps", "base")})

@@ -141,8 +141,11 @@ class OnePlusN:
             f"this layer's weights are the central model's, shared by the {len(self.sets)} adapter "
             "sets of a OnePlusN, so merging into them would change the central model and every "
             "set; use framework.merged_model(task) for a merged copy.")
-        for adapted in self.sets.values():
-            for layer in adapter_layers(adapted).values():
+        # Each set's adapted layers, by module name: fixed from here on (loading and training
+        # change their tensors in place, never the modules), so collected once.
+        self._set_layers = {c: adapter_layers(s) for c, s in self.sets.items()}
+        for layers in self._set_layers.values():
+            for layer in layers.values():
                 layer.shared_base = self._shared_message
         self._served, self._sources = None, []  # built by serving_model() when first needed
 
@@ -271,7 +274,6 @@ class OnePlusN:
         adapter of its set (`_adapter_versions`) or the base's adapted weights changed."""
         cluster, local = self.route(task)
         if self._hot is None:
-            self._set_layers = {c: adapter_layers(s) for c, s in self.sets.items()}
             self._hot = _shared_view(self.base).eval()
             names = sorted({n for per_set in self._set_layers.values() for n in per_set})
             self._hot_weights = {}
@@ -306,7 +308,7 @@ class OnePlusN:
         """
         if self._served is not None and self._served_key == self._adapter_versions(self._sources):
             return self._served
-        layers = {c: adapter_layers(s) for c, s in self.sets.items()}
+        layers = self._set_layers
         self._sources = [layer for per_set in layers.values() for layer in per_set.values()]
         names = sorted({n for per_set in layers.values() for n in per_set})
         rank = max(l.config.experts_per_task * l.expert_rank
@@ -374,7 +376,7 @@ class OnePlusN:
         """
         cluster, local = self.route(task)
         merged = copy.deepcopy(self.base)
-        for name, layer in adapter_layers(self.sets[cluster]).items():
+        for name, layer in self._set_layers[cluster].items():
             target = merged.get_submodule(name)
             target.weight += layer.delta_weight(local).to(target.weight.dtype)
         return merged.eval()

@@ -285,7 +285,7 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
              f"{config['workers']} workers"
              + (f"; its runs take {config['run_seconds'] / 60:.0f} core-minutes in all, "
                 f"{config['run_seconds'] / 60 / config['workers']:.0f} min shared by {config['workers']} workers"
-                if config.get("run_seconds") else "") + "). Exact match (%) on the test split ({s['n_test']} examples per "
+                if config.get("run_seconds") else "") + f"). Exact match (%) on the test split ({s['n_test']} examples per "
              f"task), mean ± standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}); each seed "
              "draws the data, the initialisation and the batch order. Joint runs train "
              f"{s['steps']} steps of batch {s['batch_size']}"
@@ -301,7 +301,7 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
     parts += ["## Learning rates", "",
               f"Chosen per method on the validation split ({s['n_validation']} examples per task, final "
               f"exact match averaged over tasks) from the grid {config['lr_grid']}, on seed {seeds[0]}"
-              + (f" with runs of {s['grid_steps']} steps" if s.get("grid_steps") else "") + "; "
+              + (f" with runs of {s['grid_steps']} steps" if (s.get("grid_steps") or s["steps"]) < s["steps"] else "") + "; "
               "methods not tuned (ablations, sweep) use CGC-LoRA's rate.", ""]
     g = grid.assign(validation=lambda f: (100 * f["validation"]).round(1)).pivot(
         index="method", columns="lr", values="validation")

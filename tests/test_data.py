@@ -109,6 +109,37 @@ def test_collator_masks_labels_to_target(tok):
         TinyTasksCollator(tok)([])
 
 
+def test_collator_batch_is_the_tokenizers_ids_padded_and_repeats_exactly(tok, monkeypatch):
+    rows = [{"prompt": "reverse:cab=", "target": "bac", "task_id": 0},
+            {"prompt": "z=", "target": "z", "task_id": 1},
+            {"prompt": "reverse:cab=", "target": "bac", "task_id": 0}]
+    collate = TinyTasksCollator(tok)
+    batch = collate(rows)
+    for i, r in enumerate(rows):    # what the tokenizer says, row by row
+        p = tok(r["prompt"])["input_ids"]
+        t = tok(r["target"], add_special_tokens=False)["input_ids"]
+        s = p + t + [tok.eos_token_id]
+        width = batch["input_ids"].shape[1]
+        assert batch["input_ids"][i].tolist() == s + [tok.pad_token_id] * (width - len(s))
+        assert batch["labels"][i].tolist() == [-100] * len(p) + s[len(p):] + [-100] * (width - len(s))
+        assert batch["attention_mask"][i].tolist() == [1] * len(s) + [0] * (width - len(s))
+    # the second time no string is tokenized again, and the batch is the same
+    class Remembered:   # the ids a collator needs, and no tokenizing
+        eos_token_id, pad_token_id = tok.eos_token_id, tok.pad_token_id
+
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("a string was tokenized twice")
+
+    monkeypatch.setattr(collate, "tokenizer", Remembered())
+    again = collate(rows[::-1])
+    for k in batch:
+        assert torch.equal(again[k], batch[k].flip(0)), k
+    collate.CACHE_SIZE = 1          # a full cache starts afresh instead of growing
+    monkeypatch.setattr(collate, "tokenizer", tok)
+    collate([{"prompt": "ab=", "target": "ba", "task_id": 0}])
+    assert len(collate._ids) <= 2
+
+
 def test_collator_builds_on_the_requested_device(tok):
     rows = [{"prompt": "cab=", "target": "bac", "task_id": 0}]
     on_cpu = TinyTasksCollator(tok)(rows)
