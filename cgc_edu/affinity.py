@@ -179,9 +179,11 @@ def task_affinity(model: nn.Module, dataset, tokenizer=None, method: str = "grad
 def _measure(probe, dataset, tokenizer, method, n_per_task=64, lookahead_lr=0.1, seed=0,
              update_steps=20, update_lr=3e-3, batch_size=32) -> pd.DataFrame:
     """One affinity measure at a probe (restored afterwards: several measures can share it)."""
-    if method in ("update", "transfer"):
-        return _alone_affinity(probe, dataset, tokenizer, method, update_steps, update_lr, batch_size,
-                               seed, n_per_task)
+    if method == "update":
+        return _update_affinity(probe, dataset, tokenizer, update_steps, update_lr, batch_size, seed)
+    if method == "transfer":
+        return _transfer_affinity(probe, dataset, tokenizer, update_steps, update_lr, batch_size, seed,
+                                  n_per_task)
     batches = _task_batches(dataset, tokenizer, n_per_task, seed)
     tasks = list(batches)
     params = [p for p in probe.parameters() if p.requires_grad]
@@ -204,29 +206,41 @@ def _measure(probe, dataset, tokenizer, method, n_per_task=64, lookahead_lr=0.1,
     return pd.DataFrame(values, index=tasks, columns=tasks)
 
 
-def _alone_affinity(probe, dataset, tokenizer, method, steps, lr, batch_size, seed, n_per_task) -> pd.DataFrame:
-    """Each task trains a copy of the probe alone; "update" compares the weight changes,
-    "transfer" the losses the change brings to every task's batch."""
+def _trained_alone(probe, dataset, tokenizer, steps, lr, batch_size, seed):
+    """(task, a copy of the probe trained on that task's rows alone), task by task."""
     from .train import train
 
-    tasks = _task_order(dataset)
-    batches = _task_batches(dataset, tokenizer, n_per_task, seed) if method == "transfer" else {}
-    start = _delta_weights(probe).detach()
-    with torch.no_grad():
-        before = torch.stack([probe(**batches[t]).loss for t in batches]) if batches else None
-    updates, values = [], []
-    for task in tasks:
+    for task in _task_order(dataset):
         alone = copy.deepcopy(probe)
         rows = [dict(r, task_id=0) for r in dataset if r["task"] == task]
         train(alone, rows, tokenizer, steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=False)
+        yield task, alone
+
+
+# (not under @torch.no_grad: the copies train as the generator runs; only the reading is)
+def _update_affinity(probe, dataset, tokenizer, steps, lr, batch_size, seed) -> pd.DataFrame:
+    start = _delta_weights(probe).detach()
+    tasks, updates = [], []
+    for task, alone in _trained_alone(probe, dataset, tokenizer, steps, lr, batch_size, seed):
+        tasks.append(task)
         with torch.no_grad():
-            if method == "update":
-                updates.append(_delta_weights(alone) - start)
-            else:   # how much training on `task` alone lowered every task's loss (relative)
-                after = torch.stack([alone(**batches[t]).loss for t in tasks])
-                values.append((1.0 - after / before).numpy())
-    matrix = _cosine(updates) if method == "update" else np.stack(values)
-    return pd.DataFrame(matrix, index=tasks, columns=tasks)
+            updates.append(_delta_weights(alone) - start)
+    return pd.DataFrame(_cosine(updates), index=tasks, columns=tasks)
+
+
+def _transfer_affinity(probe, dataset, tokenizer, steps, lr, batch_size, seed, n_per_task) -> pd.DataFrame:
+    batches = _task_batches(dataset, tokenizer, n_per_task, seed)
+    tasks = list(batches)
+
+    @torch.no_grad()
+    def losses(model):
+        return torch.stack([model(**batches[t]).loss for t in tasks])
+
+    before = losses(probe)
+    # row i: how much training on task i alone lowered every task's loss (relative)
+    rows = [(1.0 - losses(alone) / before).numpy()
+            for _, alone in _trained_alone(probe, dataset, tokenizer, steps, lr, batch_size, seed)]
+    return pd.DataFrame(np.stack(rows), index=tasks, columns=tasks)
 
 
 # ---------------------------------------------------------------- clustering

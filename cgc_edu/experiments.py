@@ -46,6 +46,7 @@ COMMAND = "python -m cgc_edu.experiments"
 DEFAULT_OUT = Path("results")          # relative to the caller's working directory
 LR_GRID = (1.5e-3, 3e-3, 6e-3, 1.2e-2, 2.4e-2)
 SEEDS = (0, 1, 2, 3, 4)
+PROMPT_SETTINGS = ("anonymous", "named")   # prompts that hide the task / that name it
 AFFINITY_METHODS = ("gradient", "lookahead", "update", "transfer")
 #: joint warm-up steps the affinity study measures after (besides 1+N's own `Settings.affinity_warmup`)
 AFFINITY_WARMUPS = (0, 60)
@@ -493,10 +494,10 @@ def quick_run(method: str = "cgc_lora", seed: int = 0, path: Path = DEFAULT_OUT,
     """
     from .reporting import runs_table
 
+    if setting not in PROMPT_SETTINGS:
+        raise ValueError(f"quick_run: setting={setting!r}; choose one of {PROMPT_SETTINGS}.")
     config = stored_config(path)
     # no validation curve: the same training, fewer evaluations (curves never change the model)
-    if setting not in ("anonymous", "named"):
-        raise ValueError(f"quick_run: setting={setting!r}; choose 'anonymous' or 'named'.")
     settings = replace(stored_settings(path), threads=threads, name_in_prompt=setting == "named",
                        **{"curve_points": 0, **overrides})
     return runs_table([run_one(method, seed, config["lr"][method], settings)])
@@ -534,7 +535,7 @@ def main(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--quick", action="store_true",
                         help="rerun one configuration (first of --methods if given, else cgc_lora; first seed; "
                              "--quick-setting prompts) of the study stored in --out and compare it with the stored seeds")
-    parser.add_argument("--quick-setting", default="anonymous", choices=("anonymous", "named"),
+    parser.add_argument("--quick-setting", default="anonymous", choices=PROMPT_SETTINGS,
                         help="--quick: anonymous prompts (under a minute) or the main table's instruction prompts")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
