@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -564,7 +565,10 @@ def main(argv: Optional[Sequence[str]] = None):
                         for v in (args.affinity_seeds, args.ablation_seeds, args.anonymous_seeds)],
                       workers=args.workers, progress=not args.no_progress)
     wall = time.perf_counter() - start
-    command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
+    # quoted as a shell needs it (an empty value such as --anonymous '' must survive a copy-paste);
+    # without --no-progress, which changes what is printed, not what is run
+    argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-progress"]
+    command = " ".join([COMMAND, *map(shlex.quote, argv)])
     calls = 1
     n_jobs = len(study["grid"]) + len(study["runs"]) + len(study["affinity"])
     if study["trained"] < n_jobs and (args.out / "config.json").is_file():

@@ -169,6 +169,10 @@ def paired_table(results: pd.DataFrame, pairs=PAIRS) -> pd.DataFrame:
     return pd.DataFrame([paired_comparison(results, a, b) for a, b in pairs if {a, b} <= present])
 
 
+#: the methods that share parameters across tasks, whose low-data gain `premises` looks for
+SHARED = ("integrated", "moe_lora", "cgc_lora", "one_plus_n")
+
+
 def premises(results: pd.DataFrame) -> dict:
     """The two phenomena the suite is built to show, each beyond the seed spread:
 
@@ -177,19 +181,24 @@ def premises(results: pd.DataFrame) -> dict:
     * ``low_data_gain``: (low-data task, shared method) pairs where the shared method's worst
       seed is above the independent models' best seed.
 
+    A premise whose methods the results lack is ``None`` (not measured), never ``[]`` (measured
+    and not seen).
+
     Taught in: notebooks/07_experiments.ipynb.
     """
     stats = summary(results).set_index(["method", "task"])
     tasks = [t for t in pd.unique(results["task"])]
     low = sorted(set(results.loc[results["low_data"], "task"])) if "low_data" in results else []
-    out = {"seesaw": [], "low_data_gain": []}
     present = set(results["method"])
+    shared = [m for m in SHARED if m in present]
+    out = {"seesaw": None, "low_data_gain": None}
     if {"separate", "integrated"} <= present:
         out["seesaw"] = [t for t in tasks if stats.loc[("integrated", t), "max"] < stats.loc[("separate", t), "min"]]
-    if "separate" in present:
+    if "separate" in present and shared:
+        out["low_data_gain"] = []
         for t in low:
-            for m in ("integrated", "moe_lora", "cgc_lora", "one_plus_n"):
-                if m in present and stats.loc[(m, t), "min"] > stats.loc[("separate", t), "max"]:
+            for m in shared:
+                if stats.loc[(m, t), "min"] > stats.loc[("separate", t), "max"]:
                     out["low_data_gain"].append((t, m))
     return out
 
@@ -338,12 +347,18 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
                   _frame_md(p[["method", "baseline", "n_seeds", "mean difference (points)", "bootstrap 95 % CI",
                                "wins/losses/ties", "sign test p"]]), ""]
     prem = premises(named)
+
+    def found(items, show, needs):
+        if items is None:
+            return f"not measured (needs {needs})"
+        return ", ".join(show(i) for i in items) if items else "**not seen**"
+
     parts += ["### The suite's premises, beyond the seed spread", "",
               "- Seesaw (the integrated model's best seed below the independent models' worst): "
-              + (", ".join(f"`{t}`" for t in prem["seesaw"]) if prem["seesaw"] else "**not seen**") + ".",
+              + found(prem["seesaw"], lambda t: f"`{t}`", "the integrated and the independent models") + ".",
               "- Sharing helps a low-data task (a shared method's worst seed above the independent models' best): "
-              + (", ".join(f"`{t}` under {labels[m]}" for t, m in prem["low_data_gain"])
-                 if prem["low_data_gain"] else "**not seen**") + ".", ""]
+              + found(prem["low_data_gain"], lambda tm: f"`{tm[0]}` under {labels[tm[1]]}",
+                      "the independent models and a shared method") + ".", ""]
     col = collapses(named, curves[curves["setting"] == "named"] if len(curves) else None)
     parts += ["### Seeds that collapse", ""]
     if len(col):
@@ -362,14 +377,16 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
                   "affinity profiles) into as many "
                   f"clusters as the suite designs; adjusted Rand index against the designed clusters: "
                   f"{onp['ari'].mean():.2f} on average ({', '.join(f'{v:.2f}' for v in onp['ari'])}).", ""]
-    parts += ["## Ablations and the expert sweep (instruction-bearing prompts)", "",
-              method_table(named, ["cgc_lora", "cgc_uniform", "cgc_no_common", "moe_lora",
-                                   "one_plus_n", "one_plus_n_designed"]), "",
-              "At the same total budget, CGC-LoRA without specific experts (4 + 0) is MoE-LoRA: that "
-              "ablation is the MoE-LoRA row (its own tuned rate). Without common experts each task has a "
-              "private expert of rank budget / 8 inside one joint run. "
-              + _seeds_note(named, ["cgc_uniform", "cgc_no_common", "one_plus_n_designed", "cgc_c8_s2", "cgc_c16_s1"]), "",
-              method_table(named, SWEEP, with_tasks=False), ""]
+    ablations = ["cgc_lora", "cgc_uniform", "cgc_no_common", "moe_lora", "one_plus_n", "one_plus_n_designed"]
+    if set(named["method"]) & {*ablations, *SWEEP}:
+        parts += ["## Ablations and the expert sweep (instruction-bearing prompts)", "",
+                  method_table(named, ablations), "",
+                  "At the same total budget, CGC-LoRA without specific experts (4 + 0) is MoE-LoRA: that "
+                  "ablation is the MoE-LoRA row (its own tuned rate). Without common experts each task has a "
+                  "private expert of rank budget / 8 inside one joint run. "
+                  + _seeds_note(named, ["cgc_uniform", "cgc_no_common", "one_plus_n_designed", "cgc_c8_s2",
+                                        "cgc_c16_s1"]), "",
+                  method_table(named, SWEEP, with_tasks=False), ""]
     if len(anon):
         parts += ["## Second table: anonymous prompts", "",
                   "The prompt does not name the task (`cab=`): the same input has a different answer for "
@@ -385,11 +402,13 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
                   "measure finds (2 clusters), per seed, instruction-bearing prompts. "
                   "`warmup_steps` 0 measures at the bare central model.", "", _frame_md(a), "",
                   "Per seed: `affinity.csv`.", ""]
+    with_affinity = len(affinity) > 0     # a study without the affinity part writes no affinity files
     parts += ["## Files", "",
               "`results.csv` (one row per setting, method, seed and task), `lr_grid.csv`, `curves.csv`, "
-              "`affinity.csv`, `config.json` (command, settings, chosen rates, wall time), `runs/` (one "
-              "JSON per run: a rerun of the command skips them), figures `curves.png`, `comparison.png`, "
-              "`affinity.png`.", ""]
+              + ("`affinity.csv`, " if with_affinity else "")
+              + "`config.json` (command, settings, chosen rates, wall time), `runs/` (one "
+              "JSON per run: a rerun of the command skips them), figures `curves.png`, `comparison.png`"
+              + (", `affinity.png`" if with_affinity else "") + ".", ""]
     return "\n".join(parts)
 
 

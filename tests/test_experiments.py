@@ -58,7 +58,9 @@ def test_cli_runs_a_tiny_study_resumes_and_writes_to_the_callers_results(tmp_pat
     LlamaForCausalLM(central_config()).save_pretrained(tmp_path / "base")
     monkeypatch.chdir(tmp_path)
     methods = "central,separate,cgc_lora,one_plus_n"
-    args = ["--methods", methods, "--anonymous", "cgc_lora", "--base", str(tmp_path / "base"), *TINY]
+    # (no ablation among the methods: the empty --ablation-seeds changes nothing but the command)
+    args = ["--methods", methods, "--anonymous", "cgc_lora", "--ablation-seeds", "", "--base",
+            str(tmp_path / "base"), *TINY]
     study = main(args)
     out = tmp_path / "results"                     # ./results of the caller's working directory
     frame = pd.read_csv(out / "results.csv")
@@ -71,6 +73,7 @@ def test_cli_runs_a_tiny_study_resumes_and_writes_to_the_callers_results(tmp_pat
     assert info.loc["separate", "trainable_params"] == 8 * rank10    # eight LoRAs of CGC-LoRA's task rank
     config = json.loads((out / "config.json").read_text())
     assert config["settings"]["steps"] == 2 and config["seeds"] == [0, 1] and "--steps 2" in config["command"]
+    assert "--ablation-seeds '' " in config["command"]    # quoted: the command runs again as printed
     assert set(config["lr"]) == set(methods.split(",")) and config["lr"]["central"] in (1e-3, 1e-2)
     grid = pd.read_csv(out / "lr_grid.csv")
     assert len(grid) == 3 * 2 and grid.groupby("method")["chosen"].sum().eq(1).all()
@@ -137,3 +140,23 @@ def test_quick_mode_lands_inside_the_stored_spread():
 def test_quick_run_refuses_an_unknown_setting():
     with pytest.raises(ValueError, match="setting='both'"):
         experiments.quick_run("cgc_lora", 0, REPO / "results", setting="both")
+
+
+def test_the_stored_control_differs_from_the_study_only_in_the_independent_models_steps():
+    """results/controls/separate_1200 (the independent models trained for the joint run's
+    whole 1200 steps each) must stay the study's recipe but for that one setting, at the
+    study's chosen rate and seeds, so chapter 07 may set the two side by side."""
+    from cgc_edu.reporting import load_results
+
+    control_dir = REPO / "results" / "controls" / "separate_1200"
+    study, control = experiments.stored_config(REPO / "results"), experiments.stored_config(control_dir)
+    differ = {k for k in study["settings"] if study["settings"][k] != control["settings"].get(k)}
+    # grid_steps says how the grid ran, and the control has no grid (one rate: the study's)
+    assert differ - {"grid_steps"} == {"min_separate_steps"}, differ
+    assert control["lr_grid"] == [study["lr"]["separate"]]
+    assert control["settings"]["min_separate_steps"] == study["settings"]["steps"]
+    assert control["lr"]["separate"] == study["lr"]["separate"]
+    runs = load_results(control_dir)
+    assert set(runs["method"]) == {"separate"} and set(runs["setting"]) == {"named"}
+    assert sorted(runs["seed"].unique()) == sorted(load_results(REPO / "results")["seed"].unique())
+    assert "--min-separate-steps 1200" in control["command"]

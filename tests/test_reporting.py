@@ -54,6 +54,36 @@ def test_premises_seesaw_and_low_data_gain():
     assert premises(close) == {"seesaw": [], "low_data_gain": []}   # within the seed spread
 
 
+def test_premises_without_their_methods_are_not_measured_rather_than_not_seen():
+    alone = fake_results({"separate": 0.5})
+    assert premises(alone) == {"seesaw": None, "low_data_gain": None}
+    no_integrated = fake_results({"separate": 0.5, "cgc_lora": 0.6})
+    assert premises(no_integrated) == {"seesaw": None, "low_data_gain": [("b", "cgc_lora")]}
+
+
+def test_a_report_of_part_of_the_study_says_what_it_did_not_measure():
+    """A study of the independent models alone (results/controls/) must not print empty
+    ablation tables, list affinity files it never wrote, or call an unmeasured premise
+    'not seen'."""
+    from dataclasses import asdict
+
+    from cgc_edu.experiments import Settings
+    from cgc_edu.reporting import markdown_report
+
+    results = fake_results({"separate": 0.5})
+    grid = pd.DataFrame({"method": ["separate"], "lr": [3e-3], "validation": [0.5], "chosen": [True]})
+    config = {"command": "python -m cgc_edu.experiments --methods separate", "wall_seconds": 60.0,
+              "workers": 1, "lr": {"separate": 3e-3}, "lr_grid": [3e-3],
+              "settings": asdict(Settings())}
+    text = markdown_report(results, grid, pd.DataFrame(), pd.DataFrame(), config)
+    assert "Seesaw (the integrated model's best seed below the independent models' worst): not measured" in text
+    assert "**not seen**" not in text
+    assert "## Ablations" not in text and "affinity" not in text.split("## Files")[1]
+    full = markdown_report(fake_results(), grid, pd.DataFrame(), pd.DataFrame(), config)
+    assert "## Ablations" in full and "Seesaw (the integrated model's best seed below the independent " \
+        "models' worst): `a`, `b`." in full
+
+
 def test_collapses_name_the_seed_and_the_cause():
     res = fake_results()
     res.loc[(res.method == "moe_lora") & (res.seed == 3), "exact_match"] = 0.0
