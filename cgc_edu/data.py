@@ -97,6 +97,14 @@ def _check_tasks(tasks) -> list[TaskSpec]:
     tasks = list(tasks)
     if not tasks:
         raise ValueError(f"tasks is empty: select at least one of {list(TASK_NAMES)}")
+    if any(isinstance(t, TaskSpec) for t in tasks):   # a suite of its own (cgc_edu.suites)
+        if not all(isinstance(t, TaskSpec) for t in tasks):
+            raise TypeError(f"tasks mixes TaskSpec objects and names: {tasks}; give names of "
+                            "TinyTasks tasks, or TaskSpec objects only")
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks names a task twice: {names}; give each task a name of its own")
+        return tasks   # their order is the task ids
     unknown = [t for t in tasks if t not in _BY_NAME]
     if unknown:
         raise KeyError(f"unknown task name(s) {unknown}; known tasks are {list(TASK_NAMES)}")
@@ -120,7 +128,8 @@ def make_tiny_tasks(
     """Generate TinyTasks as a DatasetDict with train / validation / test splits.
 
     Columns: ``prompt`` (e.g. "cab="), ``target`` (e.g. "bac"), ``task`` (name),
-    ``task_id`` (index in :data:`TASK_NAMES` restricted to the selection, in that order),
+    ``task_id`` (index in :data:`TASK_NAMES` restricted to the selection, in that order; or,
+    when ``tasks`` are `TaskSpec` objects, such as a suite of `cgc_edu.suites`, their index),
     ``cluster``, ``low_data``. ``n_train`` examples per ordinary task, ``n_low`` per low-data
     task (the tasks that should borrow from their cluster), ``n_validation`` / ``n_test``
     per task. Words are distinct across splits within a task (no leakage), and the same

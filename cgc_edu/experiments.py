@@ -145,6 +145,7 @@ class Settings:
     threads: int = 1
     task_sampling: str = "uniform"   # every task an equal share of each batch ("data": by rows)
     grid_steps: Optional[int] = 600  # the learning-rate grid's runs: at most this many steps (None: ``steps``)
+    suite: str = "tinytasks"         # the tasks (`cgc_edu.suites.suite`)
 
     @property
     def setting(self) -> str:
@@ -221,6 +222,7 @@ def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) 
     from .framework import OnePlusN
     from .injection import add_adapters, trainable_parameters
     from .models import load_central_model
+    from .suites import suite
     from .train import evaluate
     from .utils import seed_everything
 
@@ -229,7 +231,7 @@ def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) 
     seed_everything(seed)
     data = make_tiny_tasks(seed=seed, n_train=settings.n_train, n_low=settings.n_low,
                            n_validation=settings.n_validation, n_test=settings.n_test,
-                           name_in_prompt=settings.name_in_prompt)
+                           name_in_prompt=settings.name_in_prompt, tasks=suite(settings.suite))
     tok = build_tokenizer()
     base = load_central_model(settings.base)
     train_rows, val_rows = data["train"], data["validation"]
@@ -313,10 +315,11 @@ def affinity_run(seed: int, settings: Settings = Settings()) -> dict:
     from .affinity import _measure, _probe, adjusted_rand_index, cluster_tasks, prior_clusters
     from .data import build_tokenizer, make_tiny_tasks
     from .models import load_central_model
+    from .suites import suite
 
     torch.set_num_threads(settings.threads)
     data = make_tiny_tasks(seed=seed, n_train=settings.n_train, n_low=settings.n_low, n_validation=0,
-                           n_test=0, name_in_prompt=settings.name_in_prompt)
+                           n_test=0, name_in_prompt=settings.name_in_prompt, tasks=suite(settings.suite))
     tok, base = build_tokenizer(), load_central_model(settings.base)
     designed = prior_clusters(data["train"])
     out = {"seed": seed, "setting": settings.setting, "settings": asdict(settings), "designed": designed,
@@ -366,6 +369,8 @@ def _key(kind, settings, **kw):
     # grid_steps only says which steps the grid runs with; a run's own steps are in "steps"
     # (so a study stored before grid_steps existed is still found)
     skip = {"grid_steps"}
+    if settings.suite == "tinytasks":   # so is a study stored before other suites existed
+        skip.add("suite")
     if kind == "run" and kw.get("method") != "one_plus_n":
         skip.update(_AFFINITY_FIELDS)
     fields = {k: v for k, v in asdict(replace(settings, threads=1)).items() if k not in skip}
@@ -530,6 +535,9 @@ def main(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--task-sampling", default=defaults.task_sampling, choices=("uniform", "data"),
                         help="joint runs: every task an equal share of each batch, or tasks by rows")
     parser.add_argument("--base", default=None, help="central model folder (default: the shipped one)")
+    parser.add_argument("--suite", default=defaults.suite,
+                        help="the tasks: tinytasks, positions, swaps:P, derangements:L or keys:K "
+                             "(see cgc_edu.suites)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="results folder (default ./results of the working directory)")
@@ -555,7 +563,10 @@ def main(argv: Optional[Sequence[str]] = None):
     args.grid_steps = args.grid_steps or None
     settings = Settings(threads=args.threads or 1, **{f: getattr(args, f) for f in (
         "steps", "batch_size", "rank", "n_train", "n_low", "n_validation", "n_test", "curve_points",
-        "min_separate_steps", "affinity_warmup", "affinity", "task_sampling", "grid_steps", "base")})
+        "min_separate_steps", "affinity_warmup", "affinity", "task_sampling", "grid_steps", "base",
+        "suite")})
+    from .suites import suite
+    suite(settings.suite)   # an unknown suite fails here, before any run
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     study = run_study(args.out, args.methods.split(","), seeds, settings,

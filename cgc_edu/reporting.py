@@ -181,8 +181,8 @@ def premises(results: pd.DataFrame) -> dict:
     * ``low_data_gain``: (low-data task, shared method) pairs where the shared method's worst
       seed is above the independent models' best seed.
 
-    A premise whose methods the results lack is ``None`` (not measured), never ``[]`` (measured
-    and not seen).
+    A premise whose methods (or, for the low-data gain, low-data tasks) the results lack is
+    ``None`` (not measured), never ``[]`` (measured and not seen).
 
     Taught in: notebooks/07_experiments.ipynb.
     """
@@ -194,7 +194,7 @@ def premises(results: pd.DataFrame) -> dict:
     out = {"seesaw": None, "low_data_gain": None}
     if {"separate", "integrated"} <= present:
         out["seesaw"] = [t for t in tasks if stats.loc[("integrated", t), "max"] < stats.loc[("separate", t), "min"]]
-    if "separate" in present and shared:
+    if "separate" in present and shared and low:
         out["low_data_gain"] = []
         for t in low:
             for m in shared:
@@ -288,7 +288,9 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
     seeds = sorted(named["seed"].unique())
     s = config["settings"]
     baselines = [m for m, spec in METHODS.items() if spec.family == "baseline"]
-    parts = ["# CGC-LoRA and 1+N on TinyTasks", "",
+    suite = s.get("suite", "tinytasks")
+    title = "TinyTasks" if suite == "tinytasks" else f"the suite `{suite}` (`cgc_edu.suites`)"
+    parts = [f"# CGC-LoRA and 1+N on {title}", "",
              f"Produced by: `{config['command']}` ({config['wall_seconds'] / 60:.0f} min"
              + (f" in {config['calls']} calls" if config.get("calls", 1) > 1 else "") + ", "
              f"{config['workers']} workers"
@@ -298,8 +300,10 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
              f"task), mean ± standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}); each seed "
              "draws the data, the initialisation and the batch order. Joint runs train "
              f"{s['steps']} steps of batch {s['batch_size']}"
-             + (", every task an equal share of each batch (a low-data task's "
-                f"{s['n_low']} rows recur, a data-rich task's {s['n_train']} are sampled); separately trained "
+             + (", every task an equal share of each batch ("
+                + (f"a low-data task's {s['n_low']} rows recur, a data-rich task's {s['n_train']} are sampled"
+                   if results["low_data"].any() else f"each task's {s['n_train']} rows are sampled")
+                + "); separately trained "
                 "models and 1+N's cluster sets share those steps in proportion to their tasks"
                 if s.get("task_sampling", "data") == "uniform" else
                 "; separately trained models and 1+N's cluster sets share those steps in proportion to "
@@ -329,7 +333,8 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
                   _frame_md(conv.rename(columns={"label": "method", "last_half": "last half",
                                                  "last_third": "last third"})), ""]
     parts += ["## Main table: instruction-bearing prompts", "",
-              "Prompts name the task (`reverse:cab=`), as the paper's instructions do, so one shared LoRA "
+              f"Prompts name the task (`{named['task'].iloc[0] if len(named) else 'reverse'}:cab=`), as the "
+              "paper's instructions do, so one shared LoRA "
               "(the integrated model) can read what is asked.", "", method_table(named, baselines), ""]
     pairs = paired_table(named)
     if len(pairs):
@@ -358,7 +363,7 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
               + found(prem["seesaw"], lambda t: f"`{t}`", "the integrated and the independent models") + ".",
               "- Sharing helps a low-data task (a shared method's worst seed above the independent models' best): "
               + found(prem["low_data_gain"], lambda tm: f"`{tm[0]}` under {labels[tm[1]]}",
-                      "the independent models and a shared method") + ".", ""]
+                      "the independent models, a shared method and a low-data task") + ".", ""]
     col = collapses(named, curves[curves["setting"] == "named"] if len(curves) else None)
     parts += ["### Seeds that collapse", ""]
     if len(col):

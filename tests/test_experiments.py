@@ -160,3 +160,32 @@ def test_the_stored_control_differs_from_the_study_only_in_the_independent_model
     assert set(runs["method"]) == {"separate"} and set(runs["setting"]) == {"named"}
     assert sorted(runs["seed"].unique()) == study["seeds"]
     assert "--min-separate-steps 1200" in control["command"]
+
+
+#: results/controls/<suite>: the study's two baselines on the other suites of cgc_edu.suites
+SUITE_CONTROLS = ["positions", "swaps:9", "swaps:10", "derangements:20"]
+
+
+@pytest.mark.parametrize("spec", SUITE_CONTROLS)
+def test_a_stored_suite_control_is_the_studys_recipe_on_another_suite(spec):
+    """Each folder runs the study's recipe (grid, seeds, steps, budget) for the integrated and
+    the independent models on another suite; only the suite and the grid's length differ (the
+    grid trains as long as the runs: at 600 steps it cannot tell the rates apart there)."""
+    from cgc_edu.reporting import load_results
+    from cgc_edu.suites import suite
+
+    folder = REPO / "results" / "controls" / spec.replace(":", "_")
+    study, control = experiments.stored_config(REPO / "results"), experiments.stored_config(folder)
+    keys = set(study["settings"]) | set(control["settings"])
+    differ = {k for k in keys if study["settings"].get(k) != control["settings"].get(k)}
+    assert differ == {"grid_steps", "suite"}, differ
+    assert control["settings"]["suite"] == spec and control["settings"]["grid_steps"] is None
+    assert control["lr_grid"] == study["lr_grid"] and control["seeds"] == study["seeds"]
+    grid = pd.read_csv(folder / "lr_grid.csv")
+    assert set(grid["method"]) == {"integrated", "separate"} and len(grid) == 2 * len(study["lr_grid"])
+    assert grid[grid["chosen"]].set_index("method")["lr"].to_dict() == control["lr"]
+    runs = load_results(folder)
+    assert set(runs["method"]) == {"integrated", "separate"} and set(runs["setting"]) == {"named"}
+    assert list(pd.unique(runs["task"])) == [t.name for t in suite(spec)]
+    assert sorted(runs["seed"].unique()) == study["seeds"]
+    assert f"--suite {spec} " in control["command"] and "--grid-steps 0" in control["command"]

@@ -59,6 +59,8 @@ def test_premises_without_their_methods_are_not_measured_rather_than_not_seen():
     assert premises(alone) == {"seesaw": None, "low_data_gain": None}
     no_integrated = fake_results({"separate": 0.5, "cgc_lora": 0.6})
     assert premises(no_integrated) == {"seesaw": None, "low_data_gain": [("b", "cgc_lora")]}
+    no_low_data = fake_results().assign(low_data=False)     # a suite without low-data tasks
+    assert premises(no_low_data) == {"seesaw": ["a", "b"], "low_data_gain": None}
 
 
 def test_a_report_of_part_of_the_study_says_what_it_did_not_measure():
