@@ -566,7 +566,13 @@ def main(argv: Optional[Sequence[str]] = None):
         "min_separate_steps", "affinity_warmup", "affinity", "task_sampling", "grid_steps", "base",
         "suite")})
     from .suites import suite
-    suite(settings.suite)   # an unknown suite fails here, before any run
+    n_tasks = len(suite(settings.suite))   # an unknown suite fails here, before any run
+    for method in _check(args.methods.split(",")):   # and so does a budget it cannot split
+        try:
+            METHODS[method].task_rank(settings.rank, n_tasks)
+        except ValueError as err:
+            raise ValueError(f"--suite {settings.suite} has {n_tasks} tasks, and {method} cannot split "
+                             f"--rank {settings.rank} among them: {err}") from None
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     study = run_study(args.out, args.methods.split(","), seeds, settings,

@@ -13,7 +13,8 @@ is named by a spec string, the study's ``--suite``:
   (``a``, ``b``, ...) to another of them (a different derangement per task) and copying the
   rest: on those letters every task contradicts every other;
 * ``"keys:K"``: K tasks, each mapping every letter through a secret key (a random
-  permutation of the alphabet): a full per-letter table per task;
+  permutation of the alphabet): a full per-letter table per task (at the study's rank 24,
+  K is 2, 4 or 8: the budget must split evenly among CGC-LoRA's experts);
 * ``"positions"``: eight rearrangements of the letters' positions (reverse, rotations,
   swapping neighbours, evens then odds, doubling each letter).
 

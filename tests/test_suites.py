@@ -116,3 +116,13 @@ def test_the_cli_refuses_an_unknown_suite_before_any_run(tmp_path):
     with pytest.raises(ValueError, match="unknown suite 'foo:2'"):
         experiments.main(["--suite", "foo:2", "--out", str(tmp_path / "study"), "--no-progress"])
     assert not (tmp_path / "study").exists()
+
+
+def test_the_cli_refuses_a_budget_the_suite_cannot_split_before_any_run(tmp_path):
+    # three tasks: CGC-LoRA's 4 common + 3 specific experts cannot share rank 24
+    with pytest.raises(ValueError, match=r"--suite keys:3 has 3 tasks, and cgc_lora cannot split --rank 24"
+                                         r".*multiple of 7"):
+        experiments.main(["--suite", "keys:3", "--methods", "integrated,cgc_lora",
+                          "--out", str(tmp_path / "study"), "--no-progress"])
+    assert not (tmp_path / "study").exists()
+
