@@ -437,7 +437,16 @@ def run_study(out: Path = DEFAULT_OUT, methods: Sequence[str] = tuple(METHODS), 
     anonymous table ``anonymous_seeds`` and the affinity study ``affinity_seeds`` (each
     defaulting to ``seeds``): a way to shrink the study where time is short, said in results.md.
     """
+    from .suites import suite
+
     methods = _check(methods)
+    n_tasks = len(suite(settings.suite))   # an unknown suite fails here, before any run
+    for method in methods:                 # and so does a budget it cannot split
+        try:
+            METHODS[method].task_rank(settings.rank, n_tasks)
+        except ValueError as err:
+            raise ValueError(f"--suite {settings.suite} has {n_tasks} tasks, and {method} cannot split "
+                             f"--rank {settings.rank} among them: {err}") from None
     out = Path(out)
     named = replace(settings, name_in_prompt=True)
     tuned = [m for m in methods if METHODS[m].tuned]
@@ -565,14 +574,6 @@ def main(argv: Optional[Sequence[str]] = None):
         "steps", "batch_size", "rank", "n_train", "n_low", "n_validation", "n_test", "curve_points",
         "min_separate_steps", "affinity_warmup", "affinity", "task_sampling", "grid_steps", "base",
         "suite")})
-    from .suites import suite
-    n_tasks = len(suite(settings.suite))   # an unknown suite fails here, before any run
-    for method in _check(args.methods.split(",")):   # and so does a budget it cannot split
-        try:
-            METHODS[method].task_rank(settings.rank, n_tasks)
-        except ValueError as err:
-            raise ValueError(f"--suite {settings.suite} has {n_tasks} tasks, and {method} cannot split "
-                             f"--rank {settings.rank} among them: {err}") from None
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     study = run_study(args.out, args.methods.split(","), seeds, settings,

@@ -30,7 +30,7 @@ import random
 import string
 from typing import Callable
 
-from .data import TASKS, TaskSpec
+from .data import _BY_NAME, TASKS, TaskSpec
 
 LETTERS = string.ascii_lowercase
 NAMES = "abcdefgh"        # task names: swap_a .. swap_h
@@ -73,20 +73,23 @@ def _swap_neighbours(s: str) -> str:
     return "".join(s[i + 1] + s[i] for i in range(0, len(s) - 1, 2)) + (s[-1] if len(s) % 2 else "")
 
 
-POSITIONS = (("reverse", lambda s: s[::-1]), ("rotate", lambda s: s[1:] + s[0]),
+POSITIONS = (("reverse", _BY_NAME["reverse"].fn), ("rotate", _BY_NAME["rotate"].fn),   # TinyTasks' own
              ("rotate_right", lambda s: s[-1] + s[:-1]), ("rotate2", lambda s: s[2:] + s[:2]),
              ("pairswap", _swap_neighbours), ("evens_odds", lambda s: s[::2] + s[1::2]),
              ("double", lambda s: "".join(c * 2 for c in s)), ("odds_evens", lambda s: s[1::2] + s[::2]))
 
+def _letter_maps(prefix: str, family: str, table_of: Callable[[int], dict], n: int = 8) -> list[TaskSpec]:
+    """Tasks ``{prefix}_a``, ``{prefix}_b``, ...: task k maps each letter through ``table_of(k)``."""
+    return [TaskSpec(f"{prefix}_{c}", family, _mapper(table_of(k))) for k, c in enumerate(NAMES[:n])]
+
+
 #: family -> (what its parameter is, its admissible range, builder)
 FAMILIES = {
     "swaps": ("pairs of letters", range(1, 14),
-              lambda p: [TaskSpec(f"swap_{c}", "swaps", _mapper(swap_table(k, p))) for k, c in enumerate(NAMES)]),
+              lambda p: _letter_maps("swap", "swaps", lambda k: swap_table(k, p))),
     "derangements": ("letters", range(2, 27),
-                     lambda n: [TaskSpec(f"perm_{c}", "derangements", _mapper(derangement_table(k, n)))
-                                for k, c in enumerate(NAMES)]),
-    "keys": ("tasks", range(1, 9),
-             lambda n: [TaskSpec(f"key_{c}", "keys", _mapper(key_table(k))) for k, c in enumerate(NAMES[:n])]),
+                     lambda n: _letter_maps("perm", "derangements", lambda k: derangement_table(k, n))),
+    "keys": ("tasks", range(1, 9), lambda n: _letter_maps("key", "keys", key_table, n)),
 }
 SPECS = ("tinytasks", "positions", *(f"{name}:N" for name in FAMILIES))
 
