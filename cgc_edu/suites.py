@@ -12,9 +12,13 @@ is named by a spec string, the study's ``--suite``:
 * ``"derangements:L"``: eight tasks, each moving every one of the *same* L letters
   (``a``, ``b``, ...) to another of them (a different derangement per task) and copying the
   rest: on those letters every task contradicts every other;
+* ``"swaps:PxN"``, ``"derangements:LxN"``: the same with N tasks (1 to 26), e.g.
+  ``"derangements:6x20"``: twenty tables one shared LoRA must keep apart. At the study's
+  rank 24, twenty is the most tasks CGC-LoRA's budget splits (4 common + 20 specific
+  experts of rank 1);
 * ``"keys:K"``: K tasks, each mapping every letter through a secret key (a random
   permutation of the alphabet): a full per-letter table per task (at the study's rank 24,
-  K is 2, 4 or 8: the budget must split evenly among CGC-LoRA's experts);
+  K is 2, 4, 8 or 20: the budget must split evenly among CGC-LoRA's experts);
 * ``"positions"``: eight rearrangements of the letters' positions (reverse, rotations,
   swapping neighbours, evens then odds, doubling each letter).
 
@@ -33,7 +37,6 @@ from typing import Callable
 from .data import _BY_NAME, TASKS, TaskSpec
 
 LETTERS = string.ascii_lowercase
-NAMES = "abcdefgh"        # task names: swap_a .. swap_h
 
 
 def _mapper(table: dict[str, str]) -> Callable[[str], str]:
@@ -78,20 +81,43 @@ POSITIONS = (("reverse", _BY_NAME["reverse"].fn), ("rotate", _BY_NAME["rotate"].
              ("pairswap", _swap_neighbours), ("evens_odds", lambda s: s[::2] + s[1::2]),
              ("double", lambda s: "".join(c * 2 for c in s)), ("odds_evens", lambda s: s[1::2] + s[::2]))
 
-def _letter_maps(prefix: str, family: str, table_of: Callable[[int], dict], n: int = 8) -> list[TaskSpec]:
-    """Tasks ``{prefix}_a``, ``{prefix}_b``, ...: task k maps each letter through ``table_of(k)``."""
-    return [TaskSpec(f"{prefix}_{c}", family, _mapper(table_of(k))) for k, c in enumerate(NAMES[:n])]
+def _letter_maps(prefix: str, family: str, table_of: Callable[[int], dict], n: int) -> list[TaskSpec]:
+    """Tasks ``{prefix}_a``, ``{prefix}_b``, ...: task k maps each letter through the k-th
+    distinct table of ``table_of(0)``, ``table_of(1)``, ... (a repeated draw would make two
+    names for one task)."""
+    tables, k = [], 0
+    while len(tables) < n:
+        table, k = table_of(k), k + 1
+        if table not in tables:
+            tables.append(table)
+    return [TaskSpec(f"{prefix}_{c}", family, _mapper(t)) for c, t in zip(LETTERS, tables)]
 
 
-#: family -> (what its parameter is, its admissible range, builder)
+def n_derangements(n_letters: int) -> int:
+    """How many derangements n letters have (the subfactorial !n: 1, 2, 9, 44, 265, ...)."""
+    count = 1                    # !0
+    for i in range(1, n_letters + 1):
+        count = i * count + (-1) ** i
+    return count
+
+
+def _derangements(n_letters: int, n_tasks: int) -> list[TaskSpec]:
+    if n_tasks > n_derangements(n_letters):
+        raise ValueError(f"{n_letters} letters have {n_derangements(n_letters)} derangement(s), "
+                         f"fewer than {n_tasks} tasks: move more letters or ask for fewer tasks")
+    return _letter_maps("perm", "derangements", lambda k: derangement_table(k, n_letters), n_tasks)
+
+
+#: family -> (its parameter's letter, what it counts, its admissible range, whether ``xN``
+#: may set the number of tasks, builder(parameter, number of tasks))
 FAMILIES = {
-    "swaps": ("pairs of letters", range(1, 14),
-              lambda p: _letter_maps("swap", "swaps", lambda k: swap_table(k, p))),
-    "derangements": ("letters", range(2, 27),
-                     lambda n: _letter_maps("perm", "derangements", lambda k: derangement_table(k, n))),
-    "keys": ("tasks", range(1, 9), lambda n: _letter_maps("key", "keys", key_table, n)),
+    "swaps": ("P", "pairs of letters", range(1, 14), True,
+              lambda p, n: _letter_maps("swap", "swaps", lambda k: swap_table(k, p), n)),
+    "derangements": ("L", "letters", range(2, 27), True, _derangements),
+    "keys": ("K", "tasks", range(1, 27), False, lambda k, n: _letter_maps("key", "keys", key_table, k)),
 }
-SPECS = ("tinytasks", "positions", *(f"{name}:N" for name in FAMILIES))
+SPECS = ("tinytasks", "positions", "swaps:P[xN]", "derangements:L[xN]", "keys:K")
+N_TASKS = range(1, len(LETTERS) + 1)     # task names end in a .. z
 
 
 def suite(spec: str = "tinytasks") -> tuple[TaskSpec, ...]:
@@ -105,9 +131,17 @@ def suite(spec: str = "tinytasks") -> tuple[TaskSpec, ...]:
         return tuple(TaskSpec(name, "positions", fn) for name, fn in POSITIONS)
     family, _, param = str(spec).partition(":")
     if family not in FAMILIES:
-        raise ValueError(f"unknown suite {spec!r}; choose one of {', '.join(SPECS)} (N an integer)")
-    what, allowed, build = FAMILIES[family]
-    if not param.isdigit() or int(param) not in allowed:
-        raise ValueError(f"suite {spec!r}: write {family}:N with N the number of {what}, "
-                         f"{allowed.start}..{allowed.stop - 1}")
-    return tuple(build(int(param)))
+        raise ValueError(f"unknown suite {spec!r}; choose one of {', '.join(SPECS)} "
+                         "(P, L, K, N integers)")
+    letter, what, allowed, counted, build = FAMILIES[family]
+    value, x, count = param.partition("x") if counted else (param, "", "")
+    if not value.isdigit() or int(value) not in allowed:
+        raise ValueError(f"suite {spec!r}: write {family}:{letter}{'[xN]' if counted else ''} with "
+                         f"{letter} the number of {what}, {allowed.start}..{allowed.stop - 1}")
+    if x and (not count.isdigit() or int(count) not in N_TASKS):
+        raise ValueError(f"suite {spec!r}: N, the number of tasks, is {N_TASKS.start}.."
+                         f"{N_TASKS.stop - 1} (8 if left out)")
+    try:
+        return tuple(build(int(value), int(count) if count else 8))
+    except ValueError as error:
+        raise ValueError(f"suite {spec!r}: {error}") from None

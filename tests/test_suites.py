@@ -1,11 +1,12 @@
 """The study's other suites (cgc_edu.suites): each family's tasks are what its docstring says."""
+import re
 import string
 
 import pytest
 
 from cgc_edu import experiments
 from cgc_edu.data import TASKS, TaskSpec, make_tiny_tasks
-from cgc_edu.suites import derangement_table, key_table, suite, swap_table
+from cgc_edu.suites import key_table, n_derangements, suite, swap_table
 
 LETTERS = string.ascii_lowercase
 WORDS = ["cab", "zebra", "quick", "jumps", "abcdef", "xyz"]
@@ -28,16 +29,37 @@ def test_swaps_swap_that_many_pairs_and_differ_by_task(pairs):
     assert len({tuple(t[c] for c in LETTERS) for t in tables}) == 8     # different pairs per task
 
 
-@pytest.mark.parametrize("n_letters", [2, 6, 20, 26])
-def test_derangements_move_every_one_of_the_same_letters(n_letters):
-    tasks = suite(f"derangements:{n_letters}")
-    tables = [derangement_table(k, n_letters) for k in range(8)]
+def table_of(task):
+    return dict(zip(LETTERS, task.fn(LETTERS)))
+
+
+@pytest.mark.parametrize("spec, n_letters, n_tasks", [
+    ("derangements:4", 4, 8), ("derangements:6", 6, 8), ("derangements:20", 20, 8),
+    ("derangements:26", 26, 8), ("derangements:4x9", 4, 9), ("derangements:6x20", 6, 20),
+    ("derangements:2x1", 2, 1),
+])
+def test_derangements_move_every_one_of_the_same_letters(spec, n_letters, n_tasks):
+    tasks = suite(spec)
+    assert [t.name for t in tasks] == [f"perm_{c}" for c in LETTERS[:n_tasks]]
+    tables = [table_of(t) for t in tasks]
     for table in tables:
         assert moved(table) == set(LETTERS[:n_letters])
         assert sorted(table.values()) == list(LETTERS)             # a permutation
-    if n_letters > 3:       # (two letters have one derangement only)
-        assert len({tuple(t[c] for c in LETTERS) for t in tables}) == 8
-    assert all(t.fn("cab") == "".join(tab[c] for c in "cab") for t, tab in zip(tasks, tables))
+    assert len({tuple(t.values()) for t in tables}) == n_tasks     # no task twice (4x9: all nine)
+    # the first draws are kept in order: a suite of 8 is the start of the suite of 20
+    assert tables[:8] == [table_of(t) for t in suite(f"derangements:{n_letters}x{n_tasks}")][:8]
+
+
+def test_n_derangements_is_the_subfactorial():
+    assert [n_derangements(n) for n in range(8)] == [1, 0, 1, 2, 9, 44, 265, 1854]
+
+
+def test_swaps_take_a_number_of_tasks():
+    tasks = suite("swaps:3x20")
+    assert [t.name for t in tasks] == [f"swap_{c}" for c in LETTERS[:20]]
+    assert [table_of(t) for t in tasks[:8]] == [table_of(t) for t in suite("swaps:3")]
+    assert len({tuple(table_of(t).values()) for t in tasks}) == 20
+    assert all(len(moved(table_of(t))) == 6 for t in tasks)
 
 
 def test_keys_are_permutations_of_the_alphabet():
@@ -71,12 +93,15 @@ def test_suites_are_deterministic_and_tinytasks_is_the_course_suite():
 
 
 @pytest.mark.parametrize("spec, words", [
-    ("swaps", "swaps:N with N the number of pairs of letters, 1..13"),
-    ("swaps:0", "1..13"), ("swaps:14", "1..13"), ("keys:x", "number of tasks, 1..8"),
+    ("swaps", "write swaps:P[xN] with P the number of pairs of letters, 1..13"),
+    ("swaps:0", "1..13"), ("swaps:14", "1..13"), ("keys:x", "write keys:K with K the number of tasks, 1..26"),
+    ("keys:3x2", "write keys:K"), ("swaps:3x27", "N, the number of tasks, is 1..26"),
+    ("derangements:4x", "N, the number of tasks"),
+    ("derangements:3", "3 letters have 2 derangement(s), fewer than 8 tasks: move more letters"),
     ("derangements:1", "2..26"), ("cipher:3", "unknown suite 'cipher:3'; choose one of tinytasks"),
 ])
 def test_a_bad_spec_names_the_value_and_the_choices(spec, words):
-    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ValueError, match=re.escape(words)):
         suite(spec)
 
 
