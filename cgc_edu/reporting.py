@@ -276,6 +276,12 @@ def _frame_md(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _in_words(n: int) -> str:
+    """A count as prose writes it: words up to ten, digits above."""
+    words = "zero one two three four five six seven eight nine ten".split()
+    return words[n] if n < len(words) else str(n)
+
+
 def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFrame,
                     affinity: pd.DataFrame, config: dict) -> str:
     """The whole study as Markdown (the content of ``results.md``).
@@ -309,7 +315,8 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
                 "; separately trained models and 1+N's cluster sets share those steps in proportion to "
                 "their rows")
              + f" (a separate model at least {s['min_separate_steps']}). Adapter banks have the budget of one LoRA of rank {s['rank']} "
-             "(gates aside), except the independent models: eight LoRAs, each of the rank a task sees in "
+             f"(gates aside), except the independent models: {_in_words(named['task'].nunique())} LoRAs, "
+             "each of the rank a task sees in "
              "CGC-LoRA.", ""]
     parts += ["## Learning rates", "",
               f"Chosen per method on the validation split ({s['n_validation']} examples per task, final "

@@ -80,6 +80,7 @@ def test_a_report_of_part_of_the_study_says_what_it_did_not_measure():
     text = markdown_report(results, grid, pd.DataFrame(), pd.DataFrame(), config)
     assert "Seesaw (the integrated model's best seed below the independent models' worst): not measured" in text
     assert "**not seen**" not in text
+    assert "except the independent models: two LoRAs" in text       # as many as the tasks
     assert "## Ablations" not in text and "affinity" not in text.split("## Files")[1]
     full = markdown_report(fake_results(), grid, pd.DataFrame(), pd.DataFrame(), config)
     assert "## Ablations" in full and "Seesaw (the integrated model's best seed below the independent " \
