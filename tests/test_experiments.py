@@ -163,7 +163,8 @@ def test_the_stored_control_differs_from_the_study_only_in_the_independent_model
 
 
 #: results/controls/<suite>: the study's two baselines on the other suites of cgc_edu.suites
-SUITE_CONTROLS = ["positions", "swaps:9", "swaps:10", "derangements:20"]
+SUITE_CONTROLS = ["positions", "swaps:9", "swaps:10", "derangements:20", "derangements:6x20",
+                  "derangements:10x20"]
 
 
 @pytest.mark.parametrize("spec", SUITE_CONTROLS)
@@ -189,3 +190,20 @@ def test_a_stored_suite_control_is_the_studys_recipe_on_another_suite(spec):
     assert list(pd.unique(runs["task"])) == [t.name for t in suite(spec)]
     assert sorted(runs["seed"].unique()) == study["seeds"]
     assert f"--suite {spec} " in control["command"] and "--grid-steps 0" in control["command"]
+
+
+def test_the_half_rate_control_is_the_twenty_task_control_at_half_the_integrated_rate():
+    """results/controls/derangements_6x20_lr_0.003: the integrated model of
+    controls/derangements_6x20 rerun at half its grid's choice, nothing else changed, so
+    chapter 07 may pair it with that folder's independent models seed by seed."""
+    from cgc_edu.reporting import load_results
+
+    twenty = REPO / "results" / "controls" / "derangements_6x20"
+    folder = REPO / "results" / "controls" / "derangements_6x20_lr_0.003"
+    base, control = experiments.stored_config(twenty), experiments.stored_config(folder)
+    assert control["settings"] == base["settings"] and control["seeds"] == base["seeds"]
+    assert control["lr"] == {"integrated": base["lr"]["integrated"] / 2} and control["lr_grid"] == [0.003]
+    runs = load_results(folder)
+    assert set(runs["method"]) == {"integrated"} and set(runs["lr"]) == {0.003}
+    assert sorted(runs["seed"].unique()) == base["seeds"]
+    assert list(pd.unique(runs["task"])) == list(pd.unique(load_results(twenty)["task"]))
