@@ -207,3 +207,21 @@ def test_the_half_rate_control_is_the_twenty_task_control_at_half_the_integrated
     assert set(runs["method"]) == {"integrated"} and set(runs["lr"]) == {0.003}
     assert sorted(runs["seed"].unique()) == base["seeds"]
     assert list(pd.unique(runs["task"])) == list(pd.unique(load_results(twenty)["task"]))
+
+
+def test_the_share_control_is_the_twenty_task_control_at_the_independent_models_share():
+    """results/controls/derangements_6x20_separate_60: its independent models trained for
+    exactly their share of the joint run (60 steps: 1200 over 20 tasks), below the study's
+    floor of 100; their own grid, the same seeds and everything else."""
+    from cgc_edu.reporting import load_results
+
+    twenty = REPO / "results" / "controls" / "derangements_6x20"
+    folder = REPO / "results" / "controls" / "derangements_6x20_separate_60"
+    base, control = experiments.stored_config(twenty), experiments.stored_config(folder)
+    differ = {k for k in base["settings"] if base["settings"][k] != control["settings"][k]}
+    assert differ == {"min_separate_steps"} and control["seeds"] == base["seeds"]
+    n_tasks = len(pd.unique(load_results(twenty)["task"]))
+    assert control["settings"]["min_separate_steps"] == base["settings"]["steps"] // n_tasks == 60
+    assert control["lr_grid"] == base["lr_grid"] and set(control["lr"]) == {"separate"}
+    runs = load_results(folder)
+    assert set(runs["method"]) == {"separate"} and sorted(runs["seed"].unique()) == base["seeds"]
