@@ -98,6 +98,28 @@ def test_collapses_name_the_seed_and_the_cause():
     assert collapses(fake_results()).empty
 
 
+def test_collapses_are_measured_from_the_best_seed_and_read_the_methods_own_curves():
+    """Two seeds of five learn, three stall: the median is a stalled seed, and a rule
+    measured from it would hide all three. Seed 0's grid curves at other rates are not
+    its run's."""
+    res = fake_results({"integrated": 0.5})
+    res.loc[res.seed.isin([0, 3]), "exact_match"] = 1.0
+    res["lr"] = 6e-3
+    steps = [400, 800, 1200]
+    curves = pd.concat([
+        pd.DataFrame({"method": "integrated", "seed": s, "lr": lr, "step": steps,
+                      "validation": v, "train_loss": loss})
+        for s, lr, v, loss in [(1, 6e-3, [0.4, 0.45, 0.5], [0.4, 0.3, 0.3]),
+                               (2, 6e-3, [0.0, 0.0, 0.0], [3.1, 3.0, 2.9]),
+                               (4, 6e-3, [0.4, 0.5, 0.5], [0.4, 0.3, 0.3]),
+                               (4, 2.4e-2, [0.9, 0.0, 0.0], [0.2, 3.0, 3.0])]])  # another rate
+    col = collapses(res, curves).set_index("seed")
+    assert list(col.index) == [1, 2, 4] and (col["best_seed"] == 1.0).all()
+    assert "did not reach the solution" in col.loc[1, "cause"]
+    assert "learned nothing" in col.loc[2, "cause"] and "3.10 then 2.90" in col.loc[2, "cause"]
+    assert "did not reach the solution" in col.loc[4, "cause"]     # not the other rate's divergence
+
+
 def test_within_spread():
     res = fake_results()
     rerun = res[(res.method == "cgc_lora") & (res.seed == 1)]
