@@ -62,3 +62,12 @@ def test_environment_pip_section_resolves_offline_dry_run(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "-q", "-r",
                              str(tmp_path / "req.txt")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_license_is_an_spdx_expression_with_a_setuptools_that_reads_it():
+    """A TOML table (license = {text = ...}) is deprecated by setuptools and will stop
+    building; the SPDX string needs setuptools 77 or later in the build requirements."""
+    meta = pyproject()
+    assert meta["project"]["license"] == "MIT"
+    build = {Requirement(r).name: Requirement(r) for r in meta["build-system"]["requires"]}
+    assert "76.0" not in build["setuptools"].specifier and "77.0" in build["setuptools"].specifier
