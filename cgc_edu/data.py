@@ -230,10 +230,12 @@ class TinyTasksCollator:
         self._ids: dict[tuple[str, bool], list[int]] = {}
 
     def _encode(self, texts: list[str], special: bool) -> list[list[int]]:
-        new = [t for t in dict.fromkeys(texts) if (t, special) not in self._ids]
+        unique = dict.fromkeys(texts)
+        new = [t for t in unique if (t, special) not in self._ids]
         if new:
             if len(self._ids) + len(new) > self.CACHE_SIZE:   # a large corpus: start afresh
                 self._ids.clear()
+                new = list(unique)   # with this batch's texts the cache held until now
             for text, ids in zip(new, self.tokenizer(new, add_special_tokens=special)["input_ids"]):
                 self._ids[(text, special)] = ids
         return [self._ids[(t, special)] for t in texts]

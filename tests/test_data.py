@@ -140,6 +140,21 @@ def test_collator_batch_is_the_tokenizers_ids_padded_and_repeats_exactly(tok, mo
     assert len(collate._ids) <= 2
 
 
+def test_collator_starting_its_cache_afresh_keeps_the_batchs_cached_strings(tok):
+    """A batch that mixes strings the cache holds with new ones that overflow it: the cache
+    starts afresh with the whole batch (it once kept only the new strings and failed with a
+    KeyError on the others, 2400 steps into a 26-task run)."""
+    seen = [{"prompt": "reverse:cab=", "target": "bac", "task_id": 0}]
+    mixed = seen + [{"prompt": "first:xyz=", "target": "x", "task_id": 1}]
+    collate = TinyTasksCollator(tok)
+    collate(seen)
+    collate.CACHE_SIZE = 3      # the new prompt fills it, the new target overflows it
+    batch, fresh = collate(mixed), TinyTasksCollator(tok)(mixed)
+    for k in fresh:
+        assert torch.equal(batch[k], fresh[k]), k
+    assert len(collate._ids) <= 3
+
+
 def test_collator_builds_on_the_requested_device(tok):
     rows = [{"prompt": "cab=", "target": "bac", "task_id": 0}]
     on_cpu = TinyTasksCollator(tok)(rows)
