@@ -1,6 +1,7 @@
 """The study runner: methods at their budgets, learning-rate choice, a tiny study end to end
 (resumable, results folder of the caller), and the quick rerun against the stored study."""
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -187,14 +188,40 @@ def test_a_stored_suite_control_is_the_studys_recipe_on_another_suite(spec):
     assert differ == {"grid_steps", "suite"}, differ
     assert control["settings"]["suite"] == spec and control["settings"]["grid_steps"] is None
     assert control["lr_grid"] == study["lr_grid"] and control["seeds"] == study["seeds"]
+    methods = set(control["lr"])   # the two a seesaw compares, and any shared method beside
+    assert {"integrated", "separate"} <= methods
+    assert set(re.search(r"--methods (\S+)", control["command"])[1].split(",")) == methods
     grid = pd.read_csv(folder / "lr_grid.csv")
-    assert set(grid["method"]) == {"integrated", "separate"} and len(grid) == 2 * len(study["lr_grid"])
+    assert set(grid["method"]) == methods and len(grid) == len(methods) * len(study["lr_grid"])
     assert grid[grid["chosen"]].set_index("method")["lr"].to_dict() == control["lr"]
     runs = load_results(folder)
-    assert set(runs["method"]) == {"integrated", "separate"} and set(runs["setting"]) == {"named"}
+    assert set(runs["method"]) == methods and set(runs["setting"]) == {"named"}
     assert list(pd.unique(runs["task"])) == [t.name for t in suite(spec)]
     assert sorted(runs["seed"].unique()) == study["seeds"]
     assert f"--suite {spec} " in control["command"] and "--grid-steps 0" in control["command"]
+
+
+def test_the_long_control_is_the_26_task_control_with_twice_the_steps_and_its_own_grid():
+    """results/controls/derangements_6x26_steps_2400: the integrated model of
+    controls/derangements_6x26 trained 2400 steps (about what the 26 independent models take
+    together, 100 each), its rate chosen again from a grid around the first choice; the same
+    seeds and everything else, so its seeds pair with that folder's independent models."""
+    from cgc_edu.reporting import load_results
+
+    base_folder = REPO / "results" / "controls" / "derangements_6x26"
+    folder = REPO / "results" / "controls" / "derangements_6x26_steps_2400"
+    base, control = experiments.stored_config(base_folder), experiments.stored_config(folder)
+    differ = {k for k in base["settings"] if base["settings"][k] != control["settings"][k]}
+    assert differ == {"steps"} and control["settings"]["steps"] == 2 * base["settings"]["steps"]
+    assert control["seeds"] == base["seeds"] and set(control["lr"]) == {"integrated"}
+    assert base["lr"]["integrated"] in control["lr_grid"] and len(control["lr_grid"]) == 3
+    grid = pd.read_csv(folder / "lr_grid.csv")
+    assert grid.loc[grid["validation"].idxmax(), "lr"] == control["lr"]["integrated"]
+    runs = load_results(folder)
+    assert set(runs["method"]) == {"integrated"} and sorted(runs["seed"].unique()) == base["seeds"]
+    assert list(pd.unique(runs["task"])) == list(pd.unique(load_results(base_folder)["task"]))
+    share = control["settings"]["min_separate_steps"] * len(pd.unique(runs["task"]))
+    assert 0.9 < control["settings"]["steps"] / share < 1   # the independent models' total
 
 
 def test_the_half_rate_control_is_the_twenty_task_control_at_half_the_integrated_rate():
