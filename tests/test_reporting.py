@@ -82,9 +82,13 @@ def test_a_report_of_part_of_the_study_says_what_it_did_not_measure():
     assert "**not seen**" not in text
     assert "except the independent models: two LoRAs" in text       # as many as the tasks
     assert "## Ablations" not in text and "affinity" not in text.split("## Files")[1]
-    full = markdown_report(fake_results(), grid, pd.DataFrame(), pd.DataFrame(), config)
-    assert "## Ablations" in full and "Seesaw (the integrated model's best seed below the independent " \
-        "models' worst): `a`, `b`." in full
+    baselines = markdown_report(fake_results(), grid, pd.DataFrame(), pd.DataFrame(), config)
+    assert "Seesaw (the integrated model's best seed below the independent " \
+        "models' worst): `a`, `b`." in baselines
+    assert "## Ablations" not in baselines        # CGC-LoRA without an ablation beside it
+    levels = {"separate": 0.5, "integrated": 0.2, "cgc_lora": 0.6, "cgc_no_common": 0.1}
+    full = markdown_report(fake_results(levels), grid, pd.DataFrame(), pd.DataFrame(), config)
+    assert "## Ablations" in full and "a private expert of rank budget / 2 inside" in full
 
 
 def test_collapses_name_the_seed_and_the_cause():
