@@ -207,6 +207,7 @@ def test_the_long_control_is_the_26_task_control_with_twice_the_steps_and_its_ow
     together, 100 each), its rate chosen again from a grid around the first choice; the same
     seeds and everything else, so its seeds pair with that folder's independent models."""
     from cgc_edu.reporting import load_results
+    from cgc_edu.suites import suite
 
     base_folder = REPO / "results" / "controls" / "derangements_6x26"
     folder = REPO / "results" / "controls" / "derangements_6x26_steps_2400"
@@ -219,7 +220,7 @@ def test_the_long_control_is_the_26_task_control_with_twice_the_steps_and_its_ow
     assert grid.loc[grid["validation"].idxmax(), "lr"] == control["lr"]["integrated"]
     runs = load_results(folder)
     assert set(runs["method"]) == {"integrated"} and sorted(runs["seed"].unique()) == base["seeds"]
-    assert list(pd.unique(runs["task"])) == list(pd.unique(load_results(base_folder)["task"]))
+    assert list(pd.unique(runs["task"])) == [t.name for t in suite(base["settings"]["suite"])]
     share = control["settings"]["min_separate_steps"] * len(pd.unique(runs["task"]))
     assert 0.9 < control["settings"]["steps"] / share < 1   # the independent models' total
 
@@ -229,6 +230,7 @@ def test_the_half_rate_control_is_the_twenty_task_control_at_half_the_integrated
     controls/derangements_6x20 rerun at half its grid's choice, nothing else changed, so
     chapter 07 may pair it with that folder's independent models seed by seed."""
     from cgc_edu.reporting import load_results
+    from cgc_edu.suites import suite
 
     twenty = REPO / "results" / "controls" / "derangements_6x20"
     folder = REPO / "results" / "controls" / "derangements_6x20_lr_0.003"
@@ -238,7 +240,7 @@ def test_the_half_rate_control_is_the_twenty_task_control_at_half_the_integrated
     runs = load_results(folder)
     assert set(runs["method"]) == {"integrated"} and set(runs["lr"]) == {0.003}
     assert sorted(runs["seed"].unique()) == base["seeds"]
-    assert list(pd.unique(runs["task"])) == list(pd.unique(load_results(twenty)["task"]))
+    assert list(pd.unique(runs["task"])) == [t.name for t in suite(base["settings"]["suite"])]
 
 
 def test_the_share_control_is_the_twenty_task_control_at_the_independent_models_share():
