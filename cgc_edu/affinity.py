@@ -41,6 +41,7 @@ from torch import nn
 from .config import AdapterConfig
 from .data import TinyTasksCollator, build_tokenizer
 from .injection import add_adapters, adapter_layers
+from .utils import training_seed
 
 METHODS = ("gradient", "lookahead", "update", "transfer")
 
@@ -105,7 +106,7 @@ def _probe(model: nn.Module, dataset, tokenizer, rank: int, seed: int, warmup_st
     from .train import train
 
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
+        torch.manual_seed(training_seed(seed))
         probe = add_adapters(copy.deepcopy(model), AdapterConfig.lora(rank=rank, alpha=rank))
         if warmup_steps:
             # one LoRA for all tasks: no task ids reach it (it has a single task)

@@ -224,7 +224,7 @@ def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) 
     from .models import load_central_model
     from .suites import suite
     from .train import evaluate
-    from .utils import seed_everything
+    from .utils import seed_everything, training_seed
 
     spec = METHODS[_check([method])[0]]
     torch.set_num_threads(settings.threads)
@@ -249,7 +249,7 @@ def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) 
         models, parts, params = {}, [], 0
         for task in tasks:
             with torch.random.fork_rng():
-                torch.manual_seed(seed)
+                torch.manual_seed(training_seed(seed))
                 model = add_adapters(load_central_model(settings.base),
                                      AdapterConfig.lora(rank=rank, alpha=2.0 * rank))
             mine = subset_tasks(train_rows, [task])

@@ -35,6 +35,7 @@ from .config import AdapterConfig
 from .data import build_tokenizer
 from .injection import add_adapters, adapter_layers
 from .io import export_peft_lora, load_adapters, read_adapter_config, save_adapters
+from .utils import training_seed
 
 FORMAT = "cgc_edu-one-plus-n"
 MANIFEST = "one_plus_n.json"
@@ -135,7 +136,7 @@ class OnePlusN:
         self.sets: dict[str, nn.Module] = {}
         with torch.random.fork_rng():
             for k, (name, cfg) in enumerate(configs.items()):
-                torch.manual_seed(seed + k)
+                torch.manual_seed(training_seed(seed + k))
                 self.sets[name] = add_adapters(_shared_view(base_model), cfg).eval()
         self._shared_message = (
             f"this layer's weights are the central model's, shared by the {len(self.sets)} adapter "

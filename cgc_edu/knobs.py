@@ -36,6 +36,7 @@ from .counterfactual import override_gate, override_choices
 from .layer import CGCLoRALinear
 from .moe import MoELayer, load_balancing_loss, router_stats
 from .synthetic import make_correlated_tasks
+from .utils import training_seed
 
 
 @contextlib.contextmanager
@@ -133,7 +134,7 @@ def train_lora_layer(problem: dict, rank: int, alpha: float, rslora: bool = Fals
 
     Returns ``(layer, losses)``; ``losses[0]`` is the loss before the first step.
     """
-    torch.manual_seed(seed)
+    torch.manual_seed(training_seed(seed))
     W0 = problem["W0"]
     layer = CGCLoRALinear(nn.Linear(W0.shape[1], W0.shape[0]), AdapterConfig.lora(rank, alpha))
     with torch.no_grad():
@@ -267,7 +268,7 @@ def train_router(X, Y, temperature: float = 1.0, k: int = 1, aux_coef: float = 0
     """
     if temperature <= 0:
         raise ValueError(f"train_router: temperature={temperature}; pass a number > 0.")
-    torch.manual_seed(seed)
+    torch.manual_seed(training_seed(seed))
     layer = MoELayer(X.shape[1], n_experts, d_hidden=8, k=k, renormalize=k > 1)
     with torch.no_grad():                       # a router that prefers expert 0 for every token
         layer.router.proj.weight.mul_(0.1)
@@ -375,9 +376,9 @@ def seesaw_front(weights: Sequence[float] = tuple(np.round(np.linspace(0.1, 0.9,
     variance = y_test.var(0).numpy()
 
     def fit(w: float) -> np.ndarray:
-        torch.manual_seed(seed)
+        torch.manual_seed(training_seed(seed))
         model = mtl.SharedBottom(20, 2, hidden=hidden, tower_hidden=8)
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(training_seed(seed))
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         for _ in range(steps):

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .utils import training_seed
+
 
 def _expert(in_features: int, hidden: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
@@ -229,7 +231,7 @@ def train_multitask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: i
 
     Taught in: notebooks/03_multitask_learning.ipynb
     """
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(training_seed(seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     losses = []

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .data import TinyTasksCollator
 from .injection import adapter_layers, task_context
 from .layer import TaskGate
-from .utils import seed_everything
+from .utils import seed_everything, training_seed
 
 
 def _rows(dataset) -> list[dict]:
@@ -123,7 +123,7 @@ def train(model, dataset, tokenizer, steps: int = 300, lr: float = 3e-3, batch_s
               {"params": [p for p in params if id(p) in gate_ids], "lr": gate_lr}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
-    order = torch.Generator().manual_seed(seed)
+    order = torch.Generator().manual_seed(training_seed(seed))
     queue: list[int] = []
     draw = _uniform_draw(rows, batch_size, order) if task_sampling == "uniform" else None
     losses = []

@@ -1,4 +1,5 @@
-"""Small shared helpers: seeding for deterministic notebooks and tests.
+"""Small shared helpers: seeding for deterministic notebooks and tests, and the training-seed
+switch that checks a trained claim on other seeds without touching the data.
 
 Taught in: notebooks/00_tour.ipynb.
 """
@@ -10,10 +11,55 @@ import random
 import numpy as np
 import torch
 
+#: The switch: ``CGC_EDU_TRAINING_SEED=k`` adds ``k`` to every training seed (adapter and
+#: model initialisation, batch order, dropout) in the library, the notebooks and the tests,
+#: while the generated data, the central model and every byte-compared output stay the same.
+#: Unset or 0 runs the committed seeds (notebooks/README.md, "The portability rule").
+TRAINING_SEED_VARIABLE = "CGC_EDU_TRAINING_SEED"
+
+
+def training_seed_shift() -> int:
+    """The value of the switch ``CGC_EDU_TRAINING_SEED`` (0 when unset)."""
+    value = os.environ.get(TRAINING_SEED_VARIABLE, "").strip() or "0"
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{TRAINING_SEED_VARIABLE}={value!r}: set it to an integer "
+                         "(0 or unset runs the committed seeds)") from None
+
+
+def training_seed(seed: int) -> int:
+    """The seed a training run with nominal seed ``seed`` actually uses: ``seed`` plus the
+    switch. Every random step of training (initialisation, batch order, dropout) draws from
+    it; data generation never does, so the switch changes the run and not the problem."""
+    return int(seed) + training_seed_shift()
+
 
 def seed_everything(seed: int = 0) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) so runs repeat exactly."""
+    """Seed Python, NumPy and torch so runs repeat exactly, at the training seed
+    ``training_seed(seed)`` (``seed`` itself unless ``CGC_EDU_TRAINING_SEED`` is set).
+
+    Use it before anything a training run draws; build fixed inputs (a batch to compare two
+    layers on, a regression problem) from their own ``torch.Generator``, so that they stay
+    the same under the switch."""
+    seed = training_seed(seed)
     random.seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``max |actual - expected| / max |expected|``: how far two computations of the same
+    quantity are apart, relative to its size. An exact equivalence (peft = cgc_edu, merged =
+    unmerged, from scratch = library) is checked as ``relative_difference(a, b) < tol``: an
+    absolute bound such as 1e-5 fails on another CPU's BLAS when the values are large, and
+    passes vacuously when they are tiny.
+
+    Taught in: notebooks/01_lora_from_scratch.ipynb
+    """
+    actual, expected = torch.as_tensor(actual).detach(), torch.as_tensor(expected).detach()
+    if actual.shape != expected.shape:
+        raise ValueError(f"relative_difference: shapes {tuple(actual.shape)} and "
+                         f"{tuple(expected.shape)} differ; compare the same quantity")
+    scale = expected.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
+    return float((actual - expected).abs().max() / scale)

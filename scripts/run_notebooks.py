@@ -24,6 +24,9 @@ IGNORE_OUTPUT = "nbval-ignore-output"
 def kernel_environment():
     """The test environment (see scripts/test.sh), set before the kernel starts."""
     os.environ.update(PYTHONHASHSEED="0", HF_HUB_OFFLINE="1")
+    # The committed outputs are those of the committed training seeds: never shifted.
+    if os.environ.pop("CGC_EDU_TRAINING_SEED", None) not in (None, "", "0"):
+        print("run_notebooks: CGC_EDU_TRAINING_SEED ignored: committed outputs use seed 0")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no busy-waiting threads on a shared CPU
     # A non-inline MPLBACKEND (e.g. Agg) inherited by the kernel would hide every figure.

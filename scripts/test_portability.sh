@@ -1,16 +1,39 @@
 #!/usr/bin/env bash
 # The portability run: nbval over every notebook and the library's tests (the training tests
-# marked `slow` and all the others, 70 s; not the book and browser tests) once more, with
-# torch's portable CPU kernels on one thread. Another CPU (AVX2 instead of AVX-512, a
-# laptop's) runs other kernels whose sums differ in the last bits; these two settings change
-# the numerics on this machine the same way, so a trained claim that holds here holds there
-# (notebooks/README.md, "The portability rule"). Run it after scripts/test.sh, which sets up
-# .venv; extra arguments pass to both pytest runs.
+# marked `slow` and all the others; not the book and browser tests) once more, with torch's
+# portable CPU kernels on one thread AND another training seed (CGC_EDU_TRAINING_SEED), so one
+# extra pass checks both ways a learner's run can differ from the committed one: another CPU's
+# kernels and another trajectory (notebooks/README.md, "The portability rule").
+#
+#   bash scripts/test_portability.sh                 # what CI runs: training seed 1
+#   bash scripts/test_portability.sh --seeds 1,2,3,4 # each seed in turn (local checking)
+#   bash scripts/test_portability.sh --seeds 2 notebooks/00_tour.ipynb
+#
+# Run it after scripts/test.sh, which sets up .venv. Other arguments pass to pytest; with
+# paths among them, only those are run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+seeds=1
+if [ "${1:-}" = "--seeds" ]; then
+    seeds=${2:-}
+    shift 2 || true
+fi
+if ! [[ "$seeds" =~ ^-?[0-9]+(,-?[0-9]+)*$ ]]; then
+    echo "test_portability.sh: --seeds $seeds: give training seeds as integers separated by commas, e.g. --seeds 1,2,3,4" >&2
+    exit 2
+fi
 . .venv/bin/activate
 export PYTHONHASHSEED=0 OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1
 export ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1
-python -c "import torch; print('portability run: CPU capability', torch.backends.cpu.get_cpu_capability(), '| threads', torch.get_num_threads())"
-python -m pytest -p no:cacheprovider notebooks "$@"
-python -m pytest -p no:cacheprovider tests --ignore=tests/test_book.py --ignore=tests/test_browser_lab.py "$@"
+paths=()
+for arg in "$@"; do [ -e "$arg" ] && paths+=("$arg"); done
+for seed in ${seeds//,/ }; do
+    export CGC_EDU_TRAINING_SEED=$seed
+    python -c "import torch; print('portability run: CPU capability', torch.backends.cpu.get_cpu_capability(), '| threads', torch.get_num_threads(), '| training seed +$seed')"
+    if [ ${#paths[@]} -gt 0 ]; then
+        python -m pytest -p no:cacheprovider "$@"
+    else
+        python -m pytest -p no:cacheprovider notebooks "$@"
+        python -m pytest -p no:cacheprovider tests --ignore=tests/test_book.py --ignore=tests/test_browser_lab.py "$@"
+    fi
+done

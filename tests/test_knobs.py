@@ -14,13 +14,14 @@ from cgc_edu.diagrams import drawn_parts
 from cgc_edu.knobs import (CGCConfigBuilder, LoRAKnobs, RouterKnobs, SeesawKnobs,
                            adapter_parameter_count, clustered_tokens, lora_regression,
                            lora_scaling, seesaw_front, train_lora_layer, train_router)
+from cgc_edu.utils import seed_everything
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _plain_lora_norm(problem, rank, alpha, rslora, steps=40, lr=1e-2):
     """A from-scratch LoRA (x A^T B^T s) started from the library layer's A: ||s B A||_F."""
-    torch.manual_seed(0)
+    seed_everything(0)
     start = CGCLoRALinear(nn.Linear(32, 24), AdapterConfig.lora(rank, alpha)).lora_A[0].detach()
     A = nn.Parameter(start.clone())
     B = nn.Parameter(torch.zeros(24, rank))

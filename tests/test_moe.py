@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from cgc_edu.moe import MoELayer, Router, RouterOutput, load_balancing_loss, router_stats, top_k_gating
+from cgc_edu.utils import seed_everything
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_top_k_selects_k_and_renormalises(k):
-    torch.manual_seed(0)
+    seed_everything(0)
     logits = torch.randn(32, 6)
     weights, indices = top_k_gating(logits.softmax(-1), k)
     assert indices.shape == (32, k)
@@ -22,7 +23,7 @@ def test_top_k_selects_k_and_renormalises(k):
 
 
 def test_router_probabilities_and_noise_only_in_training():
-    torch.manual_seed(0)
+    seed_everything(0)
     router = Router(8, n_experts=4, k=2, noise_std=1.0)
     x = torch.randn(16, 8)
     router.eval()
@@ -35,7 +36,7 @@ def test_router_probabilities_and_noise_only_in_training():
 
 
 def test_moe_layer_matches_a_loop_over_selected_experts():
-    torch.manual_seed(0)
+    seed_everything(0)
     layer = MoELayer(d_model=8, n_experts=4, d_hidden=16, k=2).eval()
     x = torch.randn(3, 5, 8)
     y = layer(x)
@@ -61,7 +62,7 @@ def test_load_balancing_loss_uniform_is_minimal_and_collapse_is_larger():
     assert collapsed.item() == pytest.approx(0.97 * n_experts)
     assert collapsed > uniform
 
-    torch.manual_seed(0)  # any softmax routing sits between the two
+    seed_everything(0)  # any softmax routing sits between the two
     probs = torch.randn(n_tokens, n_experts).softmax(-1)
     mixed = load_balancing_loss(probs, top_k_gating(probs, 1)[1])
     assert uniform <= mixed < collapsed
@@ -76,7 +77,7 @@ def test_load_balancing_gradient_moves_probability_off_the_busy_expert():
 
 
 def test_router_stats_counts_and_entropies():
-    torch.manual_seed(0)
+    seed_everything(0)
     router = Router(8, n_experts=4, k=2).eval()
     with torch.no_grad():
         router.proj.weight.zero_()  # uniform probabilities

@@ -3,12 +3,13 @@ import pytest
 import torch
 
 from cgc_edu.mtl import CGC, MMoE, PLE, SharedBottom, task_losses, train_multitask
+from cgc_edu.utils import seed_everything
 
 D, T = 6, 3
 
 
 def build(name, out_features=1):
-    torch.manual_seed(0)
+    seed_everything(0)
     return {
         "shared_bottom": lambda: SharedBottom(D, T, hidden=8, tower_hidden=4, out_features=out_features),
         "mmoe": lambda: MMoE(D, T, n_experts=3, expert_hidden=8, tower_hidden=4, out_features=out_features),
@@ -34,7 +35,7 @@ def _flat_gates(model, x):
 @pytest.mark.parametrize("name", ["mmoe", "cgc", "ple"])
 def test_gates_are_distributions_that_depend_on_the_input(name):
     model = build(name)
-    torch.manual_seed(1)
+    seed_everything(1)
     x = torch.randn(7, D)
     for g in _flat_gates(model, x):
         assert (g >= 0).all()
@@ -54,7 +55,7 @@ def test_gate_widths_and_labels():
 
 
 def test_cgc_without_specific_experts_equals_mmoe():
-    torch.manual_seed(0)
+    seed_everything(0)
     mmoe = MMoE(D, T, n_experts=4, expert_hidden=8, tower_hidden=4)
     cgc = CGC(D, T, n_shared=4, n_specific=0, expert_hidden=8, tower_hidden=4)
     cgc.extraction.shared_experts.load_state_dict(mmoe.experts.state_dict())
@@ -68,7 +69,7 @@ def test_cgc_without_specific_experts_equals_mmoe():
 
 
 def test_ple_with_one_level_equals_cgc():
-    torch.manual_seed(0)
+    seed_everything(0)
     cgc = CGC(D, T, n_shared=2, n_specific=2, expert_hidden=8, tower_hidden=4)
     ple = PLE(D, T, n_shared=2, n_specific=2, expert_hidden=8, tower_hidden=4, n_levels=1)
     state = {k.replace("extraction.", "levels.0.", 1): v for k, v in cgc.state_dict().items()}
@@ -88,7 +89,7 @@ def test_cgc_specific_experts_are_private_to_their_task():
 
 @pytest.mark.slow
 def test_training_reduces_loss_and_is_reproducible():
-    torch.manual_seed(0)
+    seed_everything(0)
     x = torch.randn(256, D)
     y = torch.stack([x[:, 0] + x[:, 1], x[:, 2] - x[:, 3], x[:, 4]], dim=1)
     runs = []

@@ -6,11 +6,12 @@ from torch import nn
 
 from cgc_edu import AdapterConfig, adapter_layers
 from cgc_edu.recording import GateRecorder, GateRecording, load_recording
+from cgc_edu.utils import seed_everything
 from fixtures.gate_data import TASKS, TinyBlocks, synthetic_recording, tiny_model
 
 
 def _scramble_gates(model, seed):
-    torch.manual_seed(seed)
+    seed_everything(seed)
     with torch.no_grad():
         for layer in adapter_layers(model).values():
             layer.gate.weight.normal_()
@@ -51,7 +52,7 @@ def test_gates_outside_the_allowed_set_are_zero_and_rows_sum_to_one():
 
 @pytest.mark.slow
 def test_as_training_callback_records_every_k_steps_and_follows_learning():
-    torch.manual_seed(0)
+    seed_everything(0)
     model = tiny_model()
     recorder = GateRecorder(model, task_names=TASKS, every=3)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
@@ -77,7 +78,7 @@ def test_with_the_library_training_loop():
     from cgc_edu.train import train
 
     tokenizer = build_tokenizer()
-    torch.manual_seed(0)
+    seed_everything(0)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,

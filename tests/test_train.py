@@ -11,6 +11,7 @@ from cgc_edu.injection import adapter_layers
 from cgc_edu.models import load_central_model
 import cgc_edu.train as train_module
 from cgc_edu.train import evaluate, greedy_decode, model_device, train
+from cgc_edu.utils import seed_everything
 
 from tiny_models import Seen, spy_on_generate  # tests/tiny_models.py
 
@@ -36,7 +37,7 @@ def _loss(model, rows, tok):
 
 @pytest.mark.slow
 def test_train_learns_two_conflicting_tasks_and_calls_back(data, tok, capsys):
-    torch.manual_seed(0)
+    seed_everything(0)
     model = add_adapters(load_central_model(), AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=2))
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
     rows = data["test"].to_list()
@@ -58,14 +59,14 @@ def test_train_learns_two_conflicting_tasks_and_calls_back(data, tok, capsys):
 def test_train_is_deterministic_for_a_seed(data, tok):
     runs = []
     for _ in range(2):
-        torch.manual_seed(5)  # the adapters' initialisation
+        seed_everything(5)  # the adapters' initialisation
         model = add_adapters(load_central_model(), AdapterConfig.lora(rank=4, alpha=8, n_tasks=2))
         runs.append(train(model, data["train"], tok, steps=3, batch_size=8, seed=5, progress=False))
     assert runs[0] == pytest.approx(runs[1], rel=1e-5) and runs[0][-1] < runs[0][0]
 
 
 def test_mixed_batches_decode_like_single_prompts(tok):
-    torch.manual_seed(0)
+    seed_everything(0)
     model = add_adapters(load_central_model(), AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=2))
     for layer in adapter_layers(model).values():  # make the two tasks' adapters differ
         torch.nn.init.normal_(layer.lora_B, std=0.05)
@@ -80,7 +81,7 @@ def test_mixed_batches_decode_like_single_prompts(tok):
 
 @pytest.mark.slow
 def test_trainer_routes_task_ids(data, tok, tmp_path):
-    torch.manual_seed(0)
+    seed_everything(0)
     # Three task slots, data for two: the third expert must stay untouched.
     model = add_adapters(load_central_model(), AdapterConfig.independent(rank=6, alpha=12, n_tasks=3))
     rows = data["test"].to_list()
@@ -137,7 +138,7 @@ def test_clear_errors(data, tok):
 
 @pytest.mark.slow
 def test_gate_lr_sets_the_gates_own_step(data, tok):
-    torch.manual_seed(0)
+    seed_everything(0)
     model = add_adapters(load_central_model(),
                          AdapterConfig.moe_lora(rank=4, alpha=8, n_tasks=2, n_experts=2))
     gates = {n: p.clone() for n, p in model.named_parameters() if ".gate." in n}
@@ -191,7 +192,7 @@ def test_model_device_of_a_model_without_parameters_is_cpu():
 def test_train_and_evaluate_on_cuda_match_cpu(data, tok):
     runs = {}
     for device in ("cpu", "cuda"):
-        torch.manual_seed(0)
+        seed_everything(0)
         model = add_adapters(load_central_model(), AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=2))
         model.to(device)
         losses = train(model, data["train"], tok, steps=20, lr=1e-2, batch_size=16, progress=False)

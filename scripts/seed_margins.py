@@ -1,0 +1,220 @@
+"""Run the notebooks under several training seeds and numeric backends, and report the margin
+left by every trained claim (every comparison asserted in a cell tagged `nbval-ignore-output`).
+
+    python scripts/seed_margins.py                       # seeds 0-4, both backends, every notebook
+    python scripts/seed_margins.py notebooks/00_tour.ipynb --seeds 0,1 --backends portable
+    python scripts/seed_margins.py --report-only         # rebuild the report from stored runs
+
+Each run executes a notebook top to bottom in a fresh kernel with `CGC_EDU_TRAINING_SEED` set
+(notebooks/README.md, "The portability rule"); the portable backend adds
+`ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1`. After each checked cell, a probe evaluates
+both sides of each top-level `assert a <op> b` (and each part of `assert p and q`); asserts in
+loops or over collections are recorded as passed or failed. One JSON file per notebook, seed
+and backend goes to `--store` (resumable: a stored run is not repeated), and the report,
+per notebook, each claim's worst value over all runs and the margin left, to `--report`.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = {
+    "default": {},                                   # this CPU's kernels, 2 threads
+    "default-1thread": {"OMP_NUM_THREADS": "1"},     # this CPU's kernels, one thread
+    "portable": {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"},
+}
+ORDER = (ast.Gt, ast.GtE, ast.Lt, ast.LtE)
+
+
+def _claims(source: str) -> list[dict]:
+    """The asserts of one cell: for a top-level comparison, the expressions of its two sides."""
+    try:
+        tree = ast.parse("\n".join(l for l in source.splitlines() if not l.lstrip().startswith(("%", "!"))))
+    except SyntaxError:
+        return []
+    found = []
+    top = {id(node) for node in tree.body}
+
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Assert):
+            continue
+        text = ast.get_source_segment(source, node) or ast.unparse(node)
+        parts = node.test.values if isinstance(node.test, ast.BoolOp) and isinstance(
+            node.test.op, ast.And) else [node.test]
+        for part in parts:
+            claim = {"line": node.lineno, "assert": " ".join(text.split())[:160],
+                     "part": ast.unparse(part)[:160]}
+            every = (isinstance(part, ast.Call) and isinstance(part.func, ast.Attribute)
+                     and part.func.attr == "all" and not part.args)
+            compare = part.func.value if every else part
+            if (id(node) in top and isinstance(compare, ast.Compare) and len(compare.ops) == 1
+                    and isinstance(compare.ops[0], ORDER)):
+                op = type(compare.ops[0]).__name__
+                left = ast.unparse(compare.left)
+                if every:  # (values > bound).all(): the worst of the values
+                    worst = "min" if op in ("Gt", "GtE") else "max"
+                    left = f"__import__('numpy').{worst}(__import__('numpy').asarray({left}))"
+                claim.update(op=op, left=left, right=ast.unparse(compare.comparators[0]))
+            found.append(claim)
+    return found
+
+
+PROBE = """
+import json as _json
+def _cgc_value(expr):
+    try:
+        return float(eval(expr))
+    except Exception:
+        return None
+print("CGC_PROBE" + _json.dumps([[_cgc_value(l), _cgc_value(r)] for l, r in {pairs!r}]))
+"""
+
+
+def run_notebook(path: Path, seed: int, backend: str) -> dict:
+    """Execute one notebook under one seed and backend (in this process's environment)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, kernel_name="python3", timeout=900, allow_errors=True,
+                            resources={"metadata": {"path": str(path.parent)}})
+    claims, errors = [], []
+    with client.setup_kernel():
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            client.execute_cell(cell, index)
+            tags = cell.metadata.get("tags", [])
+            error = next((o for o in cell.outputs if o.output_type == "error"), None)
+            if error is not None and "raises-exception" not in tags:
+                errors.append({"cell": index, "error": f"{error.ename}: {error.evalue}"[:400]})
+            if "nbval-ignore-output" not in tags:
+                continue
+            found = _claims(cell.source)
+            pairs = [(c["left"], c["right"]) for c in found if "op" in c]
+            values = []
+            if pairs:
+                probe = nbformat.v4.new_code_cell(PROBE.format(pairs=pairs))
+                client.execute_cell(probe, index)
+                text = "".join(o.get("text", "") for o in probe.outputs if o.output_type == "stream")
+                line = next((l for l in text.splitlines() if l.startswith("CGC_PROBE")), None)
+                values = json.loads(line[len("CGC_PROBE"):]) if line else [[None, None]] * len(pairs)
+            it = iter(values)
+            for claim in found:
+                claim["cell"] = index
+                claim["failed"] = error is not None and "raises-exception" not in tags
+                if "op" in claim:
+                    claim["values"] = next(it)
+                claims.append(claim)
+    return {"notebook": path.name, "seed": seed, "backend": backend, "claims": claims,
+            "errors": errors}
+
+
+def margin(claim: dict) -> float | None:
+    """How far the claim is from failing: the left side's distance to the bound, in the
+    direction the claim needs (negative: it failed)."""
+    left, right = claim.get("values") or (None, None)
+    if left is None or right is None:
+        return None
+    return left - right if claim["op"] in ("Gt", "GtE") else right - left
+
+
+def report(store: Path, out: Path) -> str:
+    runs = [json.loads(p.read_text()) for p in sorted(store.glob("*.json"))]
+    lines = ["# Margins of the trained claims over training seeds and numeric backends", "",
+             "Made by `python scripts/seed_margins.py` (notebooks/README.md, \"The portability "
+             "rule\"). For each trained assert: the runs it was checked on, its worst left-hand "
+             "value and the bound, and the margin left at that worst run (negative: it failed). "
+             "Asserts in loops or over collections show passed or failed only.", ""]
+    by_nb: dict[str, list[dict]] = {}
+    for run in runs:
+        by_nb.setdefault(run["notebook"], []).append(run)
+    for name in sorted(by_nb):
+        group = by_nb[name]
+        combos = sorted({(r["seed"], r["backend"]) for r in group})
+        seeds = sorted({s for s, _ in combos})
+        backends = sorted({b for _, b in combos})
+        lines += [f"## {name}", "",
+                  f"{len(combos)} runs: seeds {', '.join(map(str, seeds))}; backends "
+                  f"{', '.join(backends)}.", ""]
+        errors = [(r["seed"], r["backend"], e) for r in group for e in r["errors"]]
+        for seed, backend, e in errors:
+            lines.append(f"- **error** in cell {e['cell']} (seed {seed}, {backend}): `{e['error']}`")
+        if errors:
+            lines.append("")
+        lines += ["| cell | claim | worst value | bound | margin | worst run | failed runs |",
+                  "|---|---|---|---|---|---|---|"]
+        keyed: dict[tuple, list] = {}
+        for run in group:
+            for c in run["claims"]:
+                keyed.setdefault((c["cell"], c["line"], c["part"]), []).append((run, c))
+        for (cell, _, part), items in sorted(keyed.items()):
+            scored = [(margin(c), r, c) for r, c in items if margin(c) is not None]
+            # a measured claim fails by its own margin; an unmeasured one with its cell
+            failed = [f"{r['seed']}/{r['backend']}" for r, c in items
+                      if (margin(c) < 0 if margin(c) is not None else c["failed"])]
+            if scored:
+                m, r, c = min(scored, key=lambda t: t[0])
+                row = (f"| {cell} | `{part.replace('|', '/')}` | {c['values'][0]:.4g} | "
+                       f"{c['values'][1]:.4g} | {m:+.4g} | {r['seed']}/{r['backend']} | "
+                       f"{', '.join(failed) or 'none'} |")
+            else:
+                row = (f"| {cell} | `{part.replace('|', '/')}` | {'passed' if not failed else 'failed'} "
+                       f"| | | | {', '.join(failed) or 'none'} |")
+            lines.append(row)
+        lines.append("")
+    text = "\n".join(lines)
+    out.write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", type=Path)
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--backends", default="default,portable")
+    parser.add_argument("--store", type=Path, default=ROOT / "results" / "seed_margins")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="default: seed_margins.md in the store's parent folder")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--one", nargs=3, metavar=("NOTEBOOK", "SEED", "BACKEND"),
+                        help=argparse.SUPPRESS)  # a single run, in the child process
+    args = parser.parse_args(argv)
+    if args.one:
+        path, seed, backend = Path(args.one[0]), int(args.one[1]), args.one[2]
+        result = run_notebook(path, seed, backend)
+        args.store.mkdir(parents=True, exist_ok=True)
+        (args.store / f"{path.stem}__seed{seed}__{backend}.json").write_text(json.dumps(result, indent=1))
+        return 0
+    report_path = args.report or args.store.parent / "seed_margins.md"
+    if not args.report_only:
+        notebooks = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+        seeds = [int(s) for s in args.seeds.split(",")]
+        backends = args.backends.split(",")
+        for b in backends:
+            if b not in BACKENDS:
+                parser.error(f"--backends: {b!r} is not one of {sorted(BACKENDS)}")
+        for path in notebooks:          # one notebook's runs together: its picture first
+            for backend in backends:
+                for seed in seeds:
+                    target = args.store / f"{path.stem}__seed{seed}__{backend}.json"
+                    if target.exists():
+                        continue
+                    env = {**os.environ, "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1",
+                           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+                           "CGC_EDU_TRAINING_SEED": str(seed), **BACKENDS[backend]}
+                    print(f"{path.name}: seed {seed}, {backend}", flush=True)
+                    subprocess.run([sys.executable, __file__, "--one", str(path), str(seed), backend,
+                                    "--store", str(args.store)], env=env, check=True)
+    print(report(args.store, report_path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

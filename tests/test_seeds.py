@@ -1,0 +1,99 @@
+"""The training-seed switch CGC_EDU_TRAINING_SEED: it moves every training run and nothing else
+(notebooks/README.md, "The portability rule")."""
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgc_edu import AdapterConfig, add_adapters
+from cgc_edu.data import build_tokenizer, make_tiny_tasks
+from cgc_edu.models import load_central_model
+from cgc_edu.train import train
+from cgc_edu.utils import TRAINING_SEED_VARIABLE, seed_everything, training_seed
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_switch_adds_to_every_training_seed(monkeypatch):
+    monkeypatch.delenv(TRAINING_SEED_VARIABLE, raising=False)
+    assert training_seed(3) == 3
+    monkeypatch.setenv(TRAINING_SEED_VARIABLE, "2")
+    assert training_seed(3) == 5 and training_seed(0) == 2
+    seed_everything(0)
+    shifted = torch.rand(4)
+    monkeypatch.setenv(TRAINING_SEED_VARIABLE, "0")
+    seed_everything(2)
+    assert torch.equal(shifted, torch.rand(4))
+
+
+def test_a_bad_switch_names_the_value_and_the_fix(monkeypatch):
+    monkeypatch.setenv(TRAINING_SEED_VARIABLE, "one")
+    with pytest.raises(ValueError, match=r"CGC_EDU_TRAINING_SEED='one'.*integer"):
+        training_seed(0)
+
+
+def _short_run(shift, monkeypatch):
+    monkeypatch.setenv(TRAINING_SEED_VARIABLE, str(shift))
+    data = make_tiny_tasks(seed=0, n_train=16, n_low=4, n_validation=4, n_test=4)
+    seed_everything(0)
+    model = add_adapters(load_central_model(), AdapterConfig.cgc_lora(
+        rank=6, n_tasks=len(set(data["train"]["task"])), n_common=2, n_specific=1, dropout=0.1))
+    init = next(p for n, p in model.named_parameters() if "lora_A" in n).detach().clone()
+    losses = train(model, data["train"], build_tokenizer(), steps=3, batch_size=8, lr=1e-2,
+                   progress=False)
+    return data, init, losses
+
+
+def test_the_switch_moves_training_but_not_the_data_or_the_central_model(monkeypatch):
+    data0, init0, losses0 = _short_run(0, monkeypatch)
+    again = _short_run(0, monkeypatch)
+    data1, init1, losses1 = _short_run(1, monkeypatch)
+    assert again[2] == losses0                        # deterministic for one setting
+    assert not torch.equal(init0, init1)              # another initialisation
+    assert losses1 != losses0                         # another run
+    for split in data0:                               # the same problem
+        assert data0[split].to_list() == data1[split].to_list()
+    monkeypatch.setenv(TRAINING_SEED_VARIABLE, "3")
+    shifted, plain = load_central_model().state_dict(), None
+    monkeypatch.delenv(TRAINING_SEED_VARIABLE)
+    plain = load_central_model().state_dict()
+    assert all(torch.equal(shifted[k], plain[k]) for k in plain)
+
+
+def test_the_portability_script_takes_a_list_of_seeds():
+    text = (ROOT / "scripts" / "test_portability.sh").read_text()
+    assert "--seeds" in text and TRAINING_SEED_VARIABLE in text
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "test_portability.sh"), "--seeds", "x"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "--seeds x" in out.stderr
+
+
+def test_ci_runs_the_portability_pass_on_another_training_seed():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "test_portability.sh" in ci
+    script = (ROOT / "scripts" / "test_portability.sh").read_text()
+    default = [l for l in script.splitlines() if l.startswith("seeds=")]
+    assert default and default[0] != "seeds=0", "CI's portability pass must use another seed"
+
+
+def _margins_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("seed_margins", ROOT / "scripts" / "seed_margins.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seed_margins_reads_both_sides_of_each_trained_claim():
+    sm = _margins_module()
+    claims = sm._claims("x = 1\nassert a > 0.5 and b['k'] < c / 2\nassert (em > 0.9).all()\n"
+                        "for t in ts:\n    assert t < 1\n")
+    measured = [c for c in claims if "op" in c]
+    assert [(c["left"], c["op"], c["right"]) for c in measured[:2]] == [
+        ("a", "Gt", "0.5"), ("b['k']", "Lt", "c / 2")]
+    assert "numpy').min" in measured[2]["left"] and measured[2]["right"] == "0.9"
+    assert len(claims) == 4 and "op" not in claims[3]          # in a loop: pass/fail only
+    assert sm.margin({"op": "Gt", "values": [0.7, 0.5]}) == pytest.approx(0.2)
+    assert sm.margin({"op": "Lt", "values": [0.7, 0.5]}) == pytest.approx(-0.2)
+    assert sm.margin({"op": "Lt", "values": [None, 0.5]}) is None
