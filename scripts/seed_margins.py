@@ -125,6 +125,18 @@ def margin(claim: dict) -> float | None:
     return left - right if claim["op"] in ("Gt", "GtE") else right - left
 
 
+def _current_parts(name: str):
+    """The claims the notebook makes now (a stored run of an older version may hold others)."""
+    import nbformat
+
+    path = ROOT / "notebooks" / name
+    if not path.is_file():
+        return None
+    nb = nbformat.read(path, as_version=4)
+    return {c["part"] for cell in nb.cells if cell.cell_type == "code"
+            and "nbval-ignore-output" in cell.metadata.get("tags", []) for c in _claims(cell.source)}
+
+
 def report(store: Path, out: Path) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(store.glob("*.json"))]
     lines = ["# Margins of the trained claims over training seeds and numeric backends", "",
@@ -150,11 +162,13 @@ def report(store: Path, out: Path) -> str:
             lines.append("")
         lines += ["| cell | claim | worst value | bound | margin | worst run | failed runs |",
                   "|---|---|---|---|---|---|---|"]
+        current = _current_parts(name)
         keyed: dict[tuple, list] = {}
         for run in group:
             for c in run["claims"]:
-                keyed.setdefault((c["cell"], c["line"], c["part"]), []).append((run, c))
-        for (cell, _, part), items in sorted(keyed.items()):
+                if current is None or c["part"] in current:   # claims since removed: left out
+                    keyed.setdefault((c["cell"], c["part"]), []).append((run, c))
+        for (cell, part), items in sorted(keyed.items()):
             scored = [(margin(c), r, c) for r, c in items if margin(c) is not None]
             # a measured claim fails by its own margin; an unmeasured one with its cell
             failed = [f"{r['seed']}/{r['backend']}" for r, c in items
