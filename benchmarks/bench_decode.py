@@ -20,7 +20,7 @@ import torch
 
 from cgc_edu import AdapterConfig, add_adapters
 from cgc_edu.data import build_tokenizer, make_tiny_tasks
-from cgc_edu.injection import adapter_layers
+from cgc_edu.adapters.injection import adapter_layers
 from cgc_edu.models import load_central_model
 from cgc_edu.train import greedy_decode
 

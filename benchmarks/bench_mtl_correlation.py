@@ -1,6 +1,6 @@
 """Task correlation sweep of the MMoE paper (Ma et al. 2018, fig. 4) with all four chapter-3 models.
 
-For each correlation p and seed: draw the two synthetic tasks (cgc_edu.synthetic), train
+For each correlation p and seed: draw the two synthetic tasks (cgc_edu.data.synthetic), train
 shared-bottom, MMoE, CGC and PLE with the same budget, and report the test loss as MSE divided
 by the label variance (1 - R^2, so seeds with harder sine shapes are comparable), mean ± std
 over seeds. The last column is the paired per-seed gap shared-bottom - MMoE: the paper's
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cgc_edu.mtl import CGC, MMoE, PLE, SharedBottom, task_losses, train_multitask
-from cgc_edu.synthetic import make_correlated_tasks
+from cgc_edu.data.synthetic import make_correlated_tasks
 
 D, N_TRAIN, N_TEST = 20, 8000, 2000
 MODELS = {  # 32 hidden units below the towers in each model (see --bottom-hidden)

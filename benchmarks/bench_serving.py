@@ -34,7 +34,7 @@ from transformers import LlamaForCausalLM
 from cgc_edu import AdapterConfig, add_adapters
 from cgc_edu.data import build_tokenizer, make_tiny_tasks
 from cgc_edu.framework import OnePlusN, prior_clusters, unique_parameter_bytes
-from cgc_edu.injection import adapter_layers
+from cgc_edu.adapters.injection import adapter_layers
 from cgc_edu.models import central_config
 from cgc_edu.train import greedy_decode
 

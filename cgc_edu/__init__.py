@@ -3,11 +3,11 @@
 LoRA -> mixture of experts -> CGC-LoRA (Song et al. 2024, arXiv 2402.01684) and the
 paper's "1+N" pattern: one central model plus N adapter sets, one per cluster of tasks.
 """
-from .config import AdapterConfig, ExpertLayout
-from .injection import (add_adapters, adapter_layers, merge_task, remove_adapters, task_context,
-                        trainable_parameters, unmerge)
-from .io import export_peft_lora, load_adapters, save_adapters
-from .layer import CGCLoRALinear, TaskGate
+# The public names: the adapter method's (cgc_edu.adapters), importable from the top.
+from .adapters import (AdapterConfig, CGCLoRALinear, ExpertLayout, TaskGate, adapter_layers,
+                       add_adapters, export_peft_lora, load_adapters, merge_task,
+                       remove_adapters, save_adapters, task_context, trainable_parameters,
+                       unmerge)
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cgc_edu.knobs import seesaw_front
+from cgc_edu.course.knobs import seesaw_front
 from cgc_edu.utils import TRAINING_SEED_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set everything up from nothing, then open the course: a one-minute CGC-LoRA run on a tiny
-# Llama (python -m cgc_edu.demo), then JupyterLab on notebooks/ at the ten-minute tour.
+# Llama (python -m cgc_edu.course.demo), then JupyterLab on notebooks/ at the ten-minute tour.
 #
 #   bash scripts/start.sh            # demo, then JupyterLab on http://127.0.0.1:8888 (Ctrl-C stops it)
 #   bash scripts/start.sh --book     # demo, then build the static book instead (book/_build/html/index.html)
@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-python -m cgc_edu.demo
+python -m cgc_edu.course.demo
 case "${1:-}" in
     --demo) ;;
     --book) bash scripts/build_book.sh ;;

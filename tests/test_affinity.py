@@ -1,4 +1,4 @@
-"""Task affinity and clustering (cgc_edu.affinity): measures, hierarchical clustering, the Rand
+"""Task affinity and clustering (cgc_edu.framework.affinity): measures, hierarchical clustering, the Rand
 and adjusted Rand indices, and the suite's own clusters."""
 import numpy as np
 import pandas as pd
@@ -6,12 +6,12 @@ import pytest
 import torch
 from datasets import Dataset
 
-from cgc_edu import affinity
-from cgc_edu.affinity import (adjusted_rand_index, cluster_tasks, clustering_agreement, measured_clusters,
+from cgc_edu.framework import affinity
+from cgc_edu.framework.affinity import (adjusted_rand_index, cluster_tasks, clustering_agreement, measured_clusters,
                               prior_clusters, subset_tasks, task_affinity, task_linkage)
 from cgc_edu.data import TASKS, make_tiny_tasks
 from cgc_edu.framework import base_fingerprint
-from cgc_edu.injection import adapter_layers
+from cgc_edu.adapters.injection import adapter_layers
 
 from tiny_models import TOK, tiny_base  # tests/tiny_models.py
 
@@ -22,7 +22,7 @@ def tasks():
     return make_tiny_tasks(seed=0, n_train=24, n_low=8, n_validation=0, n_test=6)
 
 
-def test_framework_still_exports_the_moved_names():
+def test_the_framework_package_exports_the_affinity_measures():
     from cgc_edu import framework
     for name in ["task_affinity", "cluster_tasks", "prior_clusters", "subset_tasks",
                  "clustering_agreement", "task_linkage"]:

@@ -17,7 +17,7 @@ from transformers.pytorch_utils import Conv1D
 
 from cgc_edu import (AdapterConfig, CGCLoRALinear, add_adapters, export_peft_lora, load_adapters,
                      merge_task, save_adapters, task_context, unmerge)
-from cgc_edu.injection import adapter_layers, remove_adapters
+from cgc_edu.adapters.injection import adapter_layers, remove_adapters
 
 VOCAB = 64
 IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cgc_edu import AdapterConfig, adapter_layers, add_adapters, merge_task
-from cgc_edu.counterfactual import override_choices, override_gate
+from cgc_edu.course.counterfactual import override_choices, override_gate
 from fixtures.gate_data import tiny_model
 
 TASK = 1
@@ -110,7 +110,7 @@ def test_choices_list_the_overrides_that_make_sense():
 
 def test_counterfactual_widget_decodes_with_and_without_the_override():
     from cgc_edu.data import build_tokenizer, make_tiny_tasks
-    from cgc_edu.knobs import CounterfactualGate
+    from cgc_edu.course.knobs import CounterfactualGate
     from cgc_edu.models import load_central_model
     from cgc_edu.train import greedy_decode
 

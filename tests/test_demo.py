@@ -1,7 +1,7 @@
 """The README's main job runs end to end and its checks hold."""
 import pytest
 
-from cgc_edu import demo
+from cgc_edu.course import demo
 
 
 @pytest.mark.slow

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from cgc_edu import AdapterConfig, CGCLoRALinear
-from cgc_edu.diagrams import (MAX_WIDTH, cgc_lora_diagram, drawn_parts, lora_diagram,
+from cgc_edu.course.diagrams import (MAX_WIDTH, cgc_lora_diagram, drawn_parts, lora_diagram,
                               method_of, one_plus_n_diagram)
-from cgc_edu.experiments import METHODS
-from cgc_edu.plots import METHOD_COLORS, PART_COLORS, method_style
+from cgc_edu.study.methods import METHODS
+from cgc_edu.course.plots import METHOD_COLORS, PART_COLORS, method_style
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ def test_two_processes_end_with_the_same_adapters_and_a_lower_loss(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "cgc_edu.distributed", "--output-dir", str(tmp_path), "--steps", "30"]
+               "-m", "cgc_edu.train.distributed", "--output-dir", str(tmp_path), "--steps", "30"]
     run = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from cgc_edu import (AdapterConfig, add_adapters, export_peft_lora, load_adapters, merge_task,
                      save_adapters, unmerge)
-from cgc_edu.injection import adapter_layers
-from cgc_edu.io import WEIGHTS_NAME
+from cgc_edu.adapters.injection import adapter_layers
+from cgc_edu.adapters.saving import WEIGHTS_NAME
 
 from test_architectures import build, config_for, logits, randomize, tokens_for
 

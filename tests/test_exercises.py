@@ -2,8 +2,8 @@
 wrong one."""
 import pytest
 
-from cgc_edu.exercises import Checks
-from cgc_edu.reporting import load_results, paired_comparison, summary
+from cgc_edu.course.exercises import Checks
+from cgc_edu.study.statistics import load_results, paired_comparison, summary
 from fixtures.gate_data import synthetic_recording
 
 
@@ -63,7 +63,7 @@ def test_check_says_right_and_wrong_with_why(capsys, chapter, number, right, wro
 
 
 def test_a_check_reads_the_learners_own_recording(capsys):
-    from cgc_edu.plots import common_share_table
+    from cgc_edu.course.plots import common_share_table
 
     values, tasks, layers = common_share_table(RECORDING)
     row = list(values[tasks.index("last")])

@@ -11,8 +11,9 @@ import torch
 from transformers import LlamaForCausalLM
 
 from cgc_edu import AdapterConfig, add_adapters, trainable_parameters
-from cgc_edu import experiments
-from cgc_edu.experiments import METHODS, SWEEP, Settings, _key, choose_lr, expert_rank, main
+from cgc_edu.study import runner
+from cgc_edu.study.methods import METHODS, SWEEP, Settings, expert_rank
+from cgc_edu.study.runner import _key, choose_lr, main
 from cgc_edu.models import central_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +40,7 @@ def test_budgets_and_the_rank_a_task_sees():
 
 def test_unknown_method_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"unknown method\(s\) \['nope'\]; choose among"):
-        experiments.run_study(tmp_path, ["nope"], [0])
+        runner.run_study(tmp_path, ["nope"], [0])
 
 
 def test_choose_lr_takes_the_best_validation_and_the_smaller_rate_on_ties():
@@ -86,7 +87,7 @@ def test_cli_runs_a_tiny_study_resumes_and_writes_to_the_callers_results(tmp_pat
     assert n_runs == 3 * 2 + 4 * 2 - 3 + 2 + 2     # grid, the rest at the chosen rate, anonymous, affinity
     # resumable: a second call finds every run stored and trains nothing
     with monkeypatch.context() as patch:
-        patch.setattr(experiments, "_job", lambda job: pytest.fail(f"redid {job[1]}"))
+        patch.setattr(runner, "_job", lambda job: pytest.fail(f"redid {job[1]}"))
         again = main(args)
     assert len(again["runs"]) == len(study["runs"])
     assert json.loads((out / "config.json").read_text())["wall_seconds"] == config["wall_seconds"]
@@ -129,10 +130,10 @@ def test_quick_mode_lands_inside_the_stored_spread():
     """`--quick` reruns CGC-LoRA on seed 0 with anonymous prompts, the stored settings and the
     chosen rate (under a minute) and must land inside the committed results' seed range of
     that table (widened by 5 points, for other CPUs' kernels)."""
-    from cgc_edu.reporting import load_results, within_spread
+    from cgc_edu.study.statistics import load_results, within_spread
 
     stored = load_results(REPO / "results")
-    frame = experiments.quick_run("cgc_lora", 0, REPO / "results")
+    frame = runner.quick_run("cgc_lora", 0, REPO / "results")
     assert set(frame["setting"]) == {"anonymous"} and frame["steps"].eq(stored["steps"].max()).all()
     check = within_spread(frame, stored[stored.setting == "anonymous"])
     assert bool(check["ok"].all()), check
@@ -140,17 +141,17 @@ def test_quick_mode_lands_inside_the_stored_spread():
 
 def test_quick_run_refuses_an_unknown_setting():
     with pytest.raises(ValueError, match="setting='both'"):
-        experiments.quick_run("cgc_lora", 0, REPO / "results", setting="both")
+        runner.quick_run("cgc_lora", 0, REPO / "results", setting="both")
 
 
 def test_the_stored_control_differs_from_the_study_only_in_the_independent_models_steps():
     """results/controls/separate_1200 (the independent models trained for the joint run's
     whole 1200 steps each) must stay the study's recipe but for that one setting, at the
     study's chosen rate and seeds, so chapter 07 may set the two side by side."""
-    from cgc_edu.reporting import load_results
+    from cgc_edu.study.statistics import load_results
 
     control_dir = REPO / "results" / "controls" / "separate_1200"
-    study, control = experiments.stored_config(REPO / "results"), experiments.stored_config(control_dir)
+    study, control = runner.stored_config(REPO / "results"), runner.stored_config(control_dir)
     differ = {k for k in study["settings"] if study["settings"][k] != control["settings"].get(k)}
     # grid_steps says how the grid ran, and the control has no grid (one rate: the study's)
     assert differ - {"grid_steps"} == {"min_separate_steps"}, differ
@@ -163,7 +164,7 @@ def test_the_stored_control_differs_from_the_study_only_in_the_independent_model
     assert "--min-separate-steps 1200" in control["command"]
 
 
-#: results/controls/<suite>: the study's two baselines on the other suites of cgc_edu.suites
+#: results/controls/<suite>: the study's two baselines on the other suites of cgc_edu.data.suites
 SUITE_CONTROLS = ["positions", "swaps:9", "swaps:10", "derangements:20", "derangements:6x20",
                   "derangements:10x20", "derangements:6x26"]
 
@@ -173,11 +174,11 @@ def test_a_stored_suite_control_is_the_studys_recipe_on_another_suite(spec):
     """Each folder runs the study's recipe (grid, seeds, steps, budget) for the integrated and
     the independent models on another suite; only the suite and the grid's length differ (the
     grid trains as long as the runs: at 600 steps it cannot tell the rates apart there)."""
-    from cgc_edu.reporting import load_results
-    from cgc_edu.suites import suite
+    from cgc_edu.study.statistics import load_results
+    from cgc_edu.data.suites import suite
 
     folder = REPO / "results" / "controls" / spec.replace(":", "_")
-    study, control = experiments.stored_config(REPO / "results"), experiments.stored_config(folder)
+    study, control = runner.stored_config(REPO / "results"), runner.stored_config(folder)
     keys = set(study["settings"]) | set(control["settings"])
     differ = {k for k in keys if study["settings"].get(k) != control["settings"].get(k)}
     if "rank" in differ:   # more tasks than the study's budget splits: the least one that does
@@ -206,12 +207,12 @@ def test_the_long_control_is_the_26_task_control_with_twice_the_steps_and_its_ow
     controls/derangements_6x26 trained 2400 steps (about what the 26 independent models take
     together, 100 each), its rate chosen again from a grid around the first choice; the same
     seeds and everything else, so its seeds pair with that folder's independent models."""
-    from cgc_edu.reporting import load_results
-    from cgc_edu.suites import suite
+    from cgc_edu.study.statistics import load_results
+    from cgc_edu.data.suites import suite
 
     base_folder = REPO / "results" / "controls" / "derangements_6x26"
     folder = REPO / "results" / "controls" / "derangements_6x26_steps_2400"
-    base, control = experiments.stored_config(base_folder), experiments.stored_config(folder)
+    base, control = runner.stored_config(base_folder), runner.stored_config(folder)
     differ = {k for k in base["settings"] if base["settings"][k] != control["settings"][k]}
     assert differ == {"steps"} and control["settings"]["steps"] == 2 * base["settings"]["steps"]
     assert control["seeds"] == base["seeds"] and set(control["lr"]) == {"integrated"}
@@ -229,12 +230,12 @@ def test_the_half_rate_control_is_the_twenty_task_control_at_half_the_integrated
     """results/controls/derangements_6x20_lr_0.003: the integrated model of
     controls/derangements_6x20 rerun at half its grid's choice, nothing else changed, so
     chapter 07 may pair it with that folder's independent models seed by seed."""
-    from cgc_edu.reporting import load_results
-    from cgc_edu.suites import suite
+    from cgc_edu.study.statistics import load_results
+    from cgc_edu.data.suites import suite
 
     twenty = REPO / "results" / "controls" / "derangements_6x20"
     folder = REPO / "results" / "controls" / "derangements_6x20_lr_0.003"
-    base, control = experiments.stored_config(twenty), experiments.stored_config(folder)
+    base, control = runner.stored_config(twenty), runner.stored_config(folder)
     assert control["settings"] == base["settings"] and control["seeds"] == base["seeds"]
     assert control["lr"] == {"integrated": base["lr"]["integrated"] / 2} and control["lr_grid"] == [0.003]
     runs = load_results(folder)
@@ -247,12 +248,12 @@ def test_the_share_control_is_the_twenty_task_control_at_the_independent_models_
     """results/controls/derangements_6x20_separate_60: its independent models trained for
     exactly their share of the joint run (60 steps: 1200 over 20 tasks), below the study's
     floor of 100; their own grid, the same seeds and everything else."""
-    from cgc_edu.reporting import load_results
-    from cgc_edu.suites import suite
+    from cgc_edu.study.statistics import load_results
+    from cgc_edu.data.suites import suite
 
     twenty = REPO / "results" / "controls" / "derangements_6x20"
     folder = REPO / "results" / "controls" / "derangements_6x20_separate_60"
-    base, control = experiments.stored_config(twenty), experiments.stored_config(folder)
+    base, control = runner.stored_config(twenty), runner.stored_config(folder)
     differ = {k for k in base["settings"] if base["settings"][k] != control["settings"][k]}
     assert differ == {"min_separate_steps"} and control["seeds"] == base["seeds"]
     n_tasks = len(suite(base["settings"]["suite"]))

@@ -1,4 +1,4 @@
-"""Bring your own model and data: cgc_edu.finetune on the central model saved as a local folder."""
+"""Bring your own model and data: cgc_edu.train.finetune on the central model saved as a local folder."""
 import json
 import warnings
 
@@ -8,10 +8,10 @@ from datasets import Dataset
 
 from cgc_edu import AdapterConfig
 from cgc_edu.data import TinyTasksCollator, build_tokenizer, make_tiny_tasks
-from cgc_edu.finetune import (DataError, check_fits_context, context_length, finetune,
+from cgc_edu.train.finetune import (DataError, check_fits_context, context_length, finetune,
                               load_model_and_tokenizer, load_task_data, main, method_config,
                               split_per_task)
-from cgc_edu.injection import adapter_layers
+from cgc_edu.adapters.injection import adapter_layers
 from cgc_edu.models import load_central_model
 
 TASKS = ["first", "last"]  # same prompts, different answers: only the task ids separate them

@@ -8,12 +8,12 @@ import torch
 from transformers import LlamaForCausalLM
 
 from cgc_edu import AdapterConfig, merge_task, remove_adapters, task_context, unmerge
-from cgc_edu.io import export_peft_lora, load_adapters, save_adapters
+from cgc_edu.adapters.saving import export_peft_lora, load_adapters, save_adapters
 from cgc_edu.train import train
 from cgc_edu.data import TASKS, make_tiny_tasks
 from cgc_edu.framework import (OnePlusN, base_fingerprint, prior_clusters, subset_tasks,
                                unique_parameter_bytes)
-from cgc_edu.injection import adapter_layers
+from cgc_edu.adapters.injection import adapter_layers
 
 from tiny_models import TOK, tiny_base  # tests/tiny_models.py
 

@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from cgc_edu import (AdapterConfig, CGCLoRALinear, add_adapters, adapter_layers, merge_task,
                      remove_adapters, task_context, trainable_parameters, unmerge)
-from cgc_edu.io import load_adapters, save_adapters
+from cgc_edu.adapters.saving import load_adapters, save_adapters
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 

@@ -6,7 +6,7 @@ import torch
 from peft import PeftModel
 
 from cgc_edu import AdapterConfig, add_adapters, export_peft_lora, load_adapters, save_adapters
-from cgc_edu.io import CONFIG_NAME, WEIGHTS_NAME
+from cgc_edu.adapters.saving import CONFIG_NAME, WEIGHTS_NAME
 
 from test_injection import TARGETS, adapted, assert_same_state, state, tiny_llama
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from cgc_edu import AdapterConfig, CGCLoRALinear
-from cgc_edu.diagrams import drawn_parts
-from cgc_edu.knobs import (CGCConfigBuilder, LoRAKnobs, RouterKnobs, SeesawKnobs,
+from cgc_edu.course.diagrams import drawn_parts
+from cgc_edu.course.knobs import (CGCConfigBuilder, LoRAKnobs, RouterKnobs, SeesawKnobs,
                            adapter_parameter_count, clustered_tokens, lora_regression,
                            lora_scaling, seesaw_front, train_lora_layer, train_router)
 from cgc_edu.utils import seed_everything

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from cgc_edu import AdapterConfig, CGCLoRALinear, ExpertLayout, plots
-from cgc_edu.recording import GateRecorder
-from cgc_edu.widgets import GateInspector
+from cgc_edu import AdapterConfig, CGCLoRALinear, ExpertLayout
+from cgc_edu.course import plots
+from cgc_edu.course.recording import GateRecorder
+from cgc_edu.course.widgets import GateInspector
 from fixtures.gate_data import tiny_model
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from cgc_edu.central import copy_accuracy, corpus_line, pretrain
+from cgc_edu.models.pretraining import copy_accuracy, corpus_line, pretrain
 from cgc_edu.data import build_tokenizer
 from cgc_edu.models import ASSETS_DIR, central_config, load_central_model
 
@@ -40,7 +40,7 @@ def test_central_model_copies_strings(central):
 
 
 def test_missing_weights_error_names_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m cgc_edu.central"):
+    with pytest.raises(FileNotFoundError, match="python -m cgc_edu.models.pretraining"):
         load_central_model(tmp_path)
 
 

@@ -9,7 +9,7 @@ import pytest
 from matplotlib.container import BarContainer
 from matplotlib.patches import Rectangle
 
-from cgc_edu import plots
+from cgc_edu.course import plots
 from fixtures.gate_data import synthetic_recording
 
 

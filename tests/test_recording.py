@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from cgc_edu import AdapterConfig, adapter_layers
-from cgc_edu.recording import GateRecorder, GateRecording, load_recording
+from cgc_edu.course.recording import GateRecorder, GateRecording, load_recording
 from cgc_edu.utils import seed_everything
 from fixtures.gate_data import TASKS, TinyBlocks, synthetic_recording, tiny_model
 

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from cgc_edu.reporting import (collapses, convergence, method_table, paired_comparison, per_seed_average, premises,
-                               summary, within_spread)
+from cgc_edu.study.report import method_table
+from cgc_edu.study.statistics import collapses, convergence, paired_comparison, per_seed_average, premises, summary, within_spread
 
 
 def fake_results(levels=None, seeds=range(5)):
@@ -69,12 +69,12 @@ def test_a_report_of_part_of_the_study_says_what_it_did_not_measure():
     'not seen'."""
     from dataclasses import asdict
 
-    from cgc_edu.experiments import Settings
-    from cgc_edu.reporting import markdown_report
+    from cgc_edu.study.methods import Settings
+    from cgc_edu.study.report import markdown_report
 
     results = fake_results({"separate": 0.5})
     grid = pd.DataFrame({"method": ["separate"], "lr": [3e-3], "validation": [0.5], "chosen": [True]})
-    config = {"command": "python -m cgc_edu.experiments --methods separate", "wall_seconds": 60.0,
+    config = {"command": "python -m cgc_edu.study --methods separate", "wall_seconds": 60.0,
               "workers": 1, "lr": {"separate": 3e-3}, "lr_grid": [3e-3],
               "settings": asdict(Settings())}
     text = markdown_report(results, grid, pd.DataFrame(), pd.DataFrame(), config)

@@ -9,7 +9,7 @@ from torch import nn
 from cgc_edu import AdapterConfig, CGCLoRALinear, merge_task
 from cgc_edu.data import make_tiny_tasks
 from cgc_edu.framework import OnePlusN, prior_clusters, unique_parameter_bytes
-from cgc_edu.injection import adapter_layers
+from cgc_edu.adapters.injection import adapter_layers
 
 from tiny_models import TOK, Seen, spy_on_generate, tiny_base  # tests/tiny_models.py
 

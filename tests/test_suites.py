@@ -1,12 +1,12 @@
-"""The study's other suites (cgc_edu.suites): each family's tasks are what its docstring says."""
+"""The study's other suites (cgc_edu.data.suites): each family's tasks are what its docstring says."""
 import re
 import string
 
 import pytest
 
-from cgc_edu import experiments
+from cgc_edu.study import methods, runner
 from cgc_edu.data import TASKS, TaskSpec, make_tiny_tasks
-from cgc_edu.suites import key_table, n_derangements, suite, swap_table
+from cgc_edu.data.suites import key_table, n_derangements, suite, swap_table
 
 LETTERS = string.ascii_lowercase
 WORDS = ["cab", "zebra", "quick", "jumps", "abcdef", "xyz"]
@@ -129,17 +129,17 @@ def test_make_tiny_tasks_refuses_mixed_or_repeated_specs():
 
 
 def test_the_suite_is_part_of_a_runs_key_except_for_tinytasks():
-    default = experiments.Settings()
-    key = experiments._key("run", default, method="integrated", seed=0, lr=0.003)
+    default = methods.Settings()
+    key = runner._key("run", default, method="integrated", seed=0, lr=0.003)
     assert "suite" not in key["settings"]        # the stored study's runs are still found
-    other = experiments._key("run", experiments.Settings(suite="swaps:9"), method="integrated", seed=0, lr=0.003)
+    other = runner._key("run", methods.Settings(suite="swaps:9"), method="integrated", seed=0, lr=0.003)
     assert other["settings"]["suite"] == "swaps:9"
-    assert experiments._run_file("out", "run", key) != experiments._run_file("out", "run", other)
+    assert runner._run_file("out", "run", key) != runner._run_file("out", "run", other)
 
 
 def test_the_cli_refuses_an_unknown_suite_before_any_run(tmp_path):
     with pytest.raises(ValueError, match="unknown suite 'foo:2'"):
-        experiments.main(["--suite", "foo:2", "--out", str(tmp_path / "study"), "--no-progress"])
+        runner.main(["--suite", "foo:2", "--out", str(tmp_path / "study"), "--no-progress"])
     assert not (tmp_path / "study").exists()
 
 
@@ -147,7 +147,7 @@ def test_the_cli_refuses_a_budget_the_suite_cannot_split_before_any_run(tmp_path
     # three tasks: CGC-LoRA's 4 common + 3 specific experts cannot share rank 24
     with pytest.raises(ValueError, match=r"--suite keys:3 has 3 tasks, and cgc_lora cannot split --rank 24"
                                          r".*multiple of 7"):
-        experiments.main(["--suite", "keys:3", "--methods", "integrated,cgc_lora",
+        runner.main(["--suite", "keys:3", "--methods", "integrated,cgc_lora",
                           "--out", str(tmp_path / "study"), "--no-progress"])
     assert not (tmp_path / "study").exists()
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cgc_edu.synthetic import make_correlated_tasks
+from cgc_edu.data.synthetic import make_correlated_tasks
 
 
 def label_correlation(y):

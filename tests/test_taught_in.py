@@ -53,7 +53,8 @@ def _public(module):
 
 
 def _claims():
-    modules = [importlib.import_module(f"cgc_edu.{m.name}") for m in pkgutil.iter_modules(cgc_edu.__path__)]
+    modules = [importlib.import_module(m.name) for m in pkgutil.walk_packages(cgc_edu.__path__, "cgc_edu.")
+               if not m.name.endswith("__main__")]
     for module in modules:
         for label, obj, names in _public(module):
             doc = inspect.getdoc(obj) or ""

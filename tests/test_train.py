@@ -7,9 +7,9 @@ from transformers import Trainer, TrainingArguments
 
 from cgc_edu import AdapterConfig, add_adapters
 from cgc_edu.data import TinyTasksCollator, build_tokenizer, make_tiny_tasks
-from cgc_edu.injection import adapter_layers
+from cgc_edu.adapters.injection import adapter_layers
 from cgc_edu.models import load_central_model
-import cgc_edu.train as train_module
+from cgc_edu.train import loop as train_module
 from cgc_edu.train import evaluate, greedy_decode, model_device, train
 from cgc_edu.utils import seed_everything
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from cgc_edu import AdapterConfig, adapter_layers
-from cgc_edu.widgets import ALL_TASKS, VIEWS, GateInspector
+from cgc_edu.course.widgets import ALL_TASKS, VIEWS, GateInspector
 from fixtures.gate_data import TASKS, TinyBlocks, synthetic_recording, tiny_model
 
 

@@ -6,7 +6,7 @@ import contextlib
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cgc_edu import train as train_module
+from cgc_edu.train import loop as train_module
 from cgc_edu.data import build_tokenizer
 
 TOK = build_tokenizer()

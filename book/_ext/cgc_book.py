@@ -27,8 +27,10 @@ class CgcApi(SphinxDirective):
 
     def run(self):
         package = importlib.util.find_spec("cgc_edu")
-        found = sorted(m.name for m in pkgutil.iter_modules(package.submodule_search_locations)
-                       if not m.name.startswith("_"))
+        # every module of the package and its sub-packages, named relative to cgc_edu
+        found = sorted(m.name.removeprefix("cgc_edu.") for m in pkgutil.walk_packages(
+            package.submodule_search_locations, prefix="cgc_edu.")
+            if not m.ispkg and not m.name.rsplit(".", 1)[-1].startswith("_"))
         named = [line.strip() for line in self.content if line.strip()]
         for name in named:
             if name not in found:

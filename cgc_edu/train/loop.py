@@ -19,10 +19,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import TinyTasksCollator
-from .injection import adapter_layers, task_context
-from .layer import TaskGate
-from .utils import seed_everything, training_seed
+from ..adapters.injection import adapter_layers, task_context
+from ..adapters.layer import TaskGate
+from ..data.tinytasks import TinyTasksCollator
+from ..utils import seed_everything, training_seed
 
 
 def _rows(dataset) -> list[dict]:

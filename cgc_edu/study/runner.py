@@ -1,4 +1,4 @@
-"""The paper's comparison on TinyTasks, the one trainer of comparisons: ``python -m cgc_edu.experiments``.
+"""The paper's comparison on TinyTasks, the one trainer of comparisons: ``python -m cgc_edu.study``.
 
 The study, as Song et al. 2024 frame it (every row states its trainable parameters and the
 rank one task sees):
@@ -17,7 +17,7 @@ rank one task sees):
 * task affinity measures against the designed clusters (adjusted Rand index, per seed).
 
 Every run is stored as one JSON file under ``<out>/runs/`` as it finishes, so an interrupted
-study resumes where it stopped. `cgc_edu.reporting` turns the runs into ``results.csv``,
+study resumes where it stopped. `cgc_edu.study.report` turns the runs into ``results.csv``,
 ``results.md`` and the figures. ``--quick`` reruns one stored configuration (under a minute).
 
 Taught in: notebooks/07_experiments.ipynb.
@@ -32,7 +32,7 @@ import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Optional, Sequence
@@ -41,129 +41,48 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .config import AdapterConfig
+from ..adapters.config import AdapterConfig
+from ..adapters.injection import add_adapters, trainable_parameters
+from ..data.suites import suite
+from ..data.tinytasks import build_tokenizer, make_tiny_tasks
+from ..framework.affinity import (
+    adjusted_rand_index,
+    affinity_probe,
+    cluster_tasks,
+    measure_affinity,
+    measured_clusters,
+    prior_clusters,
+    subset_tasks,
+    task_order,
+)
+from ..framework.oneplusn import OnePlusN
+from ..models.central import load_central_model
+from ..train.loop import evaluate, train
+from ..utils import seed_everything, training_seed
+from .methods import (
+    AFFINITY_METHODS,
+    AFFINITY_WARMUPS,
+    ANONYMOUS,
+    CLUSTERINGS,
+    LR_GRID,
+    METHODS,
+    PROMPT_SETTINGS,
+    SEEDS,
+    Settings,
+    check_methods,
+    expert_rank,
+)
+from .report import write_report
+from .statistics import load_results, runs_table, within_spread
 
-COMMAND = "python -m cgc_edu.experiments"
+COMMAND = "python -m cgc_edu.study"
 DEFAULT_OUT = Path("results")          # relative to the caller's working directory
-LR_GRID = (1.5e-3, 3e-3, 6e-3, 1.2e-2, 2.4e-2)
-SEEDS = (0, 1, 2, 3, 4)
-PROMPT_SETTINGS = ("anonymous", "named")   # prompts that hide the task / that name it
-AFFINITY_METHODS = ("gradient", "lookahead", "update", "transfer")
-#: joint warm-up steps the affinity study measures after (besides 1+N's own `Settings.affinity_warmup`)
-AFFINITY_WARMUPS = (0, 60)
-#: ways to cut an affinity into clusters: name -> (scipy linkage method, what is clustered)
-CLUSTERINGS = {"average linkage of the affinity": ("average", "affinity"),
-               "complete linkage of the profiles": ("complete", "profile")}
-
-
-@dataclass(frozen=True)
-class Method:
-    """One row of the comparison.
-
-    ``kind``: "central" (no adapter), "adapters" (one bank for all tasks, budget "total":
-    the parameters of one LoRA of the study's rank), "separate" (one LoRA per task, each
-    trained alone, at CGC-LoRA's per-task rank) or "one_plus_n" (one CGC-LoRA bank per
-    cluster with CGC-LoRA's expert rank). ``tuned``: its learning rate is chosen from
-    `LR_GRID`; otherwise it uses the rate chosen for ``lr_from``.
-    """
-
-    name: str
-    label: str
-    family: str            # "baseline", "ablation" or "sweep"
-    kind: str = "adapters"
-    n_common: int = 0
-    n_specific: int = 0
-    gate: str = "task"
-    tuned: bool = False
-    lr_from: str = "cgc_lora"   # whose chosen rate an untuned method uses
-
-    def config(self, rank: int, n_tasks: int) -> AdapterConfig:
-        """The AdapterConfig of an "adapters" method at total budget ``rank`` (scaling 2)."""
-        return AdapterConfig(rank=rank, alpha=2.0 * rank, n_common=self.n_common,
-                             n_specific=self.n_specific, n_tasks=n_tasks, gate=self.gate, budget="total")
-
-    def task_rank(self, rank: int, n_tasks: int) -> int:
-        """The rank one task sees: its allowed experts' ranks added up."""
-        if self.kind == "central":
-            return 0
-        if self.kind == "separate":
-            return METHODS["cgc_lora"].task_rank(rank, n_tasks)
-        if self.kind == "one_plus_n":
-            return expert_rank(rank, n_tasks) * (self.n_common + self.n_specific)
-        config = self.config(rank, n_tasks)
-        return config.expert_rank * config.experts_per_task
-
-
-def expert_rank(rank: int, n_tasks: int) -> int:
-    """CGC-LoRA's expert rank at total budget ``rank`` (1+N reuses it per cluster)."""
-    return METHODS["cgc_lora"].config(rank, n_tasks).expert_rank
-
-
-METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("central", "central model (no adapter)", "baseline", kind="central"),
-    Method("separate", "multiple independent models (one LoRA per task)", "baseline",
-           kind="separate", tuned=True),
-    Method("integrated", "integrated model (one LoRA, all tasks)", "baseline", n_common=1,
-           gate="uniform", tuned=True),
-    Method("moe_lora", "MoE-LoRA (4 experts)", "baseline", n_common=4, tuned=True),
-    Method("cgc_lora", "CGC-LoRA (4 common + 1 specific)", "baseline", n_common=4, n_specific=1, tuned=True),
-    Method("one_plus_n", "1+N: CGC-LoRA per measured cluster (2 + 1)", "baseline", kind="one_plus_n",
-           n_common=2, n_specific=1, tuned=True),
-    Method("one_plus_n_designed", "1+N: CGC-LoRA per designed cluster (2 + 1)", "ablation",
-           kind="one_plus_n", n_common=2, n_specific=1, lr_from="one_plus_n"),
-    Method("cgc_no_common", "CGC-LoRA without common experts (0 + 1)", "ablation", n_specific=1),
-    Method("cgc_uniform", "CGC-LoRA with a uniform gate", "ablation", n_common=4, n_specific=1,
-           gate="uniform"),
-    Method("cgc_c8_s2", "CGC-LoRA 8 common + 2 specific", "sweep", n_common=8, n_specific=2),
-    Method("cgc_c16_s1", "CGC-LoRA 16 common + 1 specific", "sweep", n_common=16, n_specific=1),
-]}
-#: Points of the (n_common, n_specific) sweep. Without specific experts, at the same total
-#: budget, CGC-LoRA IS MoE-LoRA (4 + 0): that point is the MoE-LoRA row.
-SWEEP = ["cgc_no_common", "moe_lora", "cgc_lora", "cgc_c8_s2", "cgc_c16_s1"]
-#: Methods of the second table (anonymous prompts): what a task id adds.
-ANONYMOUS = ["integrated", "moe_lora", "cgc_lora"]
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything a run depends on besides the method, the seed and the learning rate.
-    """
-
-    steps: int = 1200
-    batch_size: int = 32
-    rank: int = 24
-    n_train: int = 2000
-    n_low: int = 20                  # 1/100 of a data-rich task: too few to learn alone
-    n_validation: int = 50
-    n_test: int = 100
-    name_in_prompt: bool = True
-    curve_points: int = 6            # validation exact match this many times per run
-    min_separate_steps: int = 100    # each separately trained model gets at least this
-    affinity: str = "transfer"       # how 1+N measures task affinity
-    affinity_warmup: int = 0         # joint warm-up steps before measuring it (0: at the central model)
-    base: Optional[str] = None       # central model folder; None: the shipped one
-    threads: int = 1
-    task_sampling: str = "uniform"   # every task an equal share of each batch ("data": by rows)
-    grid_steps: Optional[int] = 600  # the learning-rate grid's runs: at most this many steps (None: ``steps``)
-    suite: str = "tinytasks"         # the tasks (`cgc_edu.suites.suite`)
-
-    @property
-    def setting(self) -> str:
-        return "named" if self.name_in_prompt else "anonymous"
-
-
-def _check(methods: Sequence[str]) -> list[str]:
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose among {list(METHODS)}.")
-    return list(methods)
 
 
 # -------------------------------------------------------------- one run
 def _fit(model, rows, tok, steps, lr, batch_size, seed, val_rows, points, task_names=None,
          task_sampling="data"):
     """Train; return the validation curve [(share of the steps, {task: exact match})]."""
-    from .train import evaluate, train
 
     every = max(1, steps // max(points, 1))
     curve = []
@@ -217,16 +136,8 @@ def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) 
     `Settings.curve_points` points of training), trainable parameters, the rank a task sees,
     the clusters (1+N) and the seconds spent.
     """
-    from .affinity import _task_order, adjusted_rand_index, measured_clusters, prior_clusters, subset_tasks
-    from .data import build_tokenizer, make_tiny_tasks
-    from .framework import OnePlusN
-    from .injection import add_adapters, trainable_parameters
-    from .models import load_central_model
-    from .suites import suite
-    from .train import evaluate
-    from .utils import seed_everything, training_seed
 
-    spec = METHODS[_check([method])[0]]
+    spec = METHODS[check_methods([method])[0]]
     torch.set_num_threads(settings.threads)
     seed_everything(seed)
     data = make_tiny_tasks(seed=seed, n_train=settings.n_train, n_low=settings.n_low,
@@ -235,7 +146,7 @@ def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) 
     tok = build_tokenizer()
     base = load_central_model(settings.base)
     train_rows, val_rows = data["train"], data["validation"]
-    tasks = _task_order(train_rows)
+    tasks = task_order(train_rows)
     n_tasks = len(tasks)
     start = time.perf_counter()
     extra: dict = {}
@@ -312,10 +223,6 @@ def affinity_run(seed: int, settings: Settings = Settings()) -> dict:
     each clustered two ways (average linkage of the affinity; complete linkage of the tasks'
     affinity profiles) into as many clusters as the suite designs, scored by adjusted Rand index.
     """
-    from .affinity import _measure, _probe, adjusted_rand_index, cluster_tasks, prior_clusters
-    from .data import build_tokenizer, make_tiny_tasks
-    from .models import load_central_model
-    from .suites import suite
 
     torch.set_num_threads(settings.threads)
     data = make_tiny_tasks(seed=seed, n_train=settings.n_train, n_low=settings.n_low, n_validation=0,
@@ -327,14 +234,14 @@ def affinity_run(seed: int, settings: Settings = Settings()) -> dict:
     begin = time.perf_counter()
     for warmup in sorted({*AFFINITY_WARMUPS, settings.affinity_warmup}):
         start = time.perf_counter()
-        probe = _probe(base, data["train"], tok, rank=8, seed=seed, warmup_steps=warmup, warmup_lr=3e-3,
+        probe = affinity_probe(base, data["train"], tok, rank=8, seed=seed, warmup_steps=warmup, warmup_lr=3e-3,
                        batch_size=settings.batch_size)
         warm_seconds = time.perf_counter() - start
         for method in AFFINITY_METHODS:
             if method == "update" and warmup == 0:
                 continue   # a fresh LoRA's update is mostly its first steps' gradients: "gradient" again
             start = time.perf_counter()
-            aff = _measure(probe, data["train"], tok, method, seed=seed, batch_size=settings.batch_size)
+            aff = measure_affinity(probe, data["train"], tok, method, seed=seed, batch_size=settings.batch_size)
             seconds = round(time.perf_counter() - start + warm_seconds, 2)
             for clustering, (linkage_method, on) in CLUSTERINGS.items():
                 clusters = cluster_tasks(aff, len(designed), linkage_method, on)
@@ -437,9 +344,8 @@ def run_study(out: Path = DEFAULT_OUT, methods: Sequence[str] = tuple(METHODS), 
     anonymous table ``anonymous_seeds`` and the affinity study ``affinity_seeds`` (each
     defaulting to ``seeds``): a way to shrink the study where time is short, said in results.md.
     """
-    from .suites import suite
 
-    methods = _check(methods)
+    methods = check_methods(methods)
     n_tasks = len(suite(settings.suite))   # an unknown suite fails here, before any run
     for method in methods:                 # and so does a budget it cannot split
         try:
@@ -503,12 +409,10 @@ def quick_run(method: str = "cgc_lora", seed: int = 0, path: Path = DEFAULT_OUT,
 
     ``setting``: "anonymous" (the second table's prompts, ``"cab="``: half as long as the
     instruction prompts, so the same 1200 steps train in under a minute) or "named" (the
-    main table's). Returns the long table (`cgc_edu.reporting.runs_table`) of that run.
+    main table's). Returns the long table (`cgc_edu.study.report.runs_table`) of that run.
 
     Taught in: notebooks/07_experiments.ipynb.
     """
-    from .reporting import runs_table
-
     if setting not in PROMPT_SETTINGS:
         raise ValueError(f"quick_run: setting={setting!r}; choose one of {PROMPT_SETTINGS}.")
     config = stored_config(path)
@@ -546,7 +450,7 @@ def main(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--base", default=None, help="central model folder (default: the shipped one)")
     parser.add_argument("--suite", default=defaults.suite,
                         help="the tasks: tinytasks, positions, swaps:P, derangements:L or keys:K "
-                             "(see cgc_edu.suites)")
+                             "(see cgc_edu.data.suites)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="results folder (default ./results of the working directory)")
@@ -558,14 +462,12 @@ def main(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from . import reporting
-
     if args.quick:
         method = args.methods.split(",")[0] if args.methods != ",".join(METHODS) else "cgc_lora"
         seed = int(args.seeds.split(",")[0])
         start = time.perf_counter()
         frame = quick_run(method, seed, args.out, threads=args.threads or 2, setting=args.quick_setting)
-        check = reporting.within_spread(frame, reporting.load_results(args.out))
+        check = within_spread(frame, load_results(args.out))
         print(check.round(3).to_string(index=False))
         print(f"quick rerun in {time.perf_counter() - start:.0f} s")
         return frame
@@ -596,7 +498,7 @@ def main(argv: Optional[Sequence[str]] = None):
             before = previous.get("calls", 1)
             wall, calls = ((previous["wall_seconds"], before) if study["trained"] == 0
                            else (previous["wall_seconds"] + wall, before + 1))
-    reporting.write_report(study, args.out, settings, command, wall, workers=args.workers, calls=calls)
+    write_report(study, args.out, settings, command, wall, workers=args.workers, calls=calls)
     print(f"{len(study['runs'])} runs in {wall:.0f} s -> {args.out}/results.csv, results.md")
     return study
 

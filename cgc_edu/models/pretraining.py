@@ -1,4 +1,4 @@
-"""Pretrain the central model: ``python -m cgc_edu.central`` (a few minutes on 2 CPU cores).
+"""Pretrain the central model: ``python -m cgc_edu.models.pretraining`` (a few minutes on 2 CPU cores).
 
 The recipe is deterministic (fixed seed, generated corpus, fixed schedule). The corpus is
 *general*, not TinyTasks: lines of short snippets such as ``cab|cab`` (copying, with the
@@ -23,8 +23,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM
 
-from .data import CHARACTERS, build_tokenizer
-from .models import ASSETS_DIR, central_config
+from ..data.tinytasks import CHARACTERS, build_tokenizer
+from ..train.loop import greedy_decode
+from .central import ASSETS_DIR, central_config
 
 LETTERS, DIGITS = string.ascii_lowercase, string.digits
 MAX_CHARS = 30  # one line of corpus (short lines keep pretraining within minutes)
@@ -110,7 +111,6 @@ def copy_accuracy(model, tokenizer=None, n: int = 200, seed: int = 1234,
 
     Taught in: notebooks/00_tour.ipynb
     """
-    from .train import greedy_decode  # train imports the adapter layer; keep this module light
 
     tokenizer = tokenizer or build_tokenizer()
     rng = random.Random(seed)

@@ -11,7 +11,7 @@ setting its controls' ``.value`` and read what it shows from ``.state`` (a dict)
     CGCConfigBuilder   05  common / specific counts, rank, budget -> mask, ranks, parameters
     CounterfactualGate 08  override one task's gate at inference -> answers and exact match
 
-`override_gate` (the context manager behind the last one) lives in `cgc_edu.counterfactual`.
+`override_gate` (the context manager behind the last one) lives in `cgc_edu.course.counterfactual`.
 
 Taught in: notebooks/01_lora_from_scratch.ipynb.
 """
@@ -30,13 +30,17 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from . import mtl, plots
-from .config import AdapterConfig
-from .counterfactual import override_gate, override_choices
-from .layer import CGCLoRALinear
-from .moe import MoELayer, load_balancing_loss, router_stats
-from .synthetic import make_correlated_tasks
-from .utils import training_seed
+from .. import mtl
+from ..adapters.config import AdapterConfig
+from ..adapters.injection import adapter_layers
+from ..adapters.layer import CGCLoRALinear
+from ..data.synthetic import make_correlated_tasks
+from ..moe import MoELayer, load_balancing_loss, router_stats
+from ..train.loop import greedy_decode
+from ..utils import training_seed
+from . import plots
+from .counterfactual import override_choices, override_gate
+from .diagrams import cgc_lora_diagram
 
 
 @contextlib.contextmanager
@@ -468,7 +472,7 @@ class CGCConfigBuilder(_Knobs):
 
     Shows the mask (task x expert: the allowed set S_t of every task), each task's rank
     |S_t| r_e, the expert rank, and the trainable parameter count of one adapted d_out x d_in
-    layer; the "layer" view draws `cgc_edu.diagrams.cgc_lora_diagram` for task 0. A rank that
+    layer; the "layer" view draws `cgc_edu.course.diagrams.cgc_lora_diagram` for task 0. A rank that
     does not divide is shown as the config's own error message, not raised.
 
     Controls: ``n_common``, ``n_specific``, ``n_tasks``, ``rank`` (IntTexts), ``budget``,
@@ -536,7 +540,6 @@ class CGCConfigBuilder(_Knobs):
                      color="#b00020")
             return
         if s["view"] == "layer":
-            from .diagrams import cgc_lora_diagram
 
             fig.set_size_inches(7.5, 4.1)
             cgc_lora_diagram(self.config, task=0, ax=fig.add_subplot())
@@ -584,7 +587,7 @@ class CounterfactualGate(_Knobs):
 
     Pick a task and an override (the learned gate, uniform over S_t, one expert zeroed and
     the rest renormalised, or another task's mixture on this task's experts; see
-    `cgc_edu.counterfactual.override_gate`); the widget decodes the task's examples greedily
+    `cgc_edu.course.counterfactual.override_gate`); the widget decodes the task's examples greedily
     with and without the override and shows both answers and exact matches. The model is
     restored exactly after each decode.
 
@@ -603,7 +606,6 @@ class CounterfactualGate(_Knobs):
 
     def __init__(self, model: nn.Module, dataset, tokenizer, task_names: Sequence[str],
                  n_examples: int = 24, module: Optional[str] = None, show: int = 6):
-        from .injection import adapter_layers
 
         layers = adapter_layers(model)
         if not layers:
@@ -640,7 +642,6 @@ class CounterfactualGate(_Knobs):
             self._holding = False
 
     def _decode(self, task_id: int):
-        from .train import greedy_decode
 
         rows = self.rows[task_id]
         longest = max((len(r["target"]) for r in rows), default=1)

@@ -27,15 +27,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-# Affinity and clustering live in .affinity; imported here so that
-# `from cgc_edu.framework import task_affinity, cluster_tasks, ...` keeps working.
-from .affinity import (_task_order, cluster_tasks, clustering_agreement, prior_clusters,  # noqa: F401
-                       subset_tasks, task_affinity, task_linkage)
-from .config import AdapterConfig
-from .data import build_tokenizer
-from .injection import add_adapters, adapter_layers
-from .io import export_peft_lora, load_adapters, read_adapter_config, save_adapters
-from .utils import training_seed
+from ..adapters.config import AdapterConfig
+from ..adapters.injection import adapter_layers, add_adapters
+from ..adapters.saving import export_peft_lora, load_adapters, read_adapter_config, save_adapters
+from ..data.tinytasks import build_tokenizer
+from ..train.loop import evaluate as evaluate_model
+from ..train.loop import greedy_decode
+from ..train.loop import train as train_adapters
+from ..utils import training_seed
+from .affinity import subset_tasks, task_order
 
 FORMAT = "cgc_edu-one-plus-n"
 MANIFEST = "one_plus_n.json"
@@ -223,7 +223,6 @@ class OnePlusN:
 
         Taught in: notebooks/06_one_plus_n.ipynb.
         """
-        from .train import train as train_adapters
 
         unknown = sorted(set(dataset["task"]) - set(self.routes))
         if unknown:
@@ -250,7 +249,6 @@ class OnePlusN:
 
         Taught in: notebooks/06_one_plus_n.ipynb.
         """
-        from .train import greedy_decode
 
         single = isinstance(prompts, str)
         prompts = [prompts] if single else list(prompts)
@@ -348,7 +346,6 @@ class OnePlusN:
 
         Taught in: notebooks/06_one_plus_n.ipynb.
         """
-        from .train import evaluate as evaluate_model
 
         present = set(dataset["task"])
         for t in sorted(present):
@@ -361,7 +358,7 @@ class OnePlusN:
             table = evaluate_model(self.sets[cluster], subset_tasks(dataset, mine), self.tokenizer,
                                    batch_size=batch_size, task_names=mine).drop(index="average")
             frames.append(table.assign(cluster=cluster))
-        table = pd.concat(frames).reindex([t for t in _task_order(dataset)])
+        table = pd.concat(frames).reindex([t for t in task_order(dataset)])
         table.loc["average"] = [table["exact_match"].mean(), int(table["n"].sum()), ""]
         table["n"] = table["n"].astype(int)
         table.index.name = "task"
@@ -383,7 +380,7 @@ class OnePlusN:
         return merged.eval()
 
     def export_peft(self, task: str, path: Union[str, Path]) -> Path:
-        """Write ``task``'s adapter as a plain peft LoRA (see `cgc_edu.io.export_peft_lora`).
+        """Write ``task``'s adapter as a plain peft LoRA (see `cgc_edu.adapters.saving.export_peft_lora`).
 
         Taught in: notebooks/06_one_plus_n.ipynb.
         """

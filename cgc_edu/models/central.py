@@ -1,9 +1,9 @@
 """The central model: the "1" of 1+N, a tiny Llama that every adapter builds on.
 
 It is a plain ``transformers.LlamaForCausalLM`` over TinyTasks' character vocabulary,
-pretrained by ``python -m cgc_edu.central`` on a general synthetic corpus (copying,
+pretrained by ``python -m cgc_edu.models.pretraining`` on a general synthetic corpus (copying,
 continuing letter and digit runs, repeating patterns). Its weights ship with the package
-as safetensors in ``cgc_edu/assets/``, next to its config and tokenizer files, so that
+as safetensors in ``cgc_edu/models/assets/``, next to its config and tokenizer files, so that
 ``LlamaForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained`` read the folder
 the usual way, and nothing is downloaded.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
-from .data import build_tokenizer
+from ..data.tinytasks import build_tokenizer
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
@@ -47,7 +47,7 @@ def load_central_model(path: str | Path | None = None) -> LlamaForCausalLM:
     if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"no central model weights at {path / 'model.safetensors'}; recreate them with "
-            "`python -m cgc_edu.central` (or pass the folder you saved them to)")
+            "`python -m cgc_edu.models.pretraining` (or pass the folder you saved them to)")
     quiet = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in notebooks and test logs
     try:

@@ -1,4 +1,4 @@
-"""A one-minute end-to-end run of the CGC-LoRA layer family on a tiny Llama: ``python -m cgc_edu.demo``.
+"""A one-minute end-to-end run of the CGC-LoRA layer family on a tiny Llama: ``python -m cgc_edu.course.demo``.
 
 It builds a small LlamaForCausalLM from a config (no download), adds CGC-LoRA adapters for
 three toy tasks, trains only the adapters and gates on a mixed-task batch, and prints what it
@@ -12,9 +12,17 @@ import tempfile
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from . import (AdapterConfig, add_adapters, adapter_layers, load_adapters, merge_task, save_adapters,
-               trainable_parameters, unmerge)
-from .utils import seed_everything
+from .. import (
+    AdapterConfig,
+    adapter_layers,
+    add_adapters,
+    load_adapters,
+    merge_task,
+    save_adapters,
+    trainable_parameters,
+    unmerge,
+)
+from ..utils import seed_everything
 
 VOCAB = 24
 

@@ -27,8 +27,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import AdapterConfig
-from .injection import (_adaptable_layers, _find_saved_modules, _find_targets, _router,
-                        _saved_modules, add_adapters, adapter_layers)
+from .injection import (
+    _adaptable_layers,
+    _find_saved_modules,
+    _find_targets,
+    _router,
+    _saved_modules,
+    adapter_layers,
+    add_adapters,
+)
 
 WEIGHTS_NAME = "adapters.safetensors"
 CONFIG_NAME = "adapter_config.json"

@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import nn
 
+from ..adapters.injection import adapter_layers
 from . import plots
 from .recording import GateRecorder, GateRecording
 
@@ -32,7 +33,6 @@ def _as_recording(source, task_names) -> tuple[Optional[GateRecording], str, str
     if isinstance(source, GateRecorder):
         source = source.recording
     if isinstance(source, nn.Module):
-        from .injection import adapter_layers
 
         layers = adapter_layers(source)
         if not layers:

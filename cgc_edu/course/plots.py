@@ -2,7 +2,7 @@
 
 Every function returns its ``matplotlib.figure.Figure``. Functions that draw one panel take
 ``ax=`` to draw into an existing axes (the figure is then ``ax.figure``); the grid takes
-``fig=`` to reuse a figure. Gate plots read a `cgc_edu.recording.GateRecording`; modules,
+``fig=`` to reuse a figure. Gate plots read a `cgc_edu.course.recording.GateRecording`; modules,
 tasks and steps are named (or indexed, ``step=-1`` is the last recorded step).
 
 Taught in: notebooks/08_gate_lab.ipynb (gates), notebooks/06_one_plus_n.ipynb (affinity),
@@ -36,7 +36,7 @@ METHOD_COLORS = {
     "cgc_lora": "#D55E00", "one_plus_n": "#CC79A7", "cgc_no_gate": "#56B4E9",
     "shared_bottom": "#0072B2", "mmoe": "#009E73", "cgc": "#D55E00", "ple": "#CC79A7",
 }
-# The study's names for the same methods (cgc_edu.experiments.METHODS) share their colours.
+# The study's names for the same methods (cgc_edu.study.METHODS) share their colours.
 METHOD_COLORS.update(integrated=METHOD_COLORS["lora"], separate=METHOD_COLORS["independent"],
                      cgc_uniform=METHOD_COLORS["cgc_no_gate"])
 METHOD_NAMES = {

@@ -97,7 +97,7 @@ def _check_tasks(tasks) -> list[TaskSpec]:
     tasks = list(tasks)
     if not tasks:
         raise ValueError(f"tasks is empty: select at least one of {list(TASK_NAMES)}")
-    if any(isinstance(t, TaskSpec) for t in tasks):   # a suite of its own (cgc_edu.suites)
+    if any(isinstance(t, TaskSpec) for t in tasks):   # a suite of its own (cgc_edu.data.suites)
         if not all(isinstance(t, TaskSpec) for t in tasks):
             raise TypeError(f"tasks mixes TaskSpec objects and names: {tasks}; give names of "
                             "TinyTasks tasks, or TaskSpec objects only")
@@ -129,7 +129,7 @@ def make_tiny_tasks(
 
     Columns: ``prompt`` (e.g. "cab="), ``target`` (e.g. "bac"), ``task`` (name),
     ``task_id`` (index in :data:`TASK_NAMES` restricted to the selection, in that order; or,
-    when ``tasks`` are `TaskSpec` objects, such as a suite of `cgc_edu.suites`, their index),
+    when ``tasks`` are `TaskSpec` objects, such as a suite of `cgc_edu.data.suites`, their index),
     ``cluster``, ``low_data``. ``n_train`` examples per ordinary task, ``n_low`` per low-data
     task (the tasks that should borrow from their cluster), ``n_validation`` / ``n_test``
     per task. Words are distinct across splits within a task (no leakage), and the same

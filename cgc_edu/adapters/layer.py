@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from torch.nn.modules import module as _hooks   # the global hook registries (see _no_hooks)
+from torch.nn.modules import module as _hooks  # the global hook registries (see _no_hooks)
 
 from .config import AdapterConfig
 

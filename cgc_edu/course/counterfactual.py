@@ -26,11 +26,11 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from .config import AdapterConfig
+from ..adapters.config import AdapterConfig
+from ..adapters.injection import adapter_layers
 
 
 def _gates(model: nn.Module) -> tuple[AdapterConfig, list[nn.Module]]:
-    from .injection import adapter_layers
 
     layers = adapter_layers(model)
     if not layers:

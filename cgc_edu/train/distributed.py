@@ -13,8 +13,8 @@ DistributedDataParallel: each process reads its own shard of the data and the gr
 of the adapters are averaged, so every process ends with the same adapter weights. Run
 this module to see it::
 
-    torchrun --nproc_per_node 2 -m cgc_edu.distributed --output-dir runs/ddp --steps 30
-    accelerate launch --num_processes 2 -m cgc_edu.distributed --output-dir runs/ddp
+    torchrun --nproc_per_node 2 -m cgc_edu.train.distributed --output-dir runs/ddp --steps 30
+    accelerate launch --num_processes 2 -m cgc_edu.train.distributed --output-dir runs/ddp
 
 Each process saves its adapters to ``OUTPUT_DIR/rank<R>/`` and its logged losses to
 ``OUTPUT_DIR/rank<R>/losses.json``. On CPUs the processes talk over gloo; on GPUs over
@@ -35,12 +35,12 @@ from typing import Optional, Sequence
 import torch
 from transformers import Trainer, TrainingArguments
 
-from .config import AdapterConfig
-from .data import TinyTasksCollator, build_tokenizer, make_tiny_tasks
-from .injection import add_adapters
-from .io import save_adapters
-from .models import load_central_model
-from .utils import seed_everything
+from ..adapters.config import AdapterConfig
+from ..adapters.injection import add_adapters
+from ..adapters.saving import save_adapters
+from ..data.tinytasks import TinyTasksCollator, build_tokenizer, make_tiny_tasks
+from ..models.central import load_central_model
+from ..utils import seed_everything
 
 
 def adapter_trainer(model, train_dataset, tokenizer, output_dir, steps: int = 100,
@@ -49,7 +49,7 @@ def adapter_trainer(model, train_dataset, tokenizer, output_dir, steps: int = 10
     """A ``transformers.Trainer`` that trains a model with adapters on a multi-task dataset.
 
     ``train_dataset`` has the columns prompt, target and task_id (a TinyTasks split, or
-    what ``cgc_edu.finetune.load_task_data`` reads); ``batch_size`` is per process. The
+    what ``cgc_edu.train.finetune.load_task_data`` reads); ``batch_size`` is per process. The
     arguments that routing needs are fixed (``remove_unused_columns=False``, the task-id
     collator); any other ``TrainingArguments`` field can be passed as a keyword (e.g.
     ``bf16=True``, ``gradient_accumulation_steps=4``, ``fsdp="full_shard"``,
@@ -76,7 +76,7 @@ def adapter_trainer(model, train_dataset, tokenizer, output_dir, steps: int = 10
 
 def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m cgc_edu.distributed",
+        prog="python -m cgc_edu.train.distributed",
         description="Train CGC-LoRA on the central model and TinyTasks with transformers.Trainer; "
                     "launch with torchrun or accelerate launch for several processes.")
     parser.add_argument("--output-dir", required=True, help="where each rank saves its adapters")

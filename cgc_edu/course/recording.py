@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ExpertLayout
+from ..adapters.config import ExpertLayout
+from ..adapters.injection import adapter_layers
 
 _ARRAYS = ("steps", "gates", "module_names", "task_names", "expert_labels", "n_common",
            "n_specific", "gate")
@@ -153,7 +154,6 @@ class GateRecorder:
 
     def __init__(self, model: nn.Module, task_names: Optional[Sequence[str]] = None,
                  every: int = 1):
-        from .injection import adapter_layers  # the layer package imports nothing from here
 
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"GateRecorder: every={every!r}; pass a positive integer "

@@ -38,16 +38,17 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist, squareform
 from torch import nn
 
-from .config import AdapterConfig
-from .data import TinyTasksCollator, build_tokenizer
-from .injection import add_adapters, adapter_layers
-from .utils import training_seed
+from ..adapters.config import AdapterConfig
+from ..adapters.injection import adapter_layers, add_adapters
+from ..data.tinytasks import TinyTasksCollator, build_tokenizer
+from ..train.loop import train
+from ..utils import training_seed
 
 METHODS = ("gradient", "lookahead", "update", "transfer")
 
 
 # ------------------------------------------------------------------ datasets
-def _task_order(dataset) -> list[str]:
+def task_order(dataset) -> list[str]:
     """Task names of a TinyTasks split, in task-id order."""
     pairs = sorted({(int(i), t) for i, t in zip(dataset["task_id"], dataset["task"])})
     return [t for _, t in pairs]
@@ -64,7 +65,7 @@ def prior_clusters(dataset) -> dict[str, list[str]]:
                        "with task_affinity + cluster_tasks.")
     label = dict(zip(dataset["task"], dataset["cluster"]))
     clusters: dict[str, list[str]] = {}
-    for task in _task_order(dataset):
+    for task in task_order(dataset):
         clusters.setdefault(label[task], []).append(task)
     return clusters
 
@@ -78,7 +79,7 @@ def subset_tasks(dataset, tasks: Sequence[str]):
     missing = sorted(set(tasks) - set(dataset["task"]))
     if missing:
         raise KeyError(f"subset_tasks: tasks {missing} have no rows in the dataset; its tasks "
-                       f"are {_task_order(dataset)}.")
+                       f"are {task_order(dataset)}.")
     rows = [dict(row, task_id=local[row["task"]]) for row in dataset if row["task"] in local]
     return Dataset.from_list(rows)
 
@@ -90,7 +91,7 @@ def _task_batches(dataset, tokenizer, n_per_task: int, seed: int) -> dict[str, d
     for row in dataset:
         rows_by_task.setdefault(row["task"], []).append(row)
     batches = {}
-    for task in _task_order(dataset):
+    for task in task_order(dataset):
         rows = rows_by_task[task]
         pick = rng.permutation(len(rows))[:n_per_task]
         batch = collate([rows[i] for i in pick])
@@ -100,10 +101,9 @@ def _task_batches(dataset, tokenizer, n_per_task: int, seed: int) -> dict[str, d
 
 
 # ------------------------------------------------------------------ affinity
-def _probe(model: nn.Module, dataset, tokenizer, rank: int, seed: int, warmup_steps: int,
+def affinity_probe(model: nn.Module, dataset, tokenizer, rank: int, seed: int, warmup_steps: int,
            warmup_lr: float, batch_size: int) -> nn.Module:
     """A copy of ``model`` with one fresh LoRA on every linear layer, warmed up jointly."""
-    from .train import train
 
     with torch.random.fork_rng():
         torch.manual_seed(training_seed(seed))
@@ -172,12 +172,12 @@ def task_affinity(model: nn.Module, dataset, tokenizer=None, method: str = "grad
         raise ValueError(f"task_affinity: {type(model).__name__} already has adapters; measure "
                          "affinity at the bare central model (before add_adapters).")
     tokenizer = tokenizer or build_tokenizer()
-    probe = _probe(model, dataset, tokenizer, rank, seed, warmup_steps, warmup_lr, batch_size)
-    return _measure(probe, dataset, tokenizer, method, n_per_task, lookahead_lr, seed, update_steps,
+    probe = affinity_probe(model, dataset, tokenizer, rank, seed, warmup_steps, warmup_lr, batch_size)
+    return measure_affinity(probe, dataset, tokenizer, method, n_per_task, lookahead_lr, seed, update_steps,
                     update_lr, batch_size)
 
 
-def _measure(probe, dataset, tokenizer, method, n_per_task=64, lookahead_lr=0.1, seed=0,
+def measure_affinity(probe, dataset, tokenizer, method, n_per_task=64, lookahead_lr=0.1, seed=0,
              update_steps=20, update_lr=3e-3, batch_size=32) -> pd.DataFrame:
     """One affinity measure at a probe (restored afterwards: several measures can share it)."""
     if method == "update":
@@ -209,9 +209,8 @@ def _measure(probe, dataset, tokenizer, method, n_per_task=64, lookahead_lr=0.1,
 
 def _trained_alone(probe, dataset, tokenizer, steps, lr, batch_size, seed):
     """(task, a copy of the probe trained on that task's rows alone), task by task."""
-    from .train import train
 
-    for task in _task_order(dataset):
+    for task in task_order(dataset):
         alone = copy.deepcopy(probe)
         rows = [dict(r, task_id=0) for r in dataset if r["task"] == task]
         train(alone, rows, tokenizer, steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=False)

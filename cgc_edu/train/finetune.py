@@ -3,7 +3,7 @@
 One command trains CGC-LoRA (or any preset) on a multi-task dataset, evaluates exact match
 per task and exports one peft LoRA adapter per task::
 
-    python -m cgc_edu.finetune --model HuggingFaceTB/SmolLM2-135M --data train.jsonl \\
+    python -m cgc_edu.train.finetune --model HuggingFaceTB/SmolLM2-135M --data train.jsonl \\
         --tasks-column task --method cgc_lora --rank 8 --steps 300 --output-dir runs/mine
 
 ``--model`` is a hub name (read from the local cache when offline) or a folder written by
@@ -43,11 +43,11 @@ import pandas as pd
 import torch
 from datasets import Dataset
 
-from .config import AdapterConfig
-from .injection import add_adapters
-from .io import export_peft_lora, save_adapters
-from .train import evaluate, train
-from .utils import seed_everything
+from ..adapters.config import AdapterConfig
+from ..adapters.injection import add_adapters
+from ..adapters.saving import export_peft_lora, save_adapters
+from ..utils import seed_everything
+from .loop import evaluate, train
 
 METHODS = ("lora", "independent", "moe_lora", "cgc_lora")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -368,7 +368,7 @@ def finetune(model, tokenizer, train_data: Dataset, eval_data: Optional[Dataset]
 
 # --------------------------------------------------------------------------- the command
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cgc_edu.finetune", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cgc_edu.train.finetune", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="hub name or save_pretrained folder")
     p.add_argument("--data", required=True, help=".jsonl / .csv file, save_to_disk folder or datasets name")
     p.add_argument("--eval-data", help="held-out data (same format); default: hold out --eval-fraction")
@@ -398,7 +398,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> FinetuneRun:
-    """The command line: ``python -m cgc_edu.finetune --model ... --data ... --output-dir ...``.
+    """The command line: ``python -m cgc_edu.train.finetune --model ... --data ... --output-dir ...``.
     """
     args = _parser().parse_args(argv)
     columns = dict(prompt_column=args.prompt_column, target_column=args.target_column,

@@ -16,6 +16,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adapters.config import AdapterConfig
+from ..adapters.layer import CGCLoRALinear
+from ..data.synthetic import make_correlated_tasks
+from ..data.tinytasks import TASKS, make_tiny_tasks
+from ..framework.affinity import prior_clusters
+from ..moe import MoELayer, load_balancing_loss, top_k_gating
+from ..mtl import CGC, MMoE
+from ..study.statistics import load_results, paired_comparison, summary
+from .counterfactual import override_weights
+from .diagrams import method_of
+from .knobs import adapter_parameter_count
+from .plots import common_share_table
+
 #: chapter -> exercise number -> check(answer, *context) -> (right, why)
 _CHECKS: dict[str, dict[int, Callable]] = {}
 
@@ -81,7 +94,6 @@ class Checks:
 @_check("00", 1)
 def _tour_clusters(answer):
     """Which tasks share the cluster of `reverse`? Answer a list of task names (reverse too)."""
-    from .data import TASKS
 
     cluster = next(t.cluster for t in TASKS if t.name == "reverse")
     want = {t.name for t in TASKS if t.cluster == cluster}
@@ -96,7 +108,6 @@ def _tour_clusters(answer):
 def _tour_prompt(answer):
     """With make_tiny_tasks(..., name_in_prompt=True), what is the prompt of task `reverse` on
     the word `cab`?"""
-    from .data import make_tiny_tasks
 
     row = make_tiny_tasks(seed=0, tasks=["reverse"], n_train=1, n_low=1, n_validation=0,
                           n_test=0, name_in_prompt=True)["train"][0]
@@ -128,8 +139,6 @@ def _lora_rank(answer):
 def _lora_scaling(answer):
     """With alpha = 16 for every rank, what are the scalings at rank 2 and rank 8? Answer a
     pair (s_2, s_8)."""
-    from .config import AdapterConfig
-    from .layer import CGCLoRALinear
 
     want = [CGCLoRALinear(nn.Linear(4, 4), AdapterConfig.lora(rank=r, alpha=16)).scaling
             for r in (2, 8)]
@@ -147,8 +156,6 @@ def _lora_scaling(answer):
 def _lora_count(answer):
     """Trainable numbers of LoRA at rank 8 on the seven projections of one Llama-7B block
     (q, k, v, o: 4096 x 4096; gate, up: 4096 -> 11008; down: 11008 -> 4096)?"""
-    from .config import AdapterConfig
-    from .knobs import adapter_parameter_count
 
     shapes = [(4096, 4096)] * 4 + [(4096, 11008)] * 2 + [(11008, 4096)]
     want = sum(adapter_parameter_count(AdapterConfig.lora(rank=8), i, o)["total"] for i, o in shapes)
@@ -165,7 +172,6 @@ def _lora_count(answer):
 def _moe_collapse(answer):
     """With E = 4 experts, what is the Switch load-balancing loss when every token goes to
     expert 0 with probability 1, and when routing is perfectly uniform? Answer (collapsed, uniform)."""
-    from .moe import load_balancing_loss
 
     E, n = 4, 8
     collapsed = load_balancing_loss(torch.eye(E)[[0] * n], torch.zeros(n, 1, dtype=torch.long))
@@ -181,7 +187,6 @@ def _moe_collapse(answer):
 def _moe_topk(answer):
     """Router probabilities [0.5, 0.3, 0.2] and top-2 with renormalisation: what weights do the
     three experts get?"""
-    from .moe import top_k_gating
 
     want = top_k_gating(torch.tensor([[0.5, 0.3, 0.2]]), k=2)[0][0].tolist()
     if _close(answer, want, 1e-3):
@@ -195,7 +200,6 @@ def _moe_topk(answer):
 def _moe_no_gradient(answer):
     """With k = 1 and renormalize=True, how large is the gradient the task loss sends to the
     router's weights? (A number.)"""
-    from .moe import MoELayer
 
     torch.manual_seed(0)
     layer = MoELayer(4, n_experts=3, d_hidden=4, k=1, renormalize=True)
@@ -214,13 +218,12 @@ def _moe_no_gradient(answer):
 def _mtl_correlation(answer):
     """The tasks of make_correlated_tasks(20_000, -0.5, in_features=20): what is their label
     correlation (to two decimals)?"""
-    from .synthetic import make_correlated_tasks
 
     y = make_correlated_tasks(20_000, -0.5, in_features=20)[1].numpy()
     want = float(np.corrcoef(y.T)[0, 1])
     if _close(answer, want, 0.02):
         return True, (f"{want:+.3f}: close to the cosine -0.5; the sine terms make it differ a "
-                      "little (see the module doc of cgc_edu.synthetic).")
+                      "little (see the module doc of cgc_edu.data.synthetic).")
     return False, f"measure it with np.corrcoef(y.T)[0, 1]: it is {want:+.3f}."
 
 
@@ -228,7 +231,6 @@ def _mtl_correlation(answer):
 def _mtl_cgc_gate(answer):
     """CGC(20, 2, n_shared=2, n_specific=2, expert_hidden=8, tower_hidden=8): over how many
     experts does each task's gate mix?"""
-    from .mtl import CGC
 
     model = CGC(20, 2, n_shared=2, n_specific=2, expert_hidden=8, tower_hidden=8)
     want = model.gate_weights(torch.randn(3, 20))[0].shape[1]
@@ -241,7 +243,6 @@ def _mtl_cgc_gate(answer):
 @_check("03", 3)
 def _mtl_cgc_is_mmoe(answer):
     """CGC with n_specific=0 is exactly which model of this chapter?"""
-    from .mtl import CGC, MMoE
 
     torch.manual_seed(0)
     mmoe = MMoE(6, 2, n_experts=3, expert_hidden=4, tower_hidden=4)
@@ -262,8 +263,6 @@ def _mtl_cgc_is_mmoe(answer):
 def _moelora_gate_cost(answer):
     """On a 128 x 128 layer, how many trainable numbers does moe_lora(rank=8, n_tasks=4,
     n_experts=4, budget="total") add beyond one LoRA of rank 8 (lora(rank=8))?"""
-    from .config import AdapterConfig
-    from .knobs import adapter_parameter_count
 
     moe = adapter_parameter_count(AdapterConfig.moe_lora(rank=8, n_tasks=4, n_experts=4,
                                                          budget="total"), 128, 128)
@@ -279,8 +278,6 @@ def _moelora_gate_cost(answer):
 @_check("04", 2)
 def _moelora_one_expert(answer):
     """What is AdapterConfig.moe_lora(n_experts=1)? Name the method."""
-    from .config import AdapterConfig
-    from .diagrams import method_of
 
     config = AdapterConfig.moe_lora(rank=8, n_tasks=4, n_experts=1)
     want = method_of(config)
@@ -294,7 +291,6 @@ def _moelora_one_expert(answer):
 @_check("04", 3)
 def _moelora_uniform(answer):
     """MoE-LoRA with gate="uniform": does the layer's output depend on the task id? (True/False)"""
-    from .config import AdapterConfig
 
     config = AdapterConfig.moe_lora(rank=8, n_tasks=4, n_experts=4, gate="uniform")
     want = config.needs_task_ids
@@ -310,7 +306,6 @@ def _moelora_uniform(answer):
 def _cgc_moelora(answer):
     """AdapterConfig.moe_lora(rank=12, alpha=24, n_tasks=8, n_experts=3): how many experts does a
     module have, and what is task 5's allowed set? Answer (E, S_5)."""
-    from .config import AdapterConfig
 
     config = AdapterConfig.moe_lora(rank=12, alpha=24, n_tasks=8, n_experts=3)
     want = (config.n_experts, config.allowed_experts(5))
@@ -327,8 +322,6 @@ def _cgc_moelora(answer):
 def _cgc_uniform_share(answer):
     """The ablation without a gate: cgc_lora(rank=6, n_tasks=8, gate="uniform"). What is a
     task's common share (gate mass on the common experts), before and after training?"""
-    from .config import AdapterConfig
-    from .layer import CGCLoRALinear
 
     layer = CGCLoRALinear(nn.Linear(8, 8), AdapterConfig.cgc_lora(rank=6, n_tasks=8, gate="uniform"))
     want = float(layer.gate_weights(torch.tensor([5]))[0, :layer.config.n_common].sum())
@@ -343,8 +336,6 @@ def _cgc_uniform_share(answer):
 def _cgc_total_budget(answer):
     """budget="total", 8 tasks, 2 common + 1 specific expert: the smallest rank that divides,
     and the trainable numbers of one 128 x 128 projection (gate aside)? Answer (rank, count)."""
-    from .config import AdapterConfig
-    from .knobs import adapter_parameter_count
 
     rank = next(r for r in range(1, 1000)
                 if r % AdapterConfig.cgc_lora(rank=10, n_tasks=8, budget="total").n_experts == 0)
@@ -362,8 +353,6 @@ def _cgc_total_budget(answer):
 
 # ------------------------------------------------------------------ 06 1+N
 def _designed_clusters():
-    from .data import make_tiny_tasks
-    from .framework import prior_clusters
 
     return prior_clusters(make_tiny_tasks(seed=0, n_train=1, n_low=1, n_validation=0, n_test=0)["train"])
 
@@ -385,7 +374,6 @@ def _onen_route(answer):
 def _onen_peft_rank(answer):
     """A cluster of 4 tasks served with cgc_lora(rank=12, n_common=2, n_specific=1,
     budget="total"): what rank does export_peft give one task's LoRA?"""
-    from .config import AdapterConfig
 
     config = AdapterConfig.cgc_lora(rank=12, alpha=24, n_tasks=4, n_common=2, n_specific=1,
                                     budget="total")
@@ -412,15 +400,13 @@ def _named(results=None):
     """The stored study's instruction-prompt rows (or the learner's own table)."""
     from pathlib import Path
 
-    from .reporting import load_results
 
     if results is None:  # the repository's results/, wherever the learner runs from
-        results = load_results(Path(__file__).resolve().parent.parent / "results")
+        results = load_results(Path(__file__).resolve().parents[2] / "results")
     return results[results["setting"] == "named"] if "setting" in results else results
 
 
 def _stored_stats(results=None):
-    from .reporting import summary
 
     return summary(_named(results))
 
@@ -434,7 +420,7 @@ def _exp_spread(answer, results=None):
     want = cgc["std"].idxmax()
     if _same_text(answer, want):
         return True, f"{want} (std {100 * cgc['std'].max():.1f} points)."
-    return False, (f"read reporting.summary(results) for cgc_lora: the largest std is {want}'s "
+    return False, (f"read statistics.summary(results) for cgc_lora: the largest std is {want}'s "
                    f"({100 * cgc['std'].max():.1f} points), not {answer!r}.")
 
 
@@ -456,7 +442,6 @@ def _exp_best(answer, results=None):
 def _exp_wins(answer, results=None):
     """On how many seeds does CGC-LoRA beat the independent models ('separate'), and on how
     many does it lose? Answer a pair (wins, losses)."""
-    from .reporting import paired_comparison
 
     pair = paired_comparison(_named(results), "cgc_lora", "separate")
     want = (pair["wins"], pair["losses"])
@@ -466,7 +451,7 @@ def _exp_wins(answer, results=None):
                    "no clear winner: the bootstrap interval contains 0")
         return True, (f"{want} of {pair['n_seeds']} seeds, mean {100 * pair['mean_diff']:+.1f} "
                       f"points: {verdict}.")
-    return False, (f"reporting.paired_comparison(results, 'cgc_lora', 'separate') pairs the "
+    return False, (f"statistics.paired_comparison(results, 'cgc_lora', 'separate') pairs the "
                    f"seeds: {want[0]} wins and {want[1]} losses, not {answer!r}.")
 
 
@@ -475,7 +460,6 @@ def _exp_wins(answer, results=None):
 def _lab_layer(answer, recording):
     """In which transformer layer does `last` rely most on its own expert (lowest common
     share)? Pass your recording: check.ex1(answer, recording)."""
-    from .plots import common_share_table
 
     values, tasks, layers = common_share_table(recording, step=-1)
     want = layers[int(np.argmin(values[tasks.index("last")]))]
@@ -489,8 +473,6 @@ def _lab_layer(answer, recording):
 def _lab_uniform(answer):
     """The ablation without a gate, cgc_lora(rank=6, n_tasks=4, gate="uniform"): what weight does
     the inspector show on each allowed expert, at any step?"""
-    from .config import AdapterConfig
-    from .layer import CGCLoRALinear
 
     layer = CGCLoRALinear(nn.Linear(8, 8), AdapterConfig.cgc_lora(rank=6, n_tasks=4, gate="uniform"))
     g = layer.gate_weights(torch.tensor([0]))[0]
@@ -504,8 +486,6 @@ def _lab_uniform(answer):
 def _lab_zero(answer):
     """A task's learned gate is [0.5, 0.3, 0, 0.2, 0] over 5 experts. What are its weights after
     override_gate(..., "zero:0")?"""
-    from .config import AdapterConfig
-    from .counterfactual import override_weights
 
     learned = torch.tensor([[0.5, 0.3, 0.0, 0.2, 0.0]])
     fake_gate = lambda ids: learned.expand(len(ids), -1)          # noqa: E731 - a fixed gate

@@ -34,7 +34,7 @@ import random
 import string
 from typing import Callable
 
-from .data import _BY_NAME, TASKS, TaskSpec
+from .tinytasks import _BY_NAME, TASKS, TaskSpec
 
 LETTERS = string.ascii_lowercase
 

@@ -5,7 +5,7 @@
 `one_plus_n_diagram` the 1+N serving pattern. Nothing is hard-coded: change the config and the
 picture changes with it. Every drawn part carries a ``gid`` (``"expert:common:0"``,
 ``"gate"``, ``"adapter set:extract"``, ...) so code and tests can find it; colours come from
-`cgc_edu.plots.PART_COLORS`. Figures are at most 7.5 inches wide (the book's column).
+`cgc_edu.course.plots.PART_COLORS`. Figures are at most 7.5 inches wide (the book's column).
 
 Taught in: notebooks/05_cgc_lora.ipynb.
 """
@@ -17,7 +17,7 @@ from typing import Mapping, Optional, Sequence
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from .config import AdapterConfig
+from ..adapters.config import AdapterConfig
 from .plots import METHOD_COLORS, PART_COLORS
 
 #: The widest figure the book's column shows without scaling (inches, at dpi 100).

@@ -1,0 +1,23 @@
+"""The data: TinyTasks (the generated multi-task suite and its character tokenizer), other
+suites built to conflict (`suites`), and the correlated regression tasks of chapter 03
+(`synthetic`).
+
+Taught in: notebooks/00_tour.ipynb.
+"""
+from .tinytasks import (
+                        CHARACTERS,
+                        LETTERS,
+                        SPECIAL_TOKENS,
+                        TASK_NAMES,
+                        TASKS,
+                        TaskSpec,
+                        TinyTasksCollator,
+                        build_tokenizer,
+                        format_prompt,
+                        make_tiny_tasks,
+                        task_names,
+)
+
+__all__ = ["CHARACTERS", "LETTERS", "SPECIAL_TOKENS", "TASK_NAMES", "TASKS", "TaskSpec",
+           "TinyTasksCollator", "build_tokenizer", "format_prompt", "make_tiny_tasks",
+           "task_names"]

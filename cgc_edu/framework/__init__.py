@@ -1,0 +1,22 @@
+"""The 1+N framework: task affinity and clustering (`affinity`), and `OnePlusN` (`oneplusn`):
+one central model, one CGC-LoRA set per cluster, requests routed by task, served mixed or
+merged, exported to peft.
+
+Taught in: notebooks/06_one_plus_n.ipynb.
+"""
+from .affinity import (
+                       adjusted_rand_index,
+                       cluster_tasks,
+                       clustering_agreement,
+                       measured_clusters,
+                       prior_clusters,
+                       subset_tasks,
+                       task_affinity,
+                       task_linkage,
+                       task_order,
+)
+from .oneplusn import OnePlusN, base_fingerprint, unique_parameter_bytes
+
+__all__ = ["OnePlusN", "adjusted_rand_index", "base_fingerprint", "cluster_tasks",
+           "clustering_agreement", "measured_clusters", "prior_clusters", "subset_tasks",
+           "task_affinity", "task_linkage", "task_order", "unique_parameter_bytes"]

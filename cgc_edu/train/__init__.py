@@ -1,0 +1,9 @@
+"""Training and evaluation: the loop and exact-match evaluation (`loop`), fine-tuning your own
+model and data from the command line (`finetune`, ``python -m cgc_edu.train.finetune``) and
+data-parallel training (`distributed`).
+
+Taught in: notebooks/04_moe_lora.ipynb.
+"""
+from .loop import evaluate, greedy_decode, model_device, train
+
+__all__ = ["evaluate", "greedy_decode", "model_device", "train"]
