@@ -61,8 +61,10 @@ def test_decoding_reuses_the_gather_only_while_ids_and_weights_are_unchanged():
     x, ids = torch.randn(4, 3, D_IN), torch.tensor([0, 1, 2, 1])
     with torch.no_grad():
         first = layer(x, ids)
-        assert "_gathered" in vars(layer)
+        kept = layer._serving_cache.value
+        assert kept is not None
         torch.testing.assert_close(layer(x, ids), first, rtol=0, atol=0)
+        assert layer._serving_cache.value is kept     # reused, not rebuilt
         ids[0] = 2                                   # the same tensor, changed in place
         torch.testing.assert_close(layer(x, ids), reference(layer, x, ids), rtol=1e-5, atol=1e-5)
         layer.lora_B.mul_(2.0)                       # an optimizer step or load_adapters
@@ -102,7 +104,7 @@ def test_serving_path_with_the_gate_folded_in_equals_the_training_path(name):
     assert trained_path.requires_grad
     with torch.no_grad():
         served = layer(x, ids)
-        assert "_gathered" in vars(layer)             # the folded path ran
+        assert layer._serving_cache.value is not None             # the folded path ran
     torch.testing.assert_close(served, trained_path.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(served, reference(layer, x, ids), rtol=1e-5, atol=1e-5)
 
@@ -114,7 +116,7 @@ def test_serving_path_of_one_expert_presets_equals_the_reference(name):
     x = torch.randn(5, 4, D_IN)
     with torch.no_grad():
         torch.testing.assert_close(layer(x, ids), reference(layer, x, ids), rtol=1e-5, atol=1e-5)
-        assert "_gathered" in vars(layer)
+        assert layer._serving_cache.value is not None
 
 
 @pytest.mark.parametrize("name", sorted(FAST) + sorted(MULTI))
@@ -125,7 +127,7 @@ def test_one_request_alone_takes_the_2d_path_and_equals_the_reference(name):
         for task in range(layer.config.n_tasks):
             x, ids = torch.randn(1, 6, D_IN), torch.tensor([task])
             torch.testing.assert_close(layer(x, ids), reference(layer, x, ids), rtol=1e-5, atol=1e-5)
-            assert vars(layer)["_single"][0] is vars(layer)["_gathered"][4][0]
+            assert vars(layer)["_single"][0] is layer._serving_cache.value[0]
 
 
 def test_hooks_on_the_base_layer_still_run():

@@ -74,6 +74,21 @@ def _adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(base_dtype, torch.float32)
 
 
+@torch.no_grad()
+def add_delta(weight: torch.Tensor, delta: torch.Tensor, sign: int, fan_in_fan_out: bool) -> None:
+    """W0 += sign * dW in place, in W0's layout: ``delta`` is (d_out, d_in), as
+    `CGCLoRALinear.delta_weight` gives it, and is transposed for a Conv1D weight (d_in, d_out).
+    A half-precision W0 is updated in the delta's dtype and rounded once (not the delta
+    rounded, then the sum). The one place W0 changes: merge, unmerge, 1+N's merged model and
+    its hot copy all call it."""
+    if fan_in_fan_out:
+        delta = delta.T
+    if weight.dtype == delta.dtype:  # float32: in place, as it always was
+        weight.add_(delta, alpha=sign)
+    else:
+        weight.copy_(weight.to(delta.dtype).add_(delta, alpha=sign))
+
+
 def check_merged(merged_task: Optional[int], task_ids, where: str) -> None:
     """Raise when ids other than the merged task reach weights that hold that task's adapter."""
     if merged_task is None or task_ids is None:
@@ -113,6 +128,26 @@ class TaskGate(nn.Module):
         # .float() is a no-op on float32 parameters: the float32 path is unchanged bit for bit.
         logits = _select(self.task_embedding, task_ids).float() @ self.weight.float().T
         return torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+
+
+class ServingCache:
+    """One kept value for one ids tensor: each sample's LoRA (gate and scaling folded in),
+    reused across the decode steps of one `generate` call. `get` returns it only for the very
+    same ids tensor (held here, so its id cannot be reused) and an equal key; a key of None
+    never matches and is never stored."""
+
+    __slots__ = ("ids", "key", "value")
+
+    def __init__(self):
+        self.ids = self.key = self.value = None
+
+    def get(self, ids: torch.Tensor, key):
+        if key is not None and ids is self.ids and key == self.key:
+            return self.value
+        return None
+
+    def put(self, ids: torch.Tensor, key, value) -> None:
+        self.ids, self.key, self.value = ids, key, value
 
 
 class CGCLoRALinear(nn.Module):
@@ -176,6 +211,7 @@ class CGCLoRALinear(nn.Module):
         # set, so this layer must never write into it (see `merge`).
         self.shared_base: Optional[str] = None
         self.router = None  # set by add_adapters: holds the ids the model's forward resolved
+        self._serving_cache = ServingCache()
 
     # ------------------------------------------------------------------ helpers
     def extra_repr(self) -> str:
@@ -283,24 +319,18 @@ class CGCLoRALinear(nn.Module):
         k = |S_t| r_e; with several experts B^T carries the gate and the scaling.
 
         Gathered by index_select (its backward sums repeated ids in a fixed order). Without
-        autograd (decoding) the gather is kept and reused while the very same ids tensor comes
-        back (generate routes one tensor to every step) and neither it nor the weights have
-        changed (their version counters): a decode step then costs two products per layer.
+        autograd (decoding) the result is kept in a `ServingCache` and reused while the very
+        same ids tensor comes back (generate routes one tensor to every step) and nothing it
+        depends on has changed (`_serving_key`): a decode step then costs two products per layer.
         """
         params = self._parameters          # direct: nn.Module.__getattr__ costs on every decode step
         A, B = params["lora_A"], params["lora_B"]
-        stamp = None
+        key = None
         if not torch.is_grad_enabled():
-            gate = self._modules["gate"]._parameters.values()
-            try:   # in-place changes bump _version; ``model.to(...)`` swaps data (data_ptr)
-                stamp = (task_ids._version, A._version, B._version, A.data_ptr(), B.data_ptr(),
-                         *[(p._version, p.data_ptr()) for p in gate])
-            except RuntimeError:   # inference tensors keep no version counter: nothing is kept
-                stamp = None
-            kept = self.__dict__.get("_gathered")
-            if (stamp is not None and kept is not None and kept[0] is task_ids and kept[1] is A
-                    and kept[2] is B and kept[3] == stamp):
-                return kept[4]
+            key = self._serving_key(task_ids, A, B)
+            kept = self._serving_cache.get(task_ids, key)
+            if kept is not None:
+                return kept
         if self.rows.shape[1] == self.expert_rank:   # one expert per task (LoRA: all expert 0)
             # B^T gathered from the transposed view comes out contiguous: the second product
             # runs several times faster on it than on a strided B^T.
@@ -316,9 +346,23 @@ class CGCLoRALinear(nn.Module):
             batch = task_ids.shape[0]
             pair = (A_rows.view(batch, -1, self.in_features),
                     Bt_rows.view(batch, -1, self.out_features) * g[:, :, None])
-        if stamp is not None:
-            self.__dict__["_gathered"] = (task_ids, A, B, stamp, pair)  # plain attribute, no Module bookkeeping
+        if key is not None:
+            self._serving_cache.put(task_ids, key, pair)
         return pair
+
+    def _serving_key(self, task_ids: torch.Tensor, A: torch.Tensor, B: torch.Tensor):
+        """Everything the kept per-sample LoRA depends on, or None where it cannot be told
+        (a hook on the gate may change its weights, as `override_gate` does; inference tensors
+        keep no version counter): in-place changes bump ``_version``, ``model.to(...)`` swaps
+        the data (``data_ptr``), and the scaling is a plain attribute (rsLoRA sets it)."""
+        gate = self._modules["gate"]
+        if not _no_hooks(gate):
+            return None
+        try:
+            return (task_ids._version, A._version, B._version, A.data_ptr(), B.data_ptr(),
+                    self.scaling, *[(p._version, p.data_ptr()) for p in gate._parameters.values()])
+        except RuntimeError:
+            return None
 
     def forward(self, x: torch.Tensor, task_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         base = self.base_layer
@@ -368,15 +412,7 @@ class CGCLoRALinear(nn.Module):
         check_merged(self.merged_task, task_ids, self.module_name)
 
     def _add_to_base(self, delta: torch.Tensor, sign: int) -> None:
-        """W0 += sign * dW, in W0's layout (transposed for Conv1D). A half-precision W0 is
-        updated in the adapter's dtype and rounded once (not delta rounded, then the sum)."""
-        weight = self.base_layer.weight
-        if self.fan_in_fan_out:
-            delta = delta.T
-        if weight.dtype == delta.dtype:  # float32: in place, as it always was
-            weight.add_(delta, alpha=sign)
-        else:
-            weight.copy_(weight.to(delta.dtype).add_(delta, alpha=sign))
+        add_delta(self.base_layer.weight, delta, sign, self.fan_in_fan_out)
 
     @torch.no_grad()
     def merge(self, task_id: int) -> None:

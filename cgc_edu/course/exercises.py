@@ -10,6 +10,7 @@ Taught in: notebooks/05_cgc_lora.ipynb.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -396,13 +397,25 @@ def _onen_memory(answer):
 
 
 # ------------------------------------------------------------------ 07 experiments
+def stored_results_folder(start=None) -> Path:
+    """The study's ``results/`` folder the exercises read: the first of ``start`` (or the
+    working directory) and its parents that holds ``results/results.csv``. A notebook runs in
+    ``notebooks/``, so the repository's ``results/`` is found whether cgc_edu is installed
+    editable or as a wheel (which ships no results)."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "results" / "results.csv").is_file():
+            return folder / "results"
+    raise FileNotFoundError(
+        f"no results/results.csv in {here} or above it: run the notebook from the repository "
+        "(its notebooks/ folder), or pass the study's table yourself: "
+        "check.exN(answer, results=load_results(path))")
+
+
 def _named(results=None):
     """The stored study's instruction-prompt rows (or the learner's own table)."""
-    from pathlib import Path
-
-
-    if results is None:  # the repository's results/, wherever the learner runs from
-        results = load_results(Path(__file__).resolve().parents[2] / "results")
+    if results is None:
+        results = load_results(stored_results_folder())
     return results[results["setting"] == "named"] if "setting" in results else results
 
 

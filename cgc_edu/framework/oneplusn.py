@@ -29,6 +29,7 @@ from torch import nn
 
 from ..adapters.config import AdapterConfig
 from ..adapters.injection import adapter_layers, add_adapters
+from ..adapters.layer import add_delta
 from ..adapters.saving import export_peft_lora, load_adapters, read_adapter_config, save_adapters
 from ..data.tinytasks import build_tokenizer
 from ..train.loop import evaluate as evaluate_model
@@ -287,9 +288,8 @@ class OnePlusN:
             for name, (private, w0) in self._hot_weights.items():
                 private.copy_(w0)
                 if name in layers:
-                    delta = layers[name].delta_weight(local)
-                    private.copy_((w0.to(delta.dtype) + (delta.T if layers[name].fan_in_fan_out
-                                                         else delta)).to(private.dtype))
+                    add_delta(private, layers[name].delta_weight(local), +1,
+                              layers[name].fan_in_fan_out)
             self._hot_key = key
         return self._hot
 
@@ -337,8 +337,10 @@ class OnePlusN:
         gives it a new address) and their version counters (bumped by every in-place change:
         an optimizer step, load_adapters): equal keys, same adapters. Checked on every
         `generate`, so it reads the parameter dicts directly (A, B and the gate's)."""
-        return tuple((id(p), p.data_ptr(), p._version) for layer in layers
-                     for p in (*layer._parameters.values(), *layer.gate._parameters.values()))
+        return tuple((layer.scaling, *((id(p), p.data_ptr(), p._version)
+                                       for p in (*layer._parameters.values(),
+                                                 *layer.gate._parameters.values())))
+                     for layer in layers)
 
     def evaluate(self, dataset, batch_size: int = 256) -> pd.DataFrame:
         """Exact match per task (and "average"), like `cgc_edu.train.evaluate`, each task
@@ -374,9 +376,10 @@ class OnePlusN:
         """
         cluster, local = self.route(task)
         merged = copy.deepcopy(self.base)
-        for name, layer in self._set_layers[cluster].items():
-            target = merged.get_submodule(name)
-            target.weight += layer.delta_weight(local).to(target.weight.dtype)
+        with torch.no_grad():
+            for name, layer in self._set_layers[cluster].items():
+                add_delta(merged.get_submodule(name).weight, layer.delta_weight(local), +1,
+                          layer.fan_in_fan_out)
         return merged.eval()
 
     def export_peft(self, task: str, path: Union[str, Path]) -> Path:
