@@ -93,7 +93,9 @@ def test_seesaw_slider_moves_the_point_along_a_given_front():
 
 
 def test_seesaw_front_is_a_trade_off():
-    front = seesaw_front(weights=[0.1, 0.9])
+    # 2 shared units: a conflict every training seed shows (both gaps >= 0.16 on seeds 0-4,
+    # both kernels; at 8 units one gap was 0.015 on seed 1)
+    front = seesaw_front(weights=[0.1, 0.9], hidden=2)
     (w01_task1, w01_task2), (w09_task1, w09_task2) = front["losses"]
     assert w09_task1 < w01_task1 - 0.05 and w01_task2 < w09_task2 - 0.05   # more weight, lower loss
     assert front["losses"].shape == (2, 2) and front["alone"].shape == (2,)
