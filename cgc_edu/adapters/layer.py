@@ -131,23 +131,24 @@ class TaskGate(nn.Module):
 
 
 class ServingCache:
-    """One kept value for one ids tensor: each sample's LoRA (gate and scaling folded in),
-    reused across the decode steps of one `generate` call. `get` returns it only for the very
-    same ids tensor (held here, so its id cannot be reused) and an equal key; a key of None
-    never matches and is never stored."""
+    """One kept value for one set of source tensors: each sample's LoRA (gate and scaling
+    folded in), reused across the decode steps of one `generate` call. `get` returns it only
+    for the very same sources (the ids tensor, A and B, held here so that their ids cannot be
+    reused) and an equal key; a key of None never matches and is never stored."""
 
-    __slots__ = ("ids", "key", "value")
+    __slots__ = ("sources", "key", "value")
 
     def __init__(self):
-        self.ids = self.key = self.value = None
+        self.sources, self.key, self.value = (), None, None
 
-    def get(self, ids: torch.Tensor, key):
-        if key is not None and ids is self.ids and key == self.key:
+    def get(self, sources: tuple, key):
+        if (key is not None and len(sources) == len(self.sources) and key == self.key
+                and all(a is b for a, b in zip(sources, self.sources))):
             return self.value
         return None
 
-    def put(self, ids: torch.Tensor, key, value) -> None:
-        self.ids, self.key, self.value = ids, key, value
+    def put(self, sources: tuple, key, value) -> None:
+        self.sources, self.key, self.value = sources, key, value
 
 
 class CGCLoRALinear(nn.Module):
@@ -328,7 +329,7 @@ class CGCLoRALinear(nn.Module):
         key = None
         if not torch.is_grad_enabled():
             key = self._serving_key(task_ids, A, B)
-            kept = self._serving_cache.get(task_ids, key)
+            kept = self._serving_cache.get((task_ids, A, B), key)
             if kept is not None:
                 return kept
         if self.rows.shape[1] == self.expert_rank:   # one expert per task (LoRA: all expert 0)
@@ -347,7 +348,7 @@ class CGCLoRALinear(nn.Module):
             pair = (A_rows.view(batch, -1, self.in_features),
                     Bt_rows.view(batch, -1, self.out_features) * g[:, :, None])
         if key is not None:
-            self._serving_cache.put(task_ids, key, pair)
+            self._serving_cache.put((task_ids, A, B), key, pair)
         return pair
 
     def _serving_key(self, task_ids: torch.Tensor, A: torch.Tensor, B: torch.Tensor):
