@@ -10,13 +10,15 @@ Each run executes a notebook top to bottom in a fresh kernel with `CGC_EDU_TRAIN
 `ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1`. After each checked cell, a probe evaluates
 both sides of each top-level `assert a <op> b` (and each part of `assert p and q`); asserts in
 loops or over collections are recorded as passed or failed. One JSON file per notebook, seed
-and backend goes to `--store` (resumable: a stored run is not repeated), and the report,
+and backend goes to `--store` (resumable: a stored run of the notebook's current code is not
+repeated; one of an older version is), and the report,
 per notebook, each claim's worst value over all runs and the margin left, to `--report`.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import subprocess
@@ -76,6 +78,24 @@ print("CGC_PROBE" + _json.dumps([[_cgc_value(l), _cgc_value(r)] for l, r in {pai
 """
 
 
+def code_hash(path: Path) -> str:
+    """A fingerprint of what a notebook runs (its code cells and their tags, not outputs):
+    a stored run of another version is stale and is run again."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    text = json.dumps([[c.source, c.metadata.get("tags", [])] for c in nb.cells
+                       if c.cell_type == "code"])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _is_current(record_path: Path, notebook: Path) -> bool:
+    try:
+        return json.loads(record_path.read_text()).get("code") == code_hash(notebook)
+    except (OSError, ValueError):
+        return False
+
+
 def run_notebook(path: Path, seed: int, backend: str) -> dict:
     """Execute one notebook under one seed and backend (in this process's environment)."""
     import nbformat
@@ -112,8 +132,8 @@ def run_notebook(path: Path, seed: int, backend: str) -> dict:
                 if "op" in claim:
                     claim["values"] = next(it)
                 claims.append(claim)
-    return {"notebook": path.name, "seed": seed, "backend": backend, "claims": claims,
-            "errors": errors}
+    return {"notebook": path.name, "seed": seed, "backend": backend, "code": code_hash(path),
+            "claims": claims, "errors": errors}
 
 
 def margin(claim: dict) -> float | None:
@@ -139,11 +159,19 @@ def _current_parts(name: str):
 
 def report(store: Path, out: Path) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(store.glob("*.json"))]
+    hashes = {}
+    for name in {r["notebook"] for r in runs}:
+        path = ROOT / "notebooks" / name
+        hashes[name] = code_hash(path) if path.is_file() else None
+    stale = sum(r.get("code") != hashes[r["notebook"]] for r in runs)
+    runs = [r for r in runs if r.get("code") == hashes[r["notebook"]]]
     lines = ["# Margins of the trained claims over training seeds and numeric backends", "",
              "Made by `python scripts/seed_margins.py` (notebooks/README.md, \"The portability "
              "rule\"). For each trained assert: the runs it was checked on, its worst left-hand "
              "value and the bound, and the margin left at that worst run (negative: it failed). "
-             "Asserts in loops or over collections show passed or failed only.", ""]
+             "Asserts in loops or over collections show passed or failed only. Only runs of "
+             "each notebook's current code count"
+             + (f" ({stale} stored runs of older versions left out)." if stale else "."), ""]
     by_nb: dict[str, list[dict]] = {}
     for run in runs:
         by_nb.setdefault(run["notebook"], []).append(run)
@@ -218,7 +246,7 @@ def main(argv=None) -> int:
             for backend in backends:
                 for seed in seeds:
                     target = args.store / f"{path.stem}__seed{seed}__{backend}.json"
-                    if target.exists():
+                    if _is_current(target, path):
                         continue
                     env = {**os.environ, "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1",
                            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),

@@ -1,5 +1,6 @@
 """The training-seed switch CGC_EDU_TRAINING_SEED: it moves every training run and nothing else
 (notebooks/README.md, "The portability rule")."""
+import json
 import subprocess
 from pathlib import Path
 
@@ -97,3 +98,23 @@ def test_seed_margins_reads_both_sides_of_each_trained_claim():
     assert sm.margin({"op": "Gt", "values": [0.7, 0.5]}) == pytest.approx(0.2)
     assert sm.margin({"op": "Lt", "values": [0.7, 0.5]}) == pytest.approx(-0.2)
     assert sm.margin({"op": "Lt", "values": [None, 0.5]}) is None
+
+
+def test_seed_margins_runs_again_what_an_older_notebook_stored(tmp_path):
+    import nbformat
+
+    sm = _margins_module()
+    path = tmp_path / "nb.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("assert 1 > 0")])
+    nbformat.write(nb, path)
+    record = tmp_path / "run.json"
+    record.write_text(json.dumps({"code": sm.code_hash(path)}))
+    assert sm._is_current(record, path)
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="x")]   # outputs: no change
+    nbformat.write(nb, path)
+    assert sm._is_current(record, path)
+    nb.cells[0].source = "assert 1 > -1"                                # code: stale
+    nbformat.write(nb, path)
+    assert not sm._is_current(record, path)
+    record.write_text(json.dumps({"claims": []}))                        # no fingerprint: stale
+    assert not sm._is_current(record, path)
