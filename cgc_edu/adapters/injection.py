@@ -6,7 +6,11 @@ config's ``modules_to_save`` (a classifier head) stay trainable, as in peft. Tas
 carries ``adapter_names``: a forward pre-hook on the model takes ``task_ids=`` out of the
 call's keyword arguments, checks them once for the whole forward and hands them to a
 `TaskRouter` that every adapted layer reads. `task_context` sets the same router for a whole
-block, which is how ``model.generate`` is routed. `remove_adapters` undoes it all.
+block, which is how ``model.generate`` is routed. Under activation checkpointing
+(``model.gradient_checkpointing_enable()``, Trainer's ``gradient_checkpointing=True``) the
+backward pass recomputes each block after the forward has ended: the block's checkpoint
+function is wrapped so that the recomputation sees the ids the forward saw.
+`remove_adapters` undoes it all.
 
 Taught in: notebooks/05_cgc_lora.ipynb (injection, routing, merging).
 """
@@ -108,6 +112,45 @@ class TaskRouter:
 
     def leave(self) -> None:
         self._stack.pop()
+
+    def replaying(self, function):
+        """``function`` bound to the routing in force now, for activation checkpointing: the
+        backward pass runs a checkpointed block's forward again after the model's forward
+        (and its routing) has ended; the replay restores the ids that forward saw."""
+        routing = self._stack[-1] if self._stack else None
+
+        def replay(*args, **kwargs):
+            if routing is None or (self._stack and self._stack[-1] is routing):
+                return function(*args, **kwargs)       # the first run, inside the forward
+            self._stack.append(routing)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._stack.pop()
+        return replay
+
+
+class _RoutedCheckpoint:
+    """Wraps a block's ``_gradient_checkpointing_func`` (transformers' activation
+    checkpointing) so that the recomputed forward is routed as the first one was."""
+
+    def __init__(self, router: TaskRouter, checkpoint):
+        self.router, self.checkpoint = router, checkpoint
+
+    def __call__(self, function, *args, **kwargs):
+        return self.checkpoint(self.router.replaying(function), *args, **kwargs)
+
+
+def _route_checkpointing(module, args):
+    """Forward pre-hook of a block that transformers may checkpoint: wrap its checkpoint
+    function (set whenever checkpointing is enabled, before or after add_adapters)."""
+    func = getattr(module, "_gradient_checkpointing_func", None)
+    if func is not None and not isinstance(func, _RoutedCheckpoint):
+        module._gradient_checkpointing_func = _RoutedCheckpoint(module._cgc_block_router, func)
+
+
+def _checkpointable_blocks(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
 
 
 def adapter_layers(model: nn.Module) -> dict[str, CGCLoRALinear]:
@@ -260,6 +303,9 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
         model.register_forward_pre_hook(_route_forward, with_kwargs=True),
         model.register_forward_hook(_end_forward, with_kwargs=True, always_call=True),
     )
+    for block in _checkpointable_blocks(model):
+        block._cgc_block_router = router
+        model._cgc_hooks += (block.register_forward_pre_hook(_route_checkpointing),)
     if callable(getattr(type(model), "generate", None)) and "generate" not in vars(model):
         # A bound method (not a closure) so that copy.deepcopy(model) rebinds it to the copy.
         model.generate = types.MethodType(_generate_with_task_ids, model)
@@ -295,6 +341,11 @@ def remove_adapters(model: nn.Module) -> nn.Module:
         model.get_submodule(name).load_state_dict(state)
     for handle in model._cgc_hooks:
         handle.remove()
+    for block in _checkpointable_blocks(model):
+        func = getattr(block, "_gradient_checkpointing_func", None)
+        if isinstance(func, _RoutedCheckpoint):
+            block._gradient_checkpointing_func = func.checkpoint
+        vars(block).pop("_cgc_block_router", None)
     for p, flag in model._cgc_requires_grad:
         p.requires_grad_(flag)
     if isinstance(vars(model).get("generate"), types.MethodType) and \

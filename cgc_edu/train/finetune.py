@@ -22,6 +22,8 @@ Decisions, so that nothing surprises:
 * A tokenizer without a pad token gets its eos token as pad, with a warning: padding is
   found by position in the collator and masked by the attention mask, never by its id,
   so reusing eos is safe. A tokenizer with neither is an error.
+* ``--chat-template`` (``finetune(..., chat_template=True)``) wraps each prompt in an
+  instruct model's chat template (`chat_format`); the loss stays on the answer alone.
 * Bad data is refused before any training with a ``DataError`` naming the file, the row
   (line number for JSON Lines and CSV, index for a ``datasets`` split) and the fix.
 
@@ -200,6 +202,42 @@ def split_per_task(dataset: Dataset, eval_fraction: float = 0.1, seed: int = 0) 
             dataset.select(sorted(held)))
 
 
+def chat_format(dataset: Dataset, tokenizer, system: Optional[str] = None) -> Dataset:
+    """Wrap each row's prompt in the tokenizer's chat template, as an instruct model was
+    trained to read it: the prompt becomes the rendered conversation up to the assistant's
+    turn (generation prompt included), the target stays the answer alone, so the collator's
+    loss is on the answer (and the end of turn, the tokenizer's eos) only.
+
+    ``system``: a system message to put first (None: the template's own default, if any).
+    Raises ValueError when the tokenizer has no chat template, or when its end of turn is not
+    its eos token (training would then teach the model to stop where it should not).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"chat_format: {type(tokenizer).__name__} has no chat template; "
+                         "train on the raw prompts (no --chat-template), or set "
+                         "tokenizer.chat_template")
+    head = [] if system is None else [{"role": "system", "content": system}]
+
+    def render(row):
+        user = head + [{"role": "user", "content": row["prompt"]}]
+        prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        whole = tokenizer.apply_chat_template(
+            user + [{"role": "assistant", "content": row["target"]}], tokenize=False)
+        after = whole[len(prompt):]
+        if not whole.startswith(prompt) or not after.startswith(row["target"]):
+            raise ValueError(f"chat_format: {row.get('where', 'a row')}: the template does not "
+                             "render the answer right after the generation prompt; it cannot "
+                             "be trained with the loss on the answer alone")
+        end = after[len(row["target"]):]
+        if tokenizer.eos_token and not end.startswith(tokenizer.eos_token):
+            raise ValueError(f"chat_format: the template ends a turn with {end[:20]!r} but "
+                             f"the eos token is {tokenizer.eos_token!r}; set "
+                             "tokenizer.eos_token to the template's end-of-turn token")
+        return {"prompt": prompt}
+
+    return dataset.map(render, desc=None)
+
+
 def context_length(model, tokenizer) -> int:
     """The longest sequence the model takes: its position limit (or the tokenizer's, if smaller).
 
@@ -328,12 +366,14 @@ def _folder_name(task: str) -> str:
 
 def finetune(model, tokenizer, train_data: Dataset, eval_data: Optional[Dataset], config: AdapterConfig,
              output_dir, steps: int = 300, lr: float = 3e-3, batch_size: int = 16, seed: int = 0,
-             progress: bool = True, base_model_name_or_path: Optional[str] = None) -> FinetuneRun:
+             progress: bool = True, base_model_name_or_path: Optional[str] = None,
+             chat_template: bool = False, system: Optional[str] = None) -> FinetuneRun:
     """Add adapters, train, evaluate exact match per task and export one peft adapter per task.
 
     The data are what ``load_task_data`` returns (they are checked against the model's
-    context first). Writes ``adapters/``, ``peft/<task>/``, ``eval.csv`` and ``run.json``
-    under ``output_dir``.
+    context first). ``chat_template=True`` wraps every prompt in the tokenizer's chat
+    template first (`chat_format`, with ``system``), for instruct models. Writes
+    ``adapters/``, ``peft/<task>/``, ``eval.csv`` and ``run.json`` under ``output_dir``.
 
     Taught in: notebooks/09_your_model.ipynb
     """
@@ -343,6 +383,10 @@ def finetune(model, tokenizer, train_data: Dataset, eval_data: Optional[Dataset]
         raise ValueError(f"config.n_tasks={config.n_tasks} but the data's task ids reach "
                          f"{max(task_ids.values())} (tasks {tasks}); build the config with "
                          f"n_tasks={max(task_ids.values()) + 1}")
+    if chat_template:
+        train_data = chat_format(train_data, tokenizer, system)
+        if eval_data is not None and len(eval_data):
+            eval_data = chat_format(eval_data, tokenizer, system)
     limit = context_length(model, tokenizer)
     for data in (train_data, eval_data):
         if data is not None and len(data):
@@ -361,7 +405,8 @@ def finetune(model, tokenizer, train_data: Dataset, eval_data: Optional[Dataset]
     (out / "run.json").write_text(json.dumps({
         "tasks": {task: task_ids[task] for task in tasks}, "config": config.to_dict(), "steps": steps, "lr": lr,
         "batch_size": batch_size, "seed": seed, "first_loss": losses[0], "last_loss": losses[-1],
-        "base_model": base_model_name_or_path,
+        "base_model": base_model_name_or_path, "chat_template": chat_template,
+        "system": system,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}, indent=2))
     return FinetuneRun(model, tasks, losses, table, Path(adapters), exports)
 
@@ -392,6 +437,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help='"auto" (cuda if present), "cpu", "cuda:0", ...')
     p.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="load the model in this dtype (bfloat16 for most real checkpoints); adapters stay float32")
+    p.add_argument("--chat-template", action="store_true",
+                   help="wrap each prompt in the tokenizer's chat template (instruct models)")
+    p.add_argument("--system", help="with --chat-template: a system message to put first")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -400,7 +448,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> FinetuneRun:
     """The command line: ``python -m cgc_edu.train.finetune --model ... --data ... --output-dir ...``.
     """
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.system is not None and not args.chat_template:
+        parser.error("--system is a message in the chat template: add --chat-template")
     columns = dict(prompt_column=args.prompt_column, target_column=args.target_column,
                    task_column=args.tasks_column)
     data = load_task_data(args.data, split=args.split, **columns)
@@ -420,7 +471,8 @@ def main(argv: Optional[Sequence[str]] = None) -> FinetuneRun:
     seed_everything(args.seed)  # the adapters' initialisation
     run = finetune(model, tokenizer, train_data, eval_data, config, args.output_dir, steps=args.steps,
                    lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                   progress=not args.no_progress, base_model_name_or_path=args.model)
+                   progress=not args.no_progress, base_model_name_or_path=args.model,
+                   chat_template=args.chat_template, system=args.system)
     print(f"tasks: {run.tasks}  loss {run.losses[0]:.3f} -> {run.losses[-1]:.3f}")
     if run.table is not None:
         print(run.table.to_string(float_format=lambda x: f"{x:.3f}"))
