@@ -152,3 +152,22 @@ def test_convergence_hand_case():
     # steps 10..60: half-way is step 30, two thirds is step 40
     assert got.loc["m", "last_half"] == pytest.approx(((0.7 - 0.6) + (0.9 - 0.5)) / 2)
     assert got.loc["m", "last_third"] == pytest.approx(((0.7 - 0.7) + (0.9 - 0.6)) / 2)
+
+
+def test_a_study_of_untuned_methods_alone_reports_without_a_grid():
+    """`--methods cgc_uniform --lr-grid 0.012` runs no grid: it must still report (it
+    failed with KeyError: 'method')."""
+    from dataclasses import asdict
+
+    from cgc_edu.study.methods import Settings
+    from cgc_edu.study.report import markdown_report
+    from cgc_edu.study.statistics import grid_table
+
+    grid = grid_table([], {"cgc_uniform": 0.012})
+    assert list(grid.columns) == ["method", "lr", "validation", "chosen"] and not len(grid)
+    config = {"command": "python -m cgc_edu.study --methods cgc_uniform --lr-grid 0.012",
+              "wall_seconds": 60.0, "workers": 1, "lr": {"cgc_uniform": 0.012},
+              "lr_grid": [0.012], "settings": asdict(Settings())}
+    text = markdown_report(fake_results({"cgc_uniform": 0.5}), grid, pd.DataFrame(),
+                           pd.DataFrame(), config)
+    assert "No grid ran" in text and "0.012" in text.split("No grid ran")[1].split("\n")[0]

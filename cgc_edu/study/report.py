@@ -122,12 +122,17 @@ def markdown_report(results: pd.DataFrame, grid: pd.DataFrame, curves: pd.DataFr
               f"exact match averaged over tasks) from the grid {config['lr_grid']}, on seed {seeds[0]}"
               + (f" with runs of {s['grid_steps']} steps" if (s.get("grid_steps") or s["steps"]) < s["steps"] else "") + "; "
               "methods not tuned (ablations, sweep) use CGC-LoRA's rate.", ""]
-    g = grid.assign(validation=lambda f: (100 * f["validation"]).round(1)).pivot(
-        index="method", columns="lr", values="validation")
-    g.columns = [f"lr {c:g}" for c in g.columns]
-    g.insert(0, "method", [labels[m] for m in g.index])
-    g["chosen"] = [f"{config['lr'][m]:g}" for m in g.index]
-    parts += [_frame_md(g), "", "Validation curves of every run: `curves.png` (the chosen rates, mean over seeds) and `curves.csv`.", ""]
+    if len(grid):
+        g = grid.assign(validation=lambda f: (100 * f["validation"]).round(1)).pivot(
+            index="method", columns="lr", values="validation")
+        g.columns = [f"lr {c:g}" for c in g.columns]
+        g.insert(0, "method", [labels[m] for m in g.index])
+        g["chosen"] = [f"{config['lr'][m]:g}" for m in g.index]
+        parts += [_frame_md(g), ""]
+    else:   # only untuned methods ran: they took the grid's middle rate, no grid ran
+        rates = ", ".join(f"{labels.get(m, m)} {lr:g}" for m, lr in config["lr"].items())
+        parts += [f"No grid ran (no method here is tuned); the rates used: {rates}.", ""]
+    parts += ["Validation curves of every run: `curves.png` (the chosen rates, mean over seeds) and `curves.csv`.", ""]
     if len(curves):
         conv = convergence(curves, config["lr"])
         conv = conv.reindex([m for m in labels if m in conv.index])

@@ -95,7 +95,9 @@ def grid_table(grid: Sequence[dict], chosen: dict) -> pd.DataFrame:
     rows = [{"method": r["method"], "lr": r["lr"],
              "validation": float(np.mean(list(r["validation"].values()))),
              "chosen": chosen.get(r["method"]) == r["lr"]} for r in grid]
-    return pd.DataFrame(rows).sort_values(["method", "lr"]).reset_index(drop=True)
+    columns = ["method", "lr", "validation", "chosen"]   # a study of untuned methods: no rows
+    return (pd.DataFrame(rows, columns=columns).sort_values(["method", "lr"])
+            .reset_index(drop=True))
 
 
 def affinity_table(affinity_runs: Sequence[dict]) -> pd.DataFrame:
