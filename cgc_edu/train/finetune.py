@@ -233,9 +233,11 @@ def chat_format(dataset: Dataset, tokenizer, system: Optional[str] = None) -> Da
             raise ValueError(f"chat_format: the template ends a turn with {end[:20]!r} but "
                              f"the eos token is {tokenizer.eos_token!r}; set "
                              "tokenizer.eos_token to the template's end-of-turn token")
-        return {"prompt": prompt}
+        return prompt
 
-    return dataset.map(render, desc=None)
+    columns = dataset.to_dict()        # rebuilt, not .map(): no progress bar, no cache files
+    columns["prompt"] = [render(row) for row in dataset]
+    return Dataset.from_dict(columns, features=dataset.features)
 
 
 def context_length(model, tokenizer) -> int:
