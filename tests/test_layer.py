@@ -62,15 +62,6 @@ def test_layer_equals_design_equation(name):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("gather_ratio", [0.0, 1e9])
-def test_dense_and_gather_paths_agree(gather_ratio, monkeypatch):
-    layer = make_layer(AdapterConfig.cgc_lora(rank=6, n_tasks=8, n_common=2, n_specific=1))
-    x, ids = torch.randn(8, 5, D_IN), torch.arange(8)
-    want = torch.stack([equation(layer, x[:, j], ids) for j in range(5)], dim=1)
-    monkeypatch.setattr(layer, "gather_ratio", gather_ratio)
-    torch.testing.assert_close(layer(x, ids), want, rtol=1e-5, atol=1e-5)
-
-
 def test_fresh_layer_equals_base_layer():
     layer = make_layer(CONFIGS["cgc_lora"], randomize=False)
     x = torch.randn(4, 3, D_IN)

@@ -1,12 +1,9 @@
 """Saving, loading and exporting adapters: safetensors plus a JSON config, never pickle.
 
-`export_peft_lora` writes one task's adapter as a plain LoRA that Hugging Face peft loads:
-because the gate depends only on the task id, task t's adapter is the fixed low-rank matrix
-
-    dW_t = (alpha / r) * B_cat · diag(g_t repeated r_e times) · A_cat
-
-of rank k = |S_t|·r_e. peft computes (lora_alpha / k) · B' A', so with B' = B_cat·diag(g_t)
-restricted to S_t's rows, A' = those rows of A_cat, and lora_alpha = alpha · k / r the two agree.
+`export_peft_lora` writes one task's adapter as a plain LoRA that Hugging Face peft
+loads: as the gate depends only on the task id, task t's adapter is one LoRA B_t A_t of
+rank k = |S_t|·r_e, gate and scaling folded into B_t (`CGCLoRALinear.task_lora`).
+peft computes (lora_alpha / k) · B' A': B' = B_t, A' = A_t and lora_alpha = k agree.
 
 Tensors are written in the adapter's dtype (float32 over a bfloat16 / float16 base, as peft
 keeps them). Over GPT-2's ``Conv1D`` layers the export sets peft's ``fan_in_fan_out=True``
@@ -223,27 +220,24 @@ def export_peft_lora(model: nn.Module, task_id: int, path: Union[str, Path],
     """
     from peft import LoraConfig  # imported here: peft is only needed for export
 
-    config = _model_config(model, "export_peft_lora")
+    _model_config(model, "export_peft_lora")
     layers = adapter_layers(model)
-    first = next(iter(layers.values()))
-    ids = first.check_task_ids(torch.tensor([int(task_id)]))
-    k = first.rows.shape[1]
+    ids = next(iter(layers.values())).check_task_ids(torch.tensor([int(task_id)]))
     tensors = {}
     with torch.no_grad():
         for name, layer in layers.items():
-            rows = layer.rows[ids[0]]
-            g = layer.gate(ids)[0][layer.allowed[ids[0]]].to(layer.lora_B.dtype)
-            g = g.repeat_interleave(layer.expert_rank)
-            A, B = layer._stacked()
-            tensors[f"base_model.model.{name}.lora_A.weight"] = A[rows].contiguous().cpu()
-            tensors[f"base_model.model.{name}.lora_B.weight"] = (B[:, rows] * g).contiguous().cpu()
+            A_t, Bt_t = layer.task_lora(ids.to(layer.allowed.device))
+            prefix = f"base_model.model.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = A_t[0].contiguous().cpu()
+            tensors[f"{prefix}.lora_B.weight"] = Bt_t[0].T.contiguous().cpu()
         saved = _saved_modules(model)
         for name, module in saved.items():
             for key, value in module.state_dict().items():
                 tensors[f"base_model.model.{name}.{key}"] = value.detach().contiguous().cpu()
+    k = A_t.shape[1]   # |S_t| r_e
     is_causal_lm = hasattr(model, "generate") and hasattr(model, "config")
     peft_config = LoraConfig(
-        r=k, lora_alpha=config.alpha * k / config.rank, lora_dropout=0.0, bias="none",
+        r=k, lora_alpha=k, lora_dropout=0.0, bias="none",   # scaling 1: folded into B_t
         target_modules=sorted(layers), task_type="CAUSAL_LM" if is_causal_lm else None,
         fan_in_fan_out=any(layer.fan_in_fan_out for layer in layers.values()),
         modules_to_save=sorted(saved) or None,
