@@ -200,3 +200,37 @@ def test_one_plus_n_sees_a_gate_hook_or_a_scaling_change_between_calls(hot_merge
         changed, want = answer(), routed()
     assert (changed - before).abs().max() > 1e-3
     assert relative_difference(changed, want) < 1e-5
+
+
+# ------------------------------------------------- peft idioms: merged_copy, train()
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_merged_copy_is_a_plain_base_model_with_the_tasks_weights(arch):
+    from cgc_edu import merged_copy
+
+    base = tiny_base() if arch == "llama" else gpt2()
+    model = trained_like(add_adapters(base, CGC)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tokens = torch.randint(4, 40, (2, 7))
+    for task in range(3):
+        plain = merged_copy(model, task)
+        assert type(plain) is type(base) and not adapter_layers(plain)
+        assert not hasattr(plain, "_cgc_router")
+        with torch.no_grad():
+            want = model(tokens, task_ids=torch.tensor([task, task])).logits
+            assert relative_difference(plain(tokens).logits, want) < 1e-5
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)     # model untouched
+    with pytest.raises(ValueError, match="merged_copy: task id 3 is out of range"):
+        merged_copy(model, 3)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_train_leaves_the_models_mode_as_it_found_it(mode):
+    from cgc_edu.data import build_tokenizer, make_tiny_tasks
+    from cgc_edu.train import train
+
+    model = add_adapters(tiny_base(), CGC).train(mode == "train")
+    data = make_tiny_tasks(seed=0, tasks=["reverse", "first", "last"], n_train=8,
+                           n_low=4, n_validation=0, n_test=0)["train"]
+    train(model, data, build_tokenizer(), steps=2, batch_size=4, progress=False)
+    assert all(m.training == (mode == "train") for m in model.modules())

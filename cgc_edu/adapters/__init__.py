@@ -5,7 +5,8 @@ which LoRA, independent LoRAs, MoE-LoRA and CGC-LoRA are points.
   task may use) and `adapter_parameter_count`;
 - `layer`: `CGCLoRALinear`, the math on one module (training and serving paths, merging);
 - `injection`: `add_adapters` finds and wraps the target modules, `task_context` carries the
-  task ids to every layer, `merge_task` / `unmerge`;
+  task ids to every layer, `merge_task` / `unmerge`, `merged_copy` (a plain model for
+  one task, as peft's ``merge_and_unload``);
 - `saving`: `save_adapters` / `load_adapters` (safetensors + JSON) and `export_peft_lora`.
 """
 from .config import AdapterConfig, ExpertLayout, adapter_parameter_count
@@ -13,6 +14,7 @@ from .injection import (
                         adapter_layers,
                         add_adapters,
                         merge_task,
+                        merged_copy,
                         remove_adapters,
                         task_context,
                         trainable_parameters,
@@ -23,5 +25,6 @@ from .saving import export_peft_lora, load_adapters, read_adapter_config, save_a
 
 __all__ = ["AdapterConfig", "ExpertLayout", "adapter_parameter_count", "CGCLoRALinear",
            "TaskGate", "add_adapters", "remove_adapters", "adapter_layers",
-           "task_context", "merge_task", "unmerge", "trainable_parameters", "save_adapters",
-           "load_adapters", "read_adapter_config", "export_peft_lora"]
+           "task_context", "merge_task", "merged_copy", "unmerge",
+           "trainable_parameters", "save_adapters", "load_adapters",
+           "read_adapter_config", "export_peft_lora"]

@@ -5,6 +5,11 @@ loads: as the gate depends only on the task id, task t's adapter is one LoRA B_t
 rank k = |S_t|·r_e, gate and scaling folded into B_t (`CGCLoRALinear.task_lora`).
 peft computes (lora_alpha / k) · B' A': B' = B_t, A' = A_t and lora_alpha = k agree.
 
+cgc_edu's own folder holds ``adapters.safetensors`` and ``cgc_adapter_config.json``, not
+peft's ``adapter_config.json``, whose schema is another: peft pointed at the folder says
+it finds no adapter_config.json instead of misreading ours. Folders written before
+(with that name) are still read.
+
 Tensors are written in the adapter's dtype (float32 over a bfloat16 / float16 base, as peft
 keeps them). Over GPT-2's ``Conv1D`` layers the export sets peft's ``fan_in_fan_out=True``
 (peft's lora_A / lora_B have the same shapes either way). ``modules_to_save`` (a classifier
@@ -35,7 +40,8 @@ from .injection import (
 )
 
 WEIGHTS_NAME = "adapters.safetensors"
-CONFIG_NAME = "adapter_config.json"
+CONFIG_NAME = "cgc_adapter_config.json"
+LEGACY_CONFIG_NAME = "adapter_config.json"   # before issue 26: peft's own file name
 FORMAT = "cgc_edu-adapters"
 SAVED_PREFIX = "modules_to_save."
 
@@ -62,7 +68,8 @@ def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapters(model: nn.Module, path: Union[str, Path]) -> Path:
-    """Write the adapters of ``model`` to the folder ``path`` (adapters.safetensors + adapter_config.json).
+    """Write the adapters of ``model`` to the folder ``path`` (adapters.safetensors +
+    cgc_adapter_config.json).
 
     Taught in: notebooks/05_cgc_lora.ipynb.
     """
@@ -82,12 +89,19 @@ def save_adapters(model: nn.Module, path: Union[str, Path]) -> Path:
     return path
 
 
+def _config_file(path: Union[str, Path]) -> Path:
+    """The folder's cgc_edu config: its own name, else the legacy one (peft's name)."""
+    own, legacy = Path(path) / CONFIG_NAME, Path(path) / LEGACY_CONFIG_NAME
+    return legacy if legacy.is_file() and not own.is_file() else own
+
+
 def read_adapter_config(path: Union[str, Path], caller: str = "load_adapters") -> tuple[AdapterConfig, dict]:
-    """(AdapterConfig, {module: (d_out, d_in)}) from the adapter_config.json that `save_adapters`
-    wrote in the folder ``path``; a missing or corrupt file raises a clear error naming ``caller``.
-    (The shapes of the ``modules_to_save`` are in the file's "modules_to_save" entry.)
+    """(AdapterConfig, {module: (d_out, d_in)}) from the cgc_adapter_config.json that
+    `save_adapters` wrote in the folder ``path`` (older folders: adapter_config.json); a
+    missing or corrupt file raises a clear error naming ``caller``. (The shapes of the
+    ``modules_to_save`` are in the file's "modules_to_save" entry.)
     """
-    cfg_file = Path(path) / CONFIG_NAME
+    cfg_file = _config_file(path)
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{caller}: {cfg_file} not found; pass the folder that "
                                 "save_adapters(model, path) wrote.")
@@ -105,12 +119,13 @@ def read_adapter_config(path: Union[str, Path], caller: str = "load_adapters") -
 
 def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     config, modules = read_adapter_config(path)
+    cfg_file = _config_file(path)
     try:
-        saved = {name: {k: tuple(v) for k, v in entries.items()} for name, entries in
-                 json.loads((path / CONFIG_NAME).read_text()).get("modules_to_save", {}).items()}
+        entries = json.loads(cfg_file.read_text()).get("modules_to_save", {})
+        saved = {n: {k: tuple(v) for k, v in e.items()} for n, e in entries.items()}
     except (AttributeError, TypeError) as err:
-        raise ValueError(f"load_adapters: {path / CONFIG_NAME} has a corrupt modules_to_save entry "
-                         f"({err!r}); re-save it with save_adapters.") from err
+        raise ValueError(f"load_adapters: {cfg_file} has a corrupt modules_to_save "
+                         f"entry ({err!r}); re-save it with save_adapters.") from err
     weights_file = path / WEIGHTS_NAME
     if not weights_file.is_file():
         raise FileNotFoundError(f"load_adapters: {weights_file} not found; pass the folder that "

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..adapters.config import AdapterConfig
-from ..adapters.injection import adapter_layers, add_adapters
+from ..adapters.injection import adapter_layers, add_adapters, merged_copy
 from ..adapters.layer import ServingCache, add_delta
 from ..adapters.saving import export_peft_lora, load_adapters, read_adapter_config, save_adapters
 from ..data.tinytasks import build_tokenizer
@@ -376,12 +376,7 @@ class OnePlusN:
         Taught in: notebooks/06_one_plus_n.ipynb.
         """
         cluster, local = self.route(task)
-        merged = copy.deepcopy(self.base)
-        with torch.no_grad():
-            for name, layer in self._set_layers[cluster].items():
-                add_delta(merged.get_submodule(name).weight, layer.delta_weight(local), +1,
-                          layer.fan_in_fan_out)
-        return merged.eval()
+        return merged_copy(self.sets[cluster], local).eval()   # a copy of the base
 
     def export_peft(self, task: str, path: Union[str, Path]) -> Path:
         """Write ``task``'s adapter as a plain peft LoRA (see `cgc_edu.adapters.saving.export_peft_lora`).
