@@ -1,4 +1,6 @@
 """Reporting of the TinyTasks study: summaries, paired comparisons, premises, collapses, tables."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -152,3 +154,16 @@ def test_convergence_hand_case():
     # steps 10..60: half-way is step 30, two thirds is step 40
     assert got.loc["m", "last_half"] == pytest.approx(((0.7 - 0.6) + (0.9 - 0.5)) / 2)
     assert got.loc["m", "last_third"] == pytest.approx(((0.7 - 0.7) + (0.9 - 0.6)) / 2)
+
+
+def test_stored_results_load_and_older_method_names_are_read_as_the_studys(tmp_path):
+    from cgc_edu.study.methods import METHODS, check_methods
+    from cgc_edu.study.statistics import load_results
+
+    stored = load_results(Path(__file__).resolve().parent.parent / "results")
+    assert set(stored["method"]) <= set(METHODS)
+    older = fake_results({"independent": 0.5, "lora": 0.2, "cgc_no_gate": 0.4})
+    older.to_csv(tmp_path / "results.csv", index=False)
+    read = set(load_results(tmp_path)["method"])
+    assert read == {"separate", "integrated", "cgc_uniform"}
+    assert check_methods(["lora", "cgc_lora"]) == ["integrated", "cgc_lora"]

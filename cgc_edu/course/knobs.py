@@ -220,7 +220,7 @@ class LoRAKnobs(_Knobs):
 
     def _draw(self, fig: Figure, s: dict) -> None:
         ax1, ax2, ax3 = fig.subplots(1, 3)
-        colour = plots.METHOD_COLORS["lora"]
+        colour = plots.METHOD_COLORS["integrated"]
         ax1.semilogy(s["losses"], color=colour)
         ax1.axhline(0.05 ** 2, color="0.5", ls=":", lw=1, label="noise floor")
         ax1.set(xlabel="Adam step", ylabel="mean squared error",
