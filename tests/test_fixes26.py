@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from cgc_edu import AdapterConfig, add_adapters, export_peft_lora, task_context
 from cgc_edu.adapters.injection import adapter_layers
@@ -14,23 +13,13 @@ from cgc_edu.course.exercises import stored_results_folder
 from cgc_edu.framework import OnePlusN
 from cgc_edu.utils import relative_difference
 
-from tiny_models import tiny_base  # tests/tiny_models.py
+from tiny_models import gpt2, randomize, tiny_base, tiny_framework  # tests/
 
 CGC = AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=3, n_common=2, n_specific=1)
 
 
-def trained_like(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in adapter_layers(model).values():
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g) * 0.5)
-            if layer.gate.learned:
-                layer.gate.weight.copy_(torch.randn(layer.gate.weight.shape, generator=g))
-    return model
-
-
 def test_a_gate_override_inside_one_kept_context_changes_the_answer():
-    model = trained_like(add_adapters(tiny_base(), CGC)).eval()
+    model = randomize(add_adapters(tiny_base(), CGC)).eval()
     tokens = torch.randint(4, 40, (3, 6))
     ids = torch.tensor([0, 1, 2])
     with torch.no_grad(), task_context(model, ids):
@@ -47,7 +36,7 @@ def test_a_gate_override_inside_one_kept_context_changes_the_answer():
 
 
 def test_a_scaling_change_inside_one_kept_context_changes_the_answer():
-    model = trained_like(add_adapters(tiny_base(), CGC)).eval()
+    model = randomize(add_adapters(tiny_base(), CGC)).eval()
     tokens = torch.randint(4, 40, (3, 6))
     ids = torch.tensor([0, 1, 2])
     with torch.no_grad(), task_context(model, ids):
@@ -61,19 +50,13 @@ def test_a_scaling_change_inside_one_kept_context_changes_the_answer():
     torch.testing.assert_close(scaled, want)
 
 
-def gpt2(seed=0):
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=48, n_embd=32, n_layer=2, n_head=2,
-                                      n_positions=32, bos_token_id=0, eos_token_id=0)).eval()
-
-
 def test_one_plus_n_on_gpt2_merges_serves_hot_and_exports_in_conv1d_layout(tmp_path):
     from peft import PeftModel
 
     config = AdapterConfig.cgc_lora(rank=6, alpha=12, n_common=2, n_specific=1)
     fw = OnePlusN(gpt2(), {"a": ["t0", "t1"], "b": ["t2", "t3"]}, config, hot_merge=True)
     for s in fw.sets.values():
-        trained_like(s, seed=1)
+        randomize(s, 1)
     tokens = torch.randint(0, 48, (2, 7))
     for task in ("t1", "t2"):
         cluster, local = fw.route(task)
@@ -112,7 +95,7 @@ def unfolded_delta(layer, task_id):
     AdapterConfig.cgc_lora(rank=6, n_tasks=3, gate="uniform", use_rslora=True),
 ], ids=["lora", "independent", "moe_lora", "cgc_lora", "cgc_uniform_rslora"])
 def test_task_lora_folds_gate_and_scaling_into_b(config):
-    model = trained_like(add_adapters(tiny_base(), config))
+    model = randomize(add_adapters(tiny_base(), config))
     layer = next(iter(adapter_layers(model).values()))
     ids = torch.arange(config.n_tasks)
     A_t, Bt_t = layer.task_lora(ids)
@@ -135,7 +118,7 @@ def test_rslora_is_a_config_option_saved_with_the_config(tmp_path):
     assert AdapterConfig.from_dict(legacy).use_rslora is False   # configs saved before
     with pytest.raises(ValueError, match="use_rslora"):
         AdapterConfig(use_rslora="yes")
-    model = trained_like(add_adapters(tiny_base(), config))
+    model = randomize(add_adapters(tiny_base(), config))
     assert {l.scaling for l in adapter_layers(model).values()} == {config.scaling}
     save_adapters(model, tmp_path)
     loaded = load_adapters(tiny_base(), tmp_path)
@@ -150,7 +133,7 @@ def test_rslora_exports_to_peft_with_the_same_logits(tmp_path):
     from peft import PeftModel
 
     config = AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=3, use_rslora=True)
-    model = trained_like(add_adapters(tiny_base(), config)).eval()
+    model = randomize(add_adapters(tiny_base(), config)).eval()
     tokens = torch.randint(4, 40, (2, 6))
     export_peft_lora(model, 1, tmp_path)
     served = PeftModel.from_pretrained(tiny_base(), str(tmp_path)).eval()
@@ -161,12 +144,7 @@ def test_rslora_exports_to_peft_with_the_same_logits(tmp_path):
 
 # ------------------------------------- 1+N's kept models see what the layer's key sees
 def one_plus_n(hot_merge):
-    config = AdapterConfig.cgc_lora(rank=6, alpha=12, n_common=2, n_specific=1)
-    clusters = {"a": ["t0", "t1"], "b": ["t2", "t3"]}
-    fw = OnePlusN(tiny_base(), clusters, config, hot_merge=hot_merge)
-    for s in fw.sets.values():
-        trained_like(s, seed=1)
-    return fw
+    return tiny_framework({"a": ["t0", "t1"], "b": ["t2", "t3"]}, hot_merge=hot_merge)
 
 
 @pytest.mark.parametrize("hot_merge", [False, True], ids=["serving_bank", "hot_copy"])
@@ -208,7 +186,7 @@ def test_merged_copy_is_a_plain_base_model_with_the_tasks_weights(arch):
     from cgc_edu import merged_copy
 
     base = tiny_base() if arch == "llama" else gpt2()
-    model = trained_like(add_adapters(base, CGC)).eval()
+    model = randomize(add_adapters(base, CGC)).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tokens = torch.randint(4, 40, (2, 7))
     for task in range(3):

@@ -15,7 +15,7 @@ from cgc_edu.framework import (OnePlusN, base_fingerprint, prior_clusters, subse
                                unique_parameter_bytes)
 from cgc_edu.adapters.injection import adapter_layers
 
-from tiny_models import TOK, tiny_base  # tests/tiny_models.py
+from tiny_models import TOK, tiny_base, tiny_framework  # tests/tiny_models.py
 
 CONFIG = AdapterConfig.cgc_lora(rank=6, alpha=12, n_common=2, n_specific=1, budget="per_task")
 
@@ -27,14 +27,7 @@ def tasks():
 
 @pytest.fixture
 def framework(tasks):
-    fw = OnePlusN(tiny_base(), prior_clusters(tasks["train"]), CONFIG)
-    with torch.no_grad():  # non-zero B so that every adapter set changes the outputs
-        for s in fw.sets.values():
-            for layer in adapter_layers(s).values():
-                layer.lora_B.normal_(0, 0.5)
-                if layer.gate.learned:
-                    layer.gate.weight.normal_(0, 1.0)
-    return fw
+    return tiny_framework(prior_clusters(tasks["train"]), CONFIG)
 
 
 # ------------------------------------------------------------------ 1+N

@@ -8,7 +8,8 @@ from peft import PeftModel
 from cgc_edu import AdapterConfig, add_adapters, export_peft_lora, load_adapters, save_adapters
 from cgc_edu.adapters.saving import CONFIG_NAME, WEIGHTS_NAME
 
-from test_injection import TARGETS, adapted, assert_same_state, state, tiny_llama
+from test_injection import TARGETS, adapted, assert_same_state, state
+from tiny_models import tiny_llama  # tests/tiny_models.py
 
 
 @pytest.fixture
