@@ -213,8 +213,8 @@ def test_expert_labels():
 
 
 @pytest.mark.parametrize("config", [
-    AdapterConfig.cgc_lora(rank=6, n_tasks=8, n_common=2, n_specific=1),   # dense / gather paths
-    AdapterConfig.independent(rank=8, n_tasks=8),                          # the one-expert path
+    AdapterConfig.cgc_lora(rank=6, n_tasks=8, n_common=2, n_specific=1),   # gate folded in B
+    AdapterConfig.independent(rank=8, n_tasks=8),                          # one expert each
 ], ids=["cgc_lora", "independent"])
 def test_training_repeats_bit_for_bit_with_two_threads(config):
     """Mixed-task training must repeat exactly (nbval compares notebooks that train)."""

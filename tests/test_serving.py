@@ -90,7 +90,7 @@ def test_serving_path_with_the_gate_folded_in_equals_the_training_path(name):
     randomize_gate(layer)
     ids = torch.tensor([0, 2, 1, 2, 0, 1, 1]) % layer.config.n_tasks
     x = torch.randn(7, 5, D_IN)
-    trained_path = layer(x, ids)                      # autograd on: the dense / gather path
+    trained_path = layer(x, ids)                      # autograd on: the training path
     assert trained_path.requires_grad
     with torch.no_grad():
         served = layer(x, ids)
