@@ -81,9 +81,10 @@ def run(d: int, batch: int, tokens: int, tasks: int, rank: int, budget: str, rou
     t = time_interleaved(fns, rounds, inner)
     ref = t["peft LoRA (rank r)"]
     E, k = config.n_experts, config.experts_per_task * config.expert_rank
-    path = "gather" if E * config.expert_rank > layer.gather_ratio * k else "dense"
-    print(f"\n{tasks} tasks mixed in a batch of {batch} x {tokens} tokens, d={d}, r={rank}, budget={budget!r}: "
-          f"E={E} experts of rank {config.expert_rank} (bank rank {E * config.expert_rank}, {path} path)")
+    print(f"\n{tasks} tasks mixed in a batch of {batch} x {tokens} tokens, d={d}, "
+          f"r={rank}, "
+          f"budget={budget!r}: E={E} experts of rank {config.expert_rank} "
+          f"(bank rank {E * config.expert_rank}, rank {k} per task)")
     for name, seconds in t.items():
         print(f"  {name:22s} {seconds * 1e3:8.2f} ms/step   ratio to peft LoRA {seconds / ref:5.2f}x")
     return t["CGC-LoRA"] / ref

@@ -19,6 +19,8 @@ from cgc_edu import (AdapterConfig, CGCLoRALinear, add_adapters, export_peft_lor
                      merge_task, save_adapters, task_context, unmerge)
 from cgc_edu.adapters.injection import adapter_layers, remove_adapters
 
+from tiny_models import randomize  # tests/tiny_models.py
+
 VOCAB = 64
 IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 DECODER = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -48,17 +50,6 @@ def build(arch: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch
 def config_for(arch: str, **kw) -> AdapterConfig:
     kw.setdefault("modules_to_save", ("classifier",) if arch == "bert" else None)
     return AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=3, **kw)
-
-
-def randomize(model: torch.nn.Module, seed: int = 1, scale: float = 0.5) -> torch.nn.Module:
-    """Give every adapter a non-zero B and a non-uniform gate, so the tasks really differ."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in adapter_layers(model).values():
-            layer.lora_B.copy_(scale * torch.randn(layer.lora_B.shape, generator=gen))
-            if layer.gate.learned:
-                layer.gate.weight.copy_(torch.randn(layer.gate.weight.shape, generator=gen))
-    return model
 
 
 def logits(model, tokens, task_ids=None):

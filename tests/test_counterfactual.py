@@ -9,24 +9,14 @@ from torch import nn
 from cgc_edu import AdapterConfig, adapter_layers, add_adapters, merge_task
 from cgc_edu.course.counterfactual import override_choices, override_gate
 from fixtures.gate_data import tiny_model
+from tiny_models import randomize  # tests/tiny_models.py
 
 TASK = 1
 
 
-def _trained_looking(model, seed=0):
-    """Random B and gate weights, so that every expert and every gate matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in adapter_layers(model).values():
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g))
-            if layer.gate.learned:
-                layer.gate.weight.copy_(torch.randn(layer.gate.weight.shape, generator=g))
-    return model
-
-
 @pytest.fixture
 def model():
-    return _trained_looking(tiny_model())
+    return randomize(tiny_model(), 0, scale=1.0)
 
 
 def _forward(model, x, ids):
@@ -51,8 +41,9 @@ def test_uniform_override_changes_only_that_task_and_restores_exactly(model):
 
 
 def test_the_override_is_what_the_layer_computes_with_those_weights():
-    model = _trained_looking(add_adapters(nn.Sequential(nn.Linear(8, 6)),
-                                          AdapterConfig.cgc_lora(rank=6, alpha=6, n_tasks=3)))
+    config = AdapterConfig.cgc_lora(rank=6, alpha=6, n_tasks=3)
+    model = add_adapters(nn.Sequential(nn.Linear(8, 6)), config)
+    randomize(model, 0, scale=1.0)
     layer = adapter_layers(model)["0"]
     learned = layer.gate_weights(torch.tensor([TASK]))[0].detach()
     x = torch.randn(4, 8)
@@ -71,7 +62,7 @@ def test_the_override_is_what_the_layer_computes_with_those_weights():
 
 def test_a_shared_gate_is_overridden_once_and_errors_leave_no_hook():
     config = AdapterConfig.cgc_lora(rank=6, alpha=6, n_tasks=3, shared_gate=True)
-    model = _trained_looking(tiny_model(config))
+    model = randomize(tiny_model(config), 0, scale=1.0)
     gates = {id(layer.gate): layer.gate for layer in adapter_layers(model).values()}
     assert len(gates) == 1
     gate = next(iter(gates.values()))

@@ -156,13 +156,15 @@ def test_one_palette_for_methods_and_their_chapter_03_analogues():
     for key in ("integrated", "separate", "moe_lora", "cgc_lora", "one_plus_n", "cgc_uniform",
                 "central"):
         assert key in METHODS and key in METHOD_COLORS          # the experiments' methods
-    for study, course in [("integrated", "lora"), ("separate", "independent"),
-                          ("cgc_uniform", "cgc_no_gate")]:      # one colour, two names
-        assert METHOD_COLORS[study] == METHOD_COLORS[course]
+    for name, older in [("integrated", "lora"), ("separate", "independent"),
+                        ("cgc_uniform", "cgc_no_gate")]:    # older names read as one
+        assert method_style(older) == method_style(name) and older not in METHOD_COLORS
     assert method_style("MMoE") == (METHOD_COLORS["moe_lora"], "MMoE")
-    assert method_style("shared-bottom")[0] == METHOD_COLORS["lora"] == PART_COLORS["common"]
+    shared = method_style("shared-bottom")[0]
+    assert shared == METHOD_COLORS["integrated"] == PART_COLORS["common"]
     assert method_style("cgc_lora") == (METHOD_COLORS["cgc_lora"], "CGC-LoRA")
     assert method_style("my_method")[1] == "my_method"
-    distinct = [METHOD_COLORS[k] for k in ("central", "lora", "independent", "moe_lora",
-                                           "cgc_lora", "one_plus_n", "cgc_no_gate")]
+    distinct = [METHOD_COLORS[k] for k in ("central", "integrated", "separate",
+                                           "moe_lora", "cgc_lora", "one_plus_n",
+                                           "cgc_uniform")]
     assert len(set(distinct)) == len(distinct)

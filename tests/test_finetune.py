@@ -97,8 +97,9 @@ def test_cli_trains_a_bfloat16_model_with_float32_adapters(model_dir, files, tmp
         load_model_and_tokenizer(str(model_dir), dtype="half")
 
 
-@pytest.mark.parametrize("method, experts", [("lora", 1), ("independent", 3), ("moe_lora", 4),
-                                             ("cgc_lora", 8)])
+@pytest.mark.parametrize("method, experts", [("integrated", 1), ("separate", 3),
+                                             ("moe_lora", 4), ("cgc_lora", 8),
+                                             ("lora", 1), ("independent", 3)])  # older
 def test_every_preset_by_name(method, experts):
     config = method_config(method, n_tasks=3, rank=8, alpha=16)  # the defaults divide evenly
     assert config.n_experts == experts and config.n_tasks == 3 and config.scaling == 2.0
@@ -179,7 +180,7 @@ def test_a_row_longer_than_the_context_is_refused_before_training(model_dir, tmp
     data = load_task_data(path)
     with pytest.raises(DataError, match=r"long.jsonl line 2: prompt \+ target \+ eos is 74 tokens.*context of 64"):
         check_fits_context(data, tok, context_length(model, tok))
-    config = method_config("lora", n_tasks=1, rank=4, alpha=8)
+    config = method_config("integrated", n_tasks=1, rank=4, alpha=8)
     with pytest.raises(DataError, match="line 2"):
         finetune(model, tok, data.select([0]), data, config, tmp_path / "out", steps=1, progress=False)
     assert not adapter_layers(model) and not (tmp_path / "out").exists()  # nothing changed

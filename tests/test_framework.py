@@ -15,7 +15,7 @@ from cgc_edu.framework import (OnePlusN, base_fingerprint, prior_clusters, subse
                                unique_parameter_bytes)
 from cgc_edu.adapters.injection import adapter_layers
 
-from tiny_models import TOK, tiny_base  # tests/tiny_models.py
+from tiny_models import TOK, tiny_base, tiny_framework  # tests/tiny_models.py
 
 CONFIG = AdapterConfig.cgc_lora(rank=6, alpha=12, n_common=2, n_specific=1, budget="per_task")
 
@@ -27,14 +27,7 @@ def tasks():
 
 @pytest.fixture
 def framework(tasks):
-    fw = OnePlusN(tiny_base(), prior_clusters(tasks["train"]), CONFIG)
-    with torch.no_grad():  # non-zero B so that every adapter set changes the outputs
-        for s in fw.sets.values():
-            for layer in adapter_layers(s).values():
-                layer.lora_B.normal_(0, 0.5)
-                if layer.gate.learned:
-                    layer.gate.weight.normal_(0, 1.0)
-    return fw
+    return tiny_framework(prior_clusters(tasks["train"]), CONFIG)
 
 
 # ------------------------------------------------------------------ 1+N
@@ -199,15 +192,15 @@ def test_no_public_operation_on_one_set_changes_the_base_or_another_set(framewor
 
 def test_load_checks_each_sets_config_like_load_adapters(framework, tmp_path):
     framework.save(tmp_path)
-    cfg = tmp_path / "set_0" / "adapter_config.json"
+    cfg = tmp_path / "set_0" / "cgc_adapter_config.json"
     meta = json.loads(cfg.read_text())
     del meta["config"]
     cfg.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"OnePlusN.load: .*set_0/adapter_config.json is not a valid "
-                                         r"cgc_edu adapter config.*'config'.*re-save"):
+    invalid = (r"set_0/cgc_adapter_config.json is not a valid cgc_edu adapter config"
+               r".*'config'")
+    with pytest.raises(ValueError, match=r"OnePlusN.load: .*" + invalid):
         OnePlusN.load(tmp_path, base_model=tiny_base())
-    with pytest.raises(ValueError, match=r"load_adapters: .*set_0/adapter_config.json is not a valid "
-                                         r"cgc_edu adapter config.*'config'.*re-save"):
+    with pytest.raises(ValueError, match=r"load_adapters: .*" + invalid):
         load_adapters(tiny_base(), tmp_path / "set_0")
     cfg.write_text("{not json")
     with pytest.raises(ValueError, match="is not a valid cgc_edu adapter config"):

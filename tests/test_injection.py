@@ -4,31 +4,14 @@ import copy
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from cgc_edu import (AdapterConfig, CGCLoRALinear, add_adapters, adapter_layers, merge_task,
                      remove_adapters, task_context, trainable_parameters, unmerge)
 from cgc_edu.adapters.saving import load_adapters, save_adapters
 
+from tiny_models import randomize, tiny_llama  # tests/tiny_models.py
+
 TARGETS = ["q_proj", "v_proj", "down_proj"]
-
-
-def tiny_llama(seed=0, hidden=32):
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=40, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         pad_token_id=0)
-    return LlamaForCausalLM(config).eval()
-
-
-def randomize(model, seed=1):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for layer in adapter_layers(model).values():
-            layer.lora_B.normal_(std=0.5)
-            if layer.gate.learned:
-                layer.gate.weight.normal_()
-    return model
 
 
 def adapted(config=None, seed=0):

@@ -8,7 +8,8 @@ from peft import PeftModel
 from cgc_edu import AdapterConfig, add_adapters, export_peft_lora, load_adapters, save_adapters
 from cgc_edu.adapters.saving import CONFIG_NAME, WEIGHTS_NAME
 
-from test_injection import TARGETS, adapted, assert_same_state, state, tiny_llama
+from test_injection import TARGETS, adapted, assert_same_state, state
+from tiny_models import tiny_llama  # tests/tiny_models.py
 
 
 @pytest.fixture
@@ -28,7 +29,8 @@ def test_save_then_load_gives_identical_outputs(tmp_path, x, config):
     model = adapted(config)
     want = model(tokens, task_ids=ids).logits
     save_adapters(model, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([CONFIG_NAME, WEIGHTS_NAME])
     onto_base = load_adapters(tiny_llama(), tmp_path)           # bare base: adapters are added
     assert torch.equal(onto_base(tokens, task_ids=ids).logits, want)
     onto_adapted = load_adapters(add_adapters(tiny_llama(), config), tmp_path)
@@ -104,3 +106,21 @@ def test_export_bad_task_is_clear(tmp_path):
     with pytest.raises(ValueError, match="task id 7 is out of range"):
         export_peft_lora(adapted(), 7, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_folder_is_not_peft_s_and_folders_of_the_old_name_still_load(tmp_path, x):
+    from peft import PeftConfig
+
+    from cgc_edu.adapters.saving import LEGACY_CONFIG_NAME
+
+    tokens, ids = x
+    model = adapted()
+    save_adapters(model, tmp_path)
+    assert not (tmp_path / LEGACY_CONFIG_NAME).exists()   # peft's name, peft's schema
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        PeftConfig.from_pretrained(str(tmp_path))       # peft says so, misreads nothing
+    # a folder written before issue 26, under peft's name, still loads
+    (tmp_path / CONFIG_NAME).rename(tmp_path / LEGACY_CONFIG_NAME)
+    loaded = load_adapters(tiny_llama(), tmp_path)
+    want = model(tokens, task_ids=ids).logits
+    assert torch.equal(loaded(tokens, task_ids=ids).logits, want)

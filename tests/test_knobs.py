@@ -11,9 +11,10 @@ from torch import nn
 
 from cgc_edu import AdapterConfig, CGCLoRALinear
 from cgc_edu.course.diagrams import drawn_parts
+from cgc_edu.adapters import adapter_parameter_count
 from cgc_edu.course.knobs import (CGCConfigBuilder, LoRAKnobs, RouterKnobs, SeesawKnobs,
-                           adapter_parameter_count, clustered_tokens, lora_regression,
-                           lora_scaling, seesaw_front, train_lora_layer, train_router)
+                                  clustered_tokens, lora_regression, lora_scaling,
+                                  seesaw_front, train_lora_layer, train_router)
 from cgc_edu.utils import seed_everything
 
 PNG = b"\x89PNG\r\n\x1a\n"

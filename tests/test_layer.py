@@ -7,19 +7,7 @@ from torch import nn
 
 from cgc_edu import AdapterConfig, CGCLoRALinear
 
-D_IN, D_OUT = 12, 10
-
-
-def make_layer(config, seed=0, randomize=True):
-    torch.manual_seed(seed)
-    layer = CGCLoRALinear(nn.Linear(D_IN, D_OUT), config)
-    if randomize:  # B starts at zero; give every parameter a non-trivial value
-        with torch.no_grad():
-            layer.lora_B.normal_()
-            if layer.gate.learned:
-                layer.gate.weight.normal_()
-    return layer
-
+from tiny_models import D_IN, D_OUT, make_layer  # tests/tiny_models.py
 
 def equation(layer, x, task_ids):
     """The design's equation, computed expert by expert, sample by sample, in plain torch."""
@@ -62,24 +50,15 @@ def test_layer_equals_design_equation(name):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("gather_ratio", [0.0, 1e9])
-def test_dense_and_gather_paths_agree(gather_ratio, monkeypatch):
-    layer = make_layer(AdapterConfig.cgc_lora(rank=6, n_tasks=8, n_common=2, n_specific=1))
-    x, ids = torch.randn(8, 5, D_IN), torch.arange(8)
-    want = torch.stack([equation(layer, x[:, j], ids) for j in range(5)], dim=1)
-    monkeypatch.setattr(layer, "gather_ratio", gather_ratio)
-    torch.testing.assert_close(layer(x, ids), want, rtol=1e-5, atol=1e-5)
-
-
 def test_fresh_layer_equals_base_layer():
-    layer = make_layer(CONFIGS["cgc_lora"], randomize=False)
+    layer = make_layer(CONFIGS["cgc_lora"], fresh=True)
     x = torch.randn(4, 3, D_IN)
     torch.testing.assert_close(layer(x, torch.tensor([0, 1, 2, 0])), layer.base_layer(x), rtol=0, atol=0)
 
 
 def test_shapes_scaling_and_init():
     c = AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=3, n_common=2, n_specific=1)
-    layer = make_layer(c, randomize=False)
+    layer = make_layer(c, fresh=True)
     assert layer.lora_A.shape == (5, 2, D_IN) and layer.lora_B.shape == (5, D_OUT, 2)
     assert layer.scaling == pytest.approx(2.0)
     assert torch.count_nonzero(layer.lora_B) == 0
@@ -108,7 +87,7 @@ def test_lora_preset_matches_peft():
 
 def test_gate_rows_sum_to_one_zero_outside_and_uniform_at_init():
     c = AdapterConfig.cgc_lora(rank=6, n_tasks=4, n_common=2, n_specific=1)
-    layer = make_layer(c, randomize=False)
+    layer = make_layer(c, fresh=True)
     ids = torch.arange(4)
     g = layer.gate_weights(ids)
     assert g.shape == (4, c.n_experts)
@@ -128,7 +107,7 @@ def test_gate_rows_sum_to_one_zero_outside_and_uniform_at_init():
 
 def test_uniform_gate_stays_uniform_after_training():
     c = AdapterConfig.cgc_lora(rank=6, n_tasks=3, gate="uniform")
-    layer = make_layer(c, randomize=False)
+    layer = make_layer(c, fresh=True)
     assert not any("gate" in n for n, _ in layer.named_parameters())
     opt = torch.optim.SGD([p for p in layer.parameters() if p.requires_grad], lr=0.1)
     for _ in range(3):
@@ -234,8 +213,8 @@ def test_expert_labels():
 
 
 @pytest.mark.parametrize("config", [
-    AdapterConfig.cgc_lora(rank=6, n_tasks=8, n_common=2, n_specific=1),   # dense / gather paths
-    AdapterConfig.independent(rank=8, n_tasks=8),                          # the one-expert path
+    AdapterConfig.cgc_lora(rank=6, n_tasks=8, n_common=2, n_specific=1),   # gate folded in B
+    AdapterConfig.independent(rank=8, n_tasks=8),                          # one expert each
 ], ids=["cgc_lora", "independent"])
 def test_training_repeats_bit_for_bit_with_two_threads(config):
     """Mixed-task training must repeat exactly (nbval compares notebooks that train)."""

@@ -56,9 +56,10 @@ def test_layer_recorder_and_plots_read_the_configs_layout():
     layer = CGCLoRALinear(nn.Linear(4, 4), config)
     np.testing.assert_array_equal(layer.gate.mask.numpy(), mask)
     np.testing.assert_array_equal(layer.allowed.numpy(), config.layout.allowed_table())
-    # rows[t] = the stacked-A rows of S_t, expert by expert
-    r_e = config.expert_rank
-    assert layer.rows[2].tolist() == [e * r_e + j for e in config.allowed_experts(2) for j in range(r_e)]
+    # task t's one LoRA stacks the rows of S_t's experts, expert by expert
+    A_t, _ = layer.task_lora(torch.tensor([2]))
+    want = layer.lora_A[config.allowed_experts(2)].reshape(-1, 4)
+    torch.testing.assert_close(A_t[0], want)
     np.testing.assert_array_equal((layer.gate_weights(torch.arange(3)) > 0).numpy(), mask)
 
     model = tiny_model(config)

@@ -71,18 +71,14 @@ def test_as_training_callback_records_every_k_steps_and_follows_learning():
 
 @pytest.mark.slow
 def test_with_the_library_training_loop():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from cgc_edu import add_adapters
-    from cgc_edu.data import build_tokenizer, make_tiny_tasks
+    from cgc_edu.data import make_tiny_tasks
     from cgc_edu.train import train
+    from tiny_models import TOK as tokenizer
+    from tiny_models import tiny_base
 
-    tokenizer = build_tokenizer()
     seed_everything(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-        pad_token_id=tokenizer.pad_token_id))
+    model = tiny_base()
     add_adapters(model, AdapterConfig.cgc_lora(rank=3, n_tasks=2, n_common=2, n_specific=1,
                                                target_modules=["q_proj", "v_proj"]))
     data = make_tiny_tasks(seed=0, tasks=["reverse", "first"], n_train=16, n_low=4,

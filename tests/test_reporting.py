@@ -1,4 +1,6 @@
 """Reporting of the TinyTasks study: summaries, paired comparisons, premises, collapses, tables."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -171,3 +173,16 @@ def test_a_study_of_untuned_methods_alone_reports_without_a_grid():
     text = markdown_report(fake_results({"cgc_uniform": 0.5}), grid, pd.DataFrame(),
                            pd.DataFrame(), config)
     assert "No grid ran" in text and "0.012" in text.split("No grid ran")[1].split("\n")[0]
+
+
+def test_stored_results_load_and_older_method_names_are_read_as_the_studys(tmp_path):
+    from cgc_edu.study.methods import METHODS, check_methods
+    from cgc_edu.study.statistics import load_results
+
+    stored = load_results(Path(__file__).resolve().parent.parent / "results")
+    assert set(stored["method"]) <= set(METHODS)
+    older = fake_results({"independent": 0.5, "lora": 0.2, "cgc_no_gate": 0.4})
+    older.to_csv(tmp_path / "results.csv", index=False)
+    read = set(load_results(tmp_path)["method"])
+    assert read == {"separate", "integrated", "cgc_uniform"}
+    assert check_methods(["lora", "cgc_lora"]) == ["integrated", "cgc_lora"]

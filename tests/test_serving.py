@@ -4,16 +4,14 @@ tasks in one pass."""
 
 import pytest
 import torch
-from torch import nn
 
-from cgc_edu import AdapterConfig, CGCLoRALinear, merge_task
+from cgc_edu import AdapterConfig, merge_task
 from cgc_edu.data import make_tiny_tasks
 from cgc_edu.framework import OnePlusN, prior_clusters, unique_parameter_bytes
 from cgc_edu.adapters.injection import adapter_layers
 
-from tiny_models import TOK, Seen, spy_on_generate, tiny_base  # tests/tiny_models.py
-
-D_IN, D_OUT = 12, 10
+from tiny_models import (D_IN, D_OUT, TOK, Seen, make_layer, spy_on_generate,  # tests/
+                         tiny_base, tiny_framework)
 
 
 def reference(layer, x, task_ids):
@@ -31,14 +29,6 @@ FAST = {  # |S_t| = 1: the configs the one-expert path serves
     "independent_8_total": AdapterConfig.independent(rank=16, alpha=4, n_tasks=8, budget="total"),
     "independent_1_task": AdapterConfig.independent(rank=4, n_tasks=1),
 }
-
-
-def make_layer(config, seed=0):
-    torch.manual_seed(seed)
-    layer = CGCLoRALinear(nn.Linear(D_IN, D_OUT), config)
-    with torch.no_grad():
-        layer.lora_B.normal_()
-    return layer
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
@@ -100,7 +90,7 @@ def test_serving_path_with_the_gate_folded_in_equals_the_training_path(name):
     randomize_gate(layer)
     ids = torch.tensor([0, 2, 1, 2, 0, 1, 1]) % layer.config.n_tasks
     x = torch.randn(7, 5, D_IN)
-    trained_path = layer(x, ids)                      # autograd on: the dense / gather path
+    trained_path = layer(x, ids)                      # autograd on: the training path
     assert trained_path.requires_grad
     with torch.no_grad():
         served = layer(x, ids)
@@ -120,14 +110,14 @@ def test_serving_path_of_one_expert_presets_equals_the_reference(name):
 
 
 @pytest.mark.parametrize("name", sorted(FAST) + sorted(MULTI))
-def test_one_request_alone_takes_the_2d_path_and_equals_the_reference(name):
+def test_one_request_alone_equals_the_reference(name):
     layer = make_layer({**FAST, **MULTI}[name]).eval()
     randomize_gate(layer)
     with torch.no_grad():
         for task in range(layer.config.n_tasks):
             x, ids = torch.randn(1, 6, D_IN), torch.tensor([task])
             torch.testing.assert_close(layer(x, ids), reference(layer, x, ids), rtol=1e-5, atol=1e-5)
-            assert vars(layer)["_single"][0] is layer._serving_cache.value[0]
+            assert layer._serving_cache.value is not None
 
 
 def test_hooks_on_the_base_layer_still_run():
@@ -163,18 +153,6 @@ def clusters():
     return prior_clusters(make_tiny_tasks(seed=0, n_train=4, n_low=2, n_validation=0, n_test=0)["train"])
 
 
-def framework(clusters, config=None):
-    config = config or AdapterConfig.cgc_lora(rank=6, alpha=12, n_common=2, n_specific=1)
-    fw = OnePlusN(tiny_base(), clusters, config, tokenizer=TOK)
-    with torch.no_grad():
-        for s in fw.sets.values():
-            for layer in adapter_layers(s).values():
-                layer.lora_B.normal_(0, 0.5)
-                if layer.gate.learned:
-                    layer.gate.weight.normal_(0, 1.0)
-    return fw
-
-
 def set_logits(fw, input_ids, tasks):
     """Each request through its own cluster's set with its local id: the reference."""
     rows = []
@@ -203,7 +181,7 @@ def test_serving_model_answers_every_cluster_like_its_set_in_one_pass(clusters, 
                         names[1]: AdapterConfig.lora(rank=2, n_tasks=len(clusters[names[1]]),
                                                      target_modules=["v_proj", "down_proj"])},
     }
-    fw = framework(clusters, configs[preset])
+    fw = tiny_framework(clusters, configs[preset])
     tasks = [fw.tasks[i % len(fw.tasks)] for i in (0, 5, 1, 6, 2, 7, 3, 4)]  # clusters mixed
     input_ids = torch.randint(3, len(TOK), (len(tasks), 6), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -217,7 +195,7 @@ def test_hot_merge_answers_like_the_sets_and_never_writes_the_base(clusters, pre
     config = None if preset == "cgc" else {
         names[0]: AdapterConfig.cgc_lora(rank=6, n_tasks=len(clusters[names[0]]), target_modules=["q_proj"]),
         names[1]: AdapterConfig.lora(rank=2, n_tasks=len(clusters[names[1]]), target_modules=["down_proj"])}
-    fw = framework(clusters, config)
+    fw = tiny_framework(clusters, config)
     before = {k: v.clone() for k, v in fw.base.state_dict().items()}
     input_ids = torch.randint(3, len(TOK), (2, 6), generator=torch.Generator().manual_seed(1))
     cold = [fw.generate(["abc=", "xy="], task, max_new_tokens=4) for task in fw.tasks]
@@ -230,9 +208,9 @@ def test_hot_merge_answers_like_the_sets_and_never_writes_the_base(clusters, pre
                                        rtol=1e-5, atol=1e-5)
     assert [fw.generate(["abc=", "xy="], task, max_new_tokens=4) for task in fw.tasks] == cold
     fw.generate("abc=", fw.tasks[2])
-    kept = fw._hot_key
+    kept = fw._hot_cache.key
     fw.generate("xy=", fw.tasks[2])                           # the same task: nothing refilled
-    assert fw._hot_key is kept
+    assert fw._hot_cache.key is kept
     with torch.no_grad():                                     # an adapter changes: refilled
         next(iter(adapter_layers(fw.sets[fw.route(fw.tasks[2])[0]]).values())).lora_B.mul_(3.0)
         torch.testing.assert_close(fw._hot_model(fw.tasks[2])(input_ids).logits,
@@ -242,7 +220,7 @@ def test_hot_merge_answers_like_the_sets_and_never_writes_the_base(clusters, pre
 
 
 def test_serving_model_follows_changes_to_the_sets_and_shares_the_base(clusters):
-    fw = framework(clusters)
+    fw = tiny_framework(clusters)
     tasks = fw.tasks
     input_ids = torch.randint(3, len(TOK), (len(tasks), 5), generator=torch.Generator().manual_seed(1))
     rng = torch.get_rng_state()

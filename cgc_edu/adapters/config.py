@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Sequence
 
@@ -21,6 +22,16 @@ import torch
 
 GATES = ("task", "uniform")
 BUDGETS = ("per_task", "total")
+#: One name per method everywhere (the study, figures, finetune): the study's, which
+#: results/ stores. The course's older names are read as these (`method_name`).
+METHOD_ALIASES = {"lora": "integrated", "independent": "separate",
+                  "cgc_no_gate": "cgc_uniform"}
+
+
+def method_name(name: str) -> str:
+    """A method's one name: ``name``, or what an older name meant ("lora" ->
+    "integrated", "independent" -> "separate", "cgc_no_gate" -> "cgc_uniform")."""
+    return METHOD_ALIASES.get(name, name)
 
 
 class ExpertBlock(NamedTuple):
@@ -111,7 +122,8 @@ class AdapterConfig:
     """Configuration of a bank of low-rank experts with a task-motivated gate.
 
     Args:
-        rank: r, the rank one task sees. The scaling is alpha / r.
+        rank: r, the rank one task sees. The scaling is alpha / r (alpha / sqrt(r) with
+            ``use_rslora``).
         alpha: LoRA's alpha.
         n_common: experts shared by every task (indices [0, n_common)).
         n_specific: experts owned by each task (task t owns
@@ -133,6 +145,9 @@ class AdapterConfig:
             the new head of a sequence classifier). ``add_adapters`` makes them trainable,
             ``save_adapters`` / ``load_adapters`` carry their weights, ``export_peft_lora``
             exports them, and ``remove_adapters`` restores their original weights.
+        use_rslora: scale by alpha / sqrt(r) instead of alpha / r (rsLoRA,
+            Kalajdzievski 2023; peft's ``use_rslora``): the update's size then does
+            not shrink as r grows.
 
     The config is frozen (``dataclasses.replace(config, rank=16)`` makes a changed copy): a
     model's adapters were built from it and ``save_adapters`` writes it, so it must not change
@@ -153,6 +168,7 @@ class AdapterConfig:
     shared_gate: bool = False
     gate_dim: int = 8
     modules_to_save: Optional[Sequence[str]] = None
+    use_rslora: bool = False
 
     def __post_init__(self):
         for name in ("target_modules", "modules_to_save"):
@@ -177,6 +193,9 @@ class AdapterConfig:
             raise ValueError(
                 "AdapterConfig: n_common=0 and n_specific=0 leaves a task with no expert; "
                 "set n_common >= 1 or n_specific >= 1.")
+        if not isinstance(self.use_rslora, bool):
+            raise ValueError(f"AdapterConfig.use_rslora={self.use_rslora!r}: must be "
+                             "True (scaling alpha / sqrt(r)) or False (alpha / r).")
         if self.gate not in GATES:
             raise ValueError(f"AdapterConfig.gate={self.gate!r}: choose one of {GATES}.")
         if self.budget not in BUDGETS:
@@ -221,7 +240,9 @@ class AdapterConfig:
 
     @property
     def scaling(self) -> float:
-        return float(self.alpha) / self.rank
+        """alpha / r, or rsLoRA's alpha / sqrt(r) with ``use_rslora`` (as peft)."""
+        rank = math.sqrt(self.rank) if self.use_rslora else self.rank
+        return float(self.alpha) / rank
 
     @property
     def has_learned_gate(self) -> bool:
@@ -332,3 +353,17 @@ class AdapterConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def adapter_parameter_count(config: AdapterConfig, d_in: int, d_out: int) -> dict:
+    """Trainable numbers of one `CGCLoRALinear` of ``config`` on a d_out x d_in layer.
+
+    Returns {"experts": E r_e (d_in + d_out), "gate": the task embedding and W_g
+    when the gate is learned (else 0), "total": their sum}.
+
+    Taught in: notebooks/05_cgc_lora.ipynb.
+    """
+    experts = config.n_experts * config.expert_rank * (d_in + d_out)
+    gate = (config.n_tasks + config.n_experts) * config.gate_dim
+    gate = gate if config.has_learned_gate else 0
+    return {"experts": experts, "gate": gate, "total": experts + gate}

@@ -17,6 +17,7 @@ Taught in: notebooks/05_cgc_lora.ipynb (injection, routing, merging).
 from __future__ import annotations
 
 import contextlib
+import copy
 import types
 from typing import Iterator, Optional
 
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from .config import AdapterConfig
-from .layer import CGCLoRALinear, TaskGate, _adaptable_shape, check_merged
+from .layer import CGCLoRALinear, TaskGate, _adaptable_shape, add_delta, check_merged
 
 #: Never adapted when target_modules is None: an output head (a causal LM's ``lm_head``, a
 #: classifier's ``classifier`` or ``score``) is not a projection to adapt; to train a new head,
@@ -379,14 +380,8 @@ def merge_task(model: nn.Module, task_id: int) -> nn.Module:
 
     Taught in: notebooks/01_lora_from_scratch.ipynb.
     """
-    _router(model, "merge_task")
+    task_id = _task_index(model, task_id, "merge_task")
     layers = adapter_layers(model)
-    first = next(iter(layers.values()))
-    if isinstance(task_id, torch.Tensor):
-        task_id = task_id.item()
-    if not isinstance(task_id, int) or isinstance(task_id, bool):
-        raise TypeError(f"merge_task: task_id={task_id!r} must be an int in [0, {first.config.n_tasks - 1}].")
-    model._cgc_config.check_task_ids(torch.tensor([task_id]), where="merge_task")
     shared = next((l.shared_base for l in layers.values() if l.shared_base is not None), None)
     if shared is not None:
         raise ValueError(f"merge_task: {shared}")
@@ -398,6 +393,40 @@ def merge_task(model: nn.Module, task_id: int) -> nn.Module:
         layer.merge(task_id)
     model._cgc_router.merged_task = task_id
     return model
+
+
+def _task_index(model: nn.Module, task_id, caller: str) -> int:
+    """``task_id`` as a checked int (a 0-d tensor is fine), for merging one task."""
+    _router(model, caller)
+    if isinstance(task_id, torch.Tensor):
+        task_id = task_id.item()
+    if not isinstance(task_id, int) or isinstance(task_id, bool):
+        n = model._cgc_config.n_tasks
+        raise TypeError(f"{caller}: task_id={task_id!r} must be an int in "
+                        f"[0, {n - 1}].")
+    model._cgc_config.check_task_ids(torch.tensor([task_id]), where=caller)
+    return task_id
+
+
+def merged_copy(model: nn.Module, task_id: int) -> nn.Module:
+    """A plain copy of ``model`` for task ``task_id`` alone: W0 + dW_t in every adapted
+    weight (in W0's layout: GPT-2's Conv1D too), the adapters, hooks and routing gone,
+    the base model's own type; ``modules_to_save`` keep their trained weights. peft's
+    ``merge_and_unload`` for one task, but ``model`` itself is left as it is: its
+    adapters serve every task. It runs at the base model's speed and needs no ids.
+    """
+    task_id = _task_index(model, task_id, "merged_copy")
+    plain = unmerge(copy.deepcopy(model))        # the copy's weights are its own
+    trained = {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
+               for name, m in _saved_modules(plain).items()}
+    with torch.no_grad():
+        for layer in adapter_layers(plain).values():
+            add_delta(layer.base_layer.weight, layer.delta_weight(task_id), +1,
+                      layer.fan_in_fan_out)
+    remove_adapters(plain)   # nothing is merged in the layers' books: W0 + dW_t stays
+    for name, state in trained.items():
+        plain.get_submodule(name).load_state_dict(state)
+    return plain
 
 
 def unmerge(model: nn.Module) -> nn.Module:

@@ -6,10 +6,11 @@ For a sample of task t (docs/design.md, "The layer family and its equation"):
     g_t      = softmax(logits_t masked to S_t)    zero outside S_t, uniform at initialisation
     y        = W0 x + b + (alpha / r) * sum_e g_t,e * B_e A_e dropout(x)
 
-LoRA, independent LoRAs and MoE-LoRA are special cases (see `AdapterConfig`). The bank is
-computed in one pass for a mixed-task batch, never as a loop over experts: either as one LoRA
-of rank E*r_e with a per-sample diagonal scaling ("dense"), or, when many tasks make E large,
-as a per-sample gather of the |S_t|*r_e rows a task uses ("gather").
+LoRA, independent LoRAs and MoE-LoRA are special cases (see `AdapterConfig`). As g_t
+depends on the task id only, each sample's adapter is one plain LoRA B_t A_t of rank
+|S_t|*r_e with the gate and the scaling folded into B_t (`CGCLoRALinear.task_lora`):
+a mixed-task batch is two batched products through them, never a loop over experts.
+Training gathers them with autograd; serving keeps them while ids and weights stay.
 
 The frozen layer is an ``nn.Linear`` (weight (d_out, d_in)) or transformers' ``Conv1D``
 (GPT-2; weight stored transposed, (d_in, d_out): peft's ``fan_in_fan_out``). Half-precision
@@ -131,10 +132,11 @@ class TaskGate(nn.Module):
 
 
 class ServingCache:
-    """One kept value for one set of source tensors: each sample's LoRA (gate and scaling
-    folded in), reused across the decode steps of one `generate` call. `get` returns it only
-    for the very same sources (the ids tensor, A and B, held here so that their ids cannot be
-    reused) and an equal key; a key of None never matches and is never stored."""
+    """One value kept for one set of source tensors: a layer's per-sample LoRAs over
+    the decode steps of one `generate` call, or 1+N's serving bank and hot copy. `get`
+    returns it only for the very same sources (held here, so that their ids cannot be
+    reused) and an equal key (`CGCLoRALinear.adapter_state`); a key of None never
+    matches."""
 
     __slots__ = ("sources", "key", "value")
 
@@ -172,10 +174,6 @@ class CGCLoRALinear(nn.Module):
     Taught in: notebooks/05_cgc_lora.ipynb.
     """
 
-    #: Use the per-sample gather when the bank has more than this many times the experts one
-    #: task uses (see benchmarks/bench_layer.py for the measurement behind the choice).
-    gather_ratio: float = 2.0
-
     def __init__(self, base_layer: nn.Module, config: AdapterConfig,
                  gate: Optional[TaskGate] = None, name: str = "CGCLoRALinear"):
         super().__init__()
@@ -201,12 +199,9 @@ class CGCLoRALinear(nn.Module):
                                                device=weight.device))
         self.gate = gate if gate is not None else TaskGate(config).to(weight.device)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        # allowed[t] = S_t (from the config's layout); rows[t] = the rows of the stacked A
-        # (E*r_e, d_in) that task t uses, in S_t order.
+        # allowed[t] = S_t (from the config's layout): the experts task t uses.
         allowed = torch.from_numpy(config.layout.allowed_table())
-        rows = (allowed[:, :, None] * r_e + torch.arange(r_e)).reshape(config.n_tasks, -1)
         self.register_buffer("allowed", allowed, persistent=False)
-        self.register_buffer("rows", rows, persistent=False)
         self.merged_task: Optional[int] = None
         # Set by OnePlusN: base_layer's weight is the central model's, shared by every adapter
         # set, so this layer must never write into it (see `merge`).
@@ -254,159 +249,114 @@ class CGCLoRALinear(nn.Module):
         ids = self.check_task_ids(task_ids if task_ids is not None else torch.zeros(1, dtype=torch.long))
         return self.gate(ids)
 
-    def _stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A as (E*r_e, d_in) and B as (d_out, E*r_e): the bank seen as one big LoRA."""
-        A = self.lora_A.reshape(-1, self.in_features)
-        B = self.lora_B.permute(1, 0, 2).reshape(self.out_features, -1)
-        return A, B
+    def task_lora(self, task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's adapter as one plain LoRA, gate and scaling folded into B:
+        (A_t (batch, k, d_in), B_t^T (batch, k, d_out)), k = |S_t| r_e, so that
+
+            B_t A_t = dW_t = (alpha / r) sum_{e in S_t} g_t,e B_e A_e.
+
+        The one place "task t as one LoRA" is written: the training and serving
+        paths, `delta_weight` (merging), 1+N's serving bank and `export_peft_lora`
+        read it. ``task_ids``: checked ids (LongTensor (batch,)) on the layer's
+        device. Rows are gathered by index_select: on CPU its backward sums repeated
+        ids in a fixed order, so training repeats bit for bit.
+        """
+        params = self._parameters   # direct: __getattr__ costs on every decode step
+        A, B = params["lora_A"], params["lora_B"]
+        batch, experts = task_ids.shape[0], self.allowed.index_select(0, task_ids)
+        rows = experts.reshape(-1)                                  # batch * |S_t|
+        A_t = A.index_select(0, rows).view(batch, -1, self.in_features)
+        # B^T gathered from the transposed bank comes out contiguous: the second
+        # product runs several times faster on it (benchmarks/bench_serving.py).
+        Bt_t = B.transpose(1, 2).index_select(0, rows)
+        Bt_t = Bt_t.view(batch, -1, self.out_features)
+        if experts.shape[1] == 1:   # one expert: its gate weight is exactly 1
+            return A_t, (Bt_t * self.scaling if self.scaling != 1.0 else Bt_t)
+        g = self._modules["gate"](task_ids).gather(1, experts) * self.scaling
+        g = g.to(B.dtype).repeat_interleave(self.expert_rank, dim=1)    # (batch, k)
+        return A_t, Bt_t * g[:, :, None]
 
     def delta_weight(self, task_id: int) -> torch.Tensor:
-        """dW_t = (alpha/r) B_cat diag(g_t repeated r_e times) A_cat, shaped like W0 (d_out, d_in)."""
-        ids = self.check_task_ids(torch.tensor([int(task_id)]))
-        g = self.gate(ids)[0].to(self.lora_B.dtype).repeat_interleave(self.expert_rank)
-        A, B = self._stacked()
-        return self.scaling * (B * g) @ A
+        """dW_t = B_t A_t (`task_lora`), (d_out, d_in) whatever W0's storage
+        (`add_delta` puts it in W0's layout)."""
+        A_t, Bt_t = self.task_lora(self.check_task_ids(torch.tensor([int(task_id)])))
+        return Bt_t[0].T @ A_t[0]
 
     def adapter_output(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        """The adapter's term (alpha/r) sum_e g_e B_e A_e dropout(x), for x (batch, ..., d_in)."""
-        batch, r_e = x.shape[0], self.expert_rank
-        h_in = (self.dropout(x) if self.training else x).reshape(batch, -1, self.in_features)
-        if self.rows.shape[1] == r_e:   # |S_t| = 1
-            out = self._one_expert_output(h_in, task_ids)
-        elif not torch.is_grad_enabled():
-            # Serving: each sample's allowed experts as one LoRA of rank |S_t| r_e, its gate
-            # and the scaling folded into B (kept while the ids and weights stay the same).
-            A_t, Bt_t = self._per_sample_lora(task_ids)
-            out = torch.bmm(torch.bmm(A_t, h_in.transpose(1, 2)).transpose(1, 2), Bt_t)
-        elif self.n_experts > self.gather_ratio * self.config.experts_per_task:
-            # Gather path: each sample uses only its task's |S_t| experts: the cost of a LoRA
-            # of rank |S_t| r_e, however many tasks the bank serves. The scaling rides on the
-            # (batch, E) gate, not on the (batch, tokens, d_out) output.
-            g = self.gate(task_ids).to(h_in.dtype) * self.scaling        # (batch, E)
-            experts = self.allowed[task_ids]                              # (batch, |S|)
-            A = _select(self.lora_A, experts).reshape(batch, -1, self.in_features)  # (batch, |S| r_e, d_in)
-            h = torch.bmm(h_in, A.transpose(1, 2))
-            h = h.unflatten(-1, (-1, r_e)) * g.gather(1, experts)[:, None, :, None]
-            out = torch.einsum("bnsr,bsor->bno", h, _select(self.lora_B, experts))
-        else:
-            # Dense path: one LoRA of rank E r_e, each sample's rows scaled by its gate.
-            g = self.gate(task_ids).to(h_in.dtype) * self.scaling        # (batch, E)
-            h = h_in @ self.lora_A.reshape(-1, self.in_features).T        # (batch, tokens, E r_e)
-            h = h.unflatten(-1, (self.n_experts, r_e)) * g[:, None, :, None]
-            out = torch.einsum("bner,eor->bno", h, self.lora_B)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        """Training: B_t A_t dropout(x) for x (batch, ..., d_in), each sample through
+        its task's LoRA (`task_lora`): two batched products, the cost of one LoRA of
+        rank |S_t| r_e however many tasks the bank serves."""
+        A_t, Bt_t = self.task_lora(task_ids)
+        h = self.dropout(x) if self.training else x
+        h = h.reshape(x.shape[0], -1, self.in_features).transpose(1, 2)
+        h = torch.bmm(A_t, h).transpose(1, 2)        # as `_serve` does: the same bits
+        return torch.bmm(h, Bt_t).reshape(*x.shape[:-1], self.out_features)
 
-    def _one_expert_output(self, h_in: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        """|S_t| = 1 (LoRA, independent LoRAs): the gate is exactly 1 on the one expert, so
-        there is no gate to compute: two matrix products, the fewest ops a LoRA can take
-        (this is the serving path: per-op overhead, not arithmetic, dominates small models)."""
-        if self.n_experts == 1:   # one LoRA for every sample
-            h = h_in @ self.lora_A[0].T
-            if self.scaling != 1.0:
-                h = h * self.scaling
-            return h @ self.lora_B[0].T
-        # Task t's one expert is expert t (n_common = 0, n_specific = 1): each sample's A and
-        # B, gathered, and the products batched over samples.
-        # Computed as (A_t x^T)^T: with r_e rows per sample, BLAS runs the batched products
-        # several times faster in this orientation (benchmarks/bench_serving.py).
-        A_t, Bt_t = self._per_sample_lora(task_ids)
-        h = torch.bmm(A_t, h_in.transpose(1, 2))                          # (batch, r_e, tokens)
-        if self.scaling != 1.0:
-            h = h * self.scaling
-        return torch.bmm(h.transpose(1, 2), Bt_t)                         # (batch, tokens, d_out)
-
-    def _per_sample_lora(self, task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each sample's experts as (A (batch, k, d_in), B^T (batch, k, d_out)), contiguous,
-        k = |S_t| r_e; with several experts B^T carries the gate and the scaling.
-
-        Gathered by index_select (its backward sums repeated ids in a fixed order). Without
-        autograd (decoding) the result is kept in a `ServingCache` and reused while the very
-        same ids tensor comes back (generate routes one tensor to every step) and nothing it
-        depends on has changed (`_serving_key`): a decode step then costs two products per layer.
-        """
-        params = self._parameters          # direct: nn.Module.__getattr__ costs on every decode step
-        A, B = params["lora_A"], params["lora_B"]
-        key = None
-        if not torch.is_grad_enabled():
-            key = self._serving_key(task_ids, A, B)
-            kept = self._serving_cache.get((task_ids, A, B), key)
-            if kept is not None:
-                return kept
-        if self.rows.shape[1] == self.expert_rank:   # one expert per task (LoRA: all expert 0)
-            # B^T gathered from the transposed view comes out contiguous: the second product
-            # runs several times faster on it than on a strided B^T.
-            experts = task_ids if self.n_experts == self.config.n_tasks else \
-                self.allowed.index_select(0, task_ids)[:, 0]
-            pair = (A.index_select(0, experts), B.transpose(1, 2).index_select(0, experts))
-        else:   # |S_t| experts stacked, B^T's rows scaled by the gate and the scaling
-            rows = self.rows.index_select(0, task_ids)                        # (batch, k)
-            A_rows = A.reshape(-1, self.in_features).index_select(0, rows.flatten())
-            Bt_rows = B.transpose(1, 2).reshape(-1, self.out_features).index_select(0, rows.flatten())
-            g = self.gate(task_ids).gather(1, self.allowed.index_select(0, task_ids))
-            g = (g * self.scaling).to(B.dtype).repeat_interleave(self.expert_rank, dim=1)
-            batch = task_ids.shape[0]
-            pair = (A_rows.view(batch, -1, self.in_features),
-                    Bt_rows.view(batch, -1, self.out_features) * g[:, :, None])
-        if key is not None:
-            self._serving_cache.put((task_ids, A, B), key, pair)
-        return pair
-
-    def _serving_key(self, task_ids: torch.Tensor, A: torch.Tensor, B: torch.Tensor):
-        """Everything the kept per-sample LoRA depends on, or None where it cannot be told
-        (a hook on the gate may change its weights, as `override_gate` does; inference tensors
-        keep no version counter): in-place changes bump ``_version``, ``model.to(...)`` swaps
-        the data (``data_ptr``), and the scaling is a plain attribute (rsLoRA sets it)."""
+    def adapter_state(self) -> Optional[tuple[tuple, tuple]]:
+        """(tensors, key): the tensors `task_lora` reads (A, B, the gate's) and a key
+        of the rest it depends on: their version counters (bumped by every in-place
+        change), data pointers (moved by ``model.to(...)``) and the scaling. None
+        where that cannot be told: a hook on the gate (`override_gate`) may change
+        its weights, inference tensors keep no version counter. The same tensors (by
+        identity) and an equal key: the same LoRA. 1+N's kept models use it too."""
         gate = self._modules["gate"]
         if not _no_hooks(gate):
             return None
+        tensors = (*self._parameters.values(), *gate._parameters.values())
         try:
-            return (task_ids._version, A._version, B._version, A.data_ptr(), B.data_ptr(),
-                    self.scaling, *[(p._version, p.data_ptr()) for p in gate._parameters.values()])
+            key = (self.scaling, *[(t._version, t.data_ptr()) for t in tensors])
         except RuntimeError:
             return None
+        return tensors, key
 
-    def forward(self, x: torch.Tensor, task_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _kept_lora(self, task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`task_lora`, kept in a `ServingCache` while the very same ids tensor comes
+        back (generate routes one tensor to every decode step) and `adapter_state`
+        is unchanged."""
+        state = self.adapter_state()
+        try:
+            ids_version = task_ids._version
+        except RuntimeError:
+            state = None
+        if state is None:
+            return self.task_lora(task_ids)
+        sources, key = (task_ids, *state[0]), (ids_version, *state[1])
+        kept = self._serving_cache.get(sources, key)
+        if kept is None:
+            kept = self.task_lora(task_ids)
+            self._serving_cache.put(sources, key, kept)
+        return kept
+
+    def forward(self, x: torch.Tensor, task_ids: Optional[torch.Tensor] = None):
         base = self.base_layer
-        # What nn.Module.__call__ does itself when a module has no hooks, minus two Python
-        # frames: 28 adapted projections per decode step make that overhead visible.
+        # What nn.Module.__call__ does itself when a module has no hooks, minus two
+        # Python frames: 28 adapted projections per decode step make that visible.
         result = base.forward(x) if _no_hooks(base) else base(x)
         if self.merged_task is not None:
-            if task_ids is not None:  # routed ids were checked against the merge by the router
+            if task_ids is not None:  # routed ids: the router checked them already
                 self._check_merged(task_ids)
             return result
         ids = self._task_ids(task_ids, x.shape[0])
         if not torch.is_grad_enabled() and not self.training:
             return self._serve(x, ids, result)
         # In place: the base's output is not saved for its own backward.
-        return result.add_(self.adapter_output(x.to(self.lora_A.dtype), ids).to(result.dtype))
+        out = self.adapter_output(x.to(self.lora_A.dtype), ids)
+        return result.add_(out.to(result.dtype))
 
-    def _serve(self, x: torch.Tensor, task_ids: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-        """Inference: result += each sample's LoRA (gate and scaling folded, `_per_sample_lora`),
-        the second product accumulated into the base's output in place (one ``baddbmm_``).
-        A decode step of a small model is per-op overhead, not arithmetic: this path takes
-        the fewest ops and no allocation of the output's size."""
-        A_t, Bt_t = self._per_sample_lora(task_ids)
-        batch, d_in, d_out = x.shape[0], A_t.shape[2], Bt_t.shape[2]
-        if x.dtype != A_t.dtype:
-            x = x.to(A_t.dtype)
-        unscaled = self.scaling != 1.0 and self.rows.shape[1] == self.expert_rank   # not folded in B^T
-        if batch == 1 and result.dtype == A_t.dtype:
-            # One request (the latency case): plain matrix products on the kept 2-D views.
-            single = self.__dict__.get("_single")
-            if single is None or single[0] is not A_t:
-                single = self.__dict__["_single"] = (A_t, A_t[0].t(), Bt_t[0])
-            h = torch.mm(x.reshape(-1, d_in), single[1])                    # (tokens, k)
-            if unscaled:
-                h = h * self.scaling
-            result.view(-1, d_out).addmm_(h, single[2])
-            return result
-        h = torch.bmm(A_t, x.reshape(batch, -1, d_in).transpose(1, 2))    # (batch, k, tokens)
-        if unscaled:
-            h = h * self.scaling
+    def _serve(self, x: torch.Tensor, task_ids: torch.Tensor, result: torch.Tensor):
+        """Serving: result += B_t A_t x, each sample's LoRA kept (`_kept_lora`). A
+        decode step of a small model is per-op overhead, not arithmetic: two products,
+        the second accumulated into the base's output in place (``baddbmm_``)."""
+        A_t, Bt_t = self._kept_lora(task_ids)
+        batch, d_out = x.shape[0], self.out_features
+        # (A_t x^T)^T: with few rows per sample BLAS runs the batched product several
+        # times faster in this orientation (benchmarks/bench_serving.py).
+        x = x.to(A_t.dtype).reshape(batch, -1, self.in_features)
+        h = torch.bmm(A_t, x.transpose(1, 2)).transpose(1, 2)
         if result.dtype == A_t.dtype:
-            result.view(batch, -1, d_out).baddbmm_(h.transpose(1, 2), Bt_t)
+            result.view(batch, -1, d_out).baddbmm_(h, Bt_t)
             return result
-        return result.add_(torch.bmm(h.transpose(1, 2), Bt_t).view(result.shape).to(result.dtype))
+        return result.add_(torch.bmm(h, Bt_t).view(result.shape).to(result.dtype))
 
     # ------------------------------------------------------------------ merging
     def _check_merged(self, task_ids) -> None:

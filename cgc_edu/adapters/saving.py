@@ -1,12 +1,14 @@
 """Saving, loading and exporting adapters: safetensors plus a JSON config, never pickle.
 
-`export_peft_lora` writes one task's adapter as a plain LoRA that Hugging Face peft loads:
-because the gate depends only on the task id, task t's adapter is the fixed low-rank matrix
+`export_peft_lora` writes one task's adapter as a plain LoRA that Hugging Face peft
+loads: as the gate depends only on the task id, task t's adapter is one LoRA B_t A_t of
+rank k = |S_t|·r_e, gate and scaling folded into B_t (`CGCLoRALinear.task_lora`).
+peft computes (lora_alpha / k) · B' A': B' = B_t, A' = A_t and lora_alpha = k agree.
 
-    dW_t = (alpha / r) * B_cat · diag(g_t repeated r_e times) · A_cat
-
-of rank k = |S_t|·r_e. peft computes (lora_alpha / k) · B' A', so with B' = B_cat·diag(g_t)
-restricted to S_t's rows, A' = those rows of A_cat, and lora_alpha = alpha · k / r the two agree.
+cgc_edu's own folder holds ``adapters.safetensors`` and ``cgc_adapter_config.json``, not
+peft's ``adapter_config.json``, whose schema is another: peft pointed at the folder says
+it finds no adapter_config.json instead of misreading ours. Folders written before
+(with that name) are still read.
 
 Tensors are written in the adapter's dtype (float32 over a bfloat16 / float16 base, as peft
 keeps them). Over GPT-2's ``Conv1D`` layers the export sets peft's ``fan_in_fan_out=True``
@@ -38,7 +40,8 @@ from .injection import (
 )
 
 WEIGHTS_NAME = "adapters.safetensors"
-CONFIG_NAME = "adapter_config.json"
+CONFIG_NAME = "cgc_adapter_config.json"
+LEGACY_CONFIG_NAME = "adapter_config.json"   # before issue 26: peft's own file name
 FORMAT = "cgc_edu-adapters"
 SAVED_PREFIX = "modules_to_save."
 
@@ -65,7 +68,8 @@ def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapters(model: nn.Module, path: Union[str, Path]) -> Path:
-    """Write the adapters of ``model`` to the folder ``path`` (adapters.safetensors + adapter_config.json).
+    """Write the adapters of ``model`` to the folder ``path`` (adapters.safetensors +
+    cgc_adapter_config.json).
 
     Taught in: notebooks/05_cgc_lora.ipynb.
     """
@@ -85,12 +89,19 @@ def save_adapters(model: nn.Module, path: Union[str, Path]) -> Path:
     return path
 
 
+def _config_file(path: Union[str, Path]) -> Path:
+    """The folder's cgc_edu config: its own name, else the legacy one (peft's name)."""
+    own, legacy = Path(path) / CONFIG_NAME, Path(path) / LEGACY_CONFIG_NAME
+    return legacy if legacy.is_file() and not own.is_file() else own
+
+
 def read_adapter_config(path: Union[str, Path], caller: str = "load_adapters") -> tuple[AdapterConfig, dict]:
-    """(AdapterConfig, {module: (d_out, d_in)}) from the adapter_config.json that `save_adapters`
-    wrote in the folder ``path``; a missing or corrupt file raises a clear error naming ``caller``.
-    (The shapes of the ``modules_to_save`` are in the file's "modules_to_save" entry.)
+    """(AdapterConfig, {module: (d_out, d_in)}) from the cgc_adapter_config.json that
+    `save_adapters` wrote in the folder ``path`` (older folders: adapter_config.json); a
+    missing or corrupt file raises a clear error naming ``caller``. (The shapes of the
+    ``modules_to_save`` are in the file's "modules_to_save" entry.)
     """
-    cfg_file = Path(path) / CONFIG_NAME
+    cfg_file = _config_file(path)
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{caller}: {cfg_file} not found; pass the folder that "
                                 "save_adapters(model, path) wrote.")
@@ -108,12 +119,13 @@ def read_adapter_config(path: Union[str, Path], caller: str = "load_adapters") -
 
 def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     config, modules = read_adapter_config(path)
+    cfg_file = _config_file(path)
     try:
-        saved = {name: {k: tuple(v) for k, v in entries.items()} for name, entries in
-                 json.loads((path / CONFIG_NAME).read_text()).get("modules_to_save", {}).items()}
+        entries = json.loads(cfg_file.read_text()).get("modules_to_save", {})
+        saved = {n: {k: tuple(v) for k, v in e.items()} for n, e in entries.items()}
     except (AttributeError, TypeError) as err:
-        raise ValueError(f"load_adapters: {path / CONFIG_NAME} has a corrupt modules_to_save entry "
-                         f"({err!r}); re-save it with save_adapters.") from err
+        raise ValueError(f"load_adapters: {cfg_file} has a corrupt modules_to_save "
+                         f"entry ({err!r}); re-save it with save_adapters.") from err
     weights_file = path / WEIGHTS_NAME
     if not weights_file.is_file():
         raise FileNotFoundError(f"load_adapters: {weights_file} not found; pass the folder that "
@@ -223,27 +235,24 @@ def export_peft_lora(model: nn.Module, task_id: int, path: Union[str, Path],
     """
     from peft import LoraConfig  # imported here: peft is only needed for export
 
-    config = _model_config(model, "export_peft_lora")
+    _model_config(model, "export_peft_lora")
     layers = adapter_layers(model)
-    first = next(iter(layers.values()))
-    ids = first.check_task_ids(torch.tensor([int(task_id)]))
-    k = first.rows.shape[1]
+    ids = next(iter(layers.values())).check_task_ids(torch.tensor([int(task_id)]))
     tensors = {}
     with torch.no_grad():
         for name, layer in layers.items():
-            rows = layer.rows[ids[0]]
-            g = layer.gate(ids)[0][layer.allowed[ids[0]]].to(layer.lora_B.dtype)
-            g = g.repeat_interleave(layer.expert_rank)
-            A, B = layer._stacked()
-            tensors[f"base_model.model.{name}.lora_A.weight"] = A[rows].contiguous().cpu()
-            tensors[f"base_model.model.{name}.lora_B.weight"] = (B[:, rows] * g).contiguous().cpu()
+            A_t, Bt_t = layer.task_lora(ids.to(layer.allowed.device))
+            prefix = f"base_model.model.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = A_t[0].contiguous().cpu()
+            tensors[f"{prefix}.lora_B.weight"] = Bt_t[0].T.contiguous().cpu()
         saved = _saved_modules(model)
         for name, module in saved.items():
             for key, value in module.state_dict().items():
                 tensors[f"base_model.model.{name}.{key}"] = value.detach().contiguous().cpu()
+    k = A_t.shape[1]   # |S_t| r_e
     is_causal_lm = hasattr(model, "generate") and hasattr(model, "config")
     peft_config = LoraConfig(
-        r=k, lora_alpha=config.alpha * k / config.rank, lora_dropout=0.0, bias="none",
+        r=k, lora_alpha=k, lora_dropout=0.0, bias="none",   # scaling 1: folded into B_t
         target_modules=sorted(layers), task_type="CAUSAL_LM" if is_causal_lm else None,
         fan_in_fan_out=any(layer.fan_in_fan_out for layer in layers.values()),
         modules_to_save=sorted(saved) or None,

@@ -15,7 +15,7 @@ parameters alone. Other tasks' rows pass through unchanged.
     E numbers      the same weights in every layer (zero outside S_t, renormalised)
 
 Tuples ``("zero", e)`` and ``("swap", u)`` work too. Every override stays inside S_t: the
-layer computes only S_t's experts for a task (its gather path), so weight outside S_t would
+layer computes only S_t's experts for a task (`task_lora`), so weight outside S_t would
 be silently ignored; it is an error instead.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..adapters.config import AdapterConfig
+from ..adapters.config import AdapterConfig, adapter_parameter_count
 from ..adapters.layer import CGCLoRALinear
 from ..data.synthetic import make_correlated_tasks
 from ..data.tinytasks import TASKS, make_tiny_tasks
@@ -27,7 +27,6 @@ from ..mtl import CGC, MMoE
 from ..study.statistics import load_results, paired_comparison, summary
 from .counterfactual import override_weights
 from .diagrams import method_of
-from .knobs import adapter_parameter_count
 from .plots import common_share_table
 
 #: chapter -> exercise number -> check(answer, *context) -> (right, why)

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .. import mtl
-from ..adapters.config import AdapterConfig
+from ..adapters.config import AdapterConfig, adapter_parameter_count
 from ..adapters.injection import adapter_layers
 from ..adapters.layer import CGCLoRALinear
 from ..data.synthetic import make_correlated_tasks
@@ -110,12 +110,11 @@ def lora_scaling(rank: int, alpha: float, rslora: bool = False) -> float:
     """LoRA's alpha / r, or rsLoRA's alpha / sqrt(r) (Kalajdzievski 2023, "A Rank
     Stabilization Scaling Factor for Fine-Tuning with LoRA").
 
-    `AdapterConfig` knows only alpha / r; `LoRAKnobs` sets a layer's ``scaling`` attribute
-    to this value to try rsLoRA.
+    `AdapterConfig.scaling`'s two rules (``use_rslora``), for a rank and alpha alone.
 
     Taught in: notebooks/01_lora_from_scratch.ipynb.
     """
-    return alpha / math.sqrt(rank) if rslora else alpha / rank
+    return AdapterConfig(rank=rank, alpha=alpha, use_rslora=bool(rslora)).scaling
 
 
 def lora_regression(d_in: int = 32, d_out: int = 24, n: int = 256, true_rank: int = 4,
@@ -140,12 +139,12 @@ def train_lora_layer(problem: dict, rank: int, alpha: float, rslora: bool = Fals
     """
     torch.manual_seed(training_seed(seed))
     W0 = problem["W0"]
-    layer = CGCLoRALinear(nn.Linear(W0.shape[1], W0.shape[0]), AdapterConfig.lora(rank, alpha))
+    config = AdapterConfig.lora(rank, alpha, use_rslora=bool(rslora))
+    layer = CGCLoRALinear(nn.Linear(W0.shape[1], W0.shape[0]), config)
     with torch.no_grad():
         layer.base_layer.weight.copy_(W0)
         layer.base_layer.bias.zero_()
     layer.base_layer.requires_grad_(False)
-    layer.scaling = lora_scaling(rank, alpha, rslora)   # the layer reads this attribute
     opt = torch.optim.Adam([layer.lora_A, layer.lora_B], lr=lr)
     losses = []
     with one_thread():
@@ -221,7 +220,7 @@ class LoRAKnobs(_Knobs):
 
     def _draw(self, fig: Figure, s: dict) -> None:
         ax1, ax2, ax3 = fig.subplots(1, 3)
-        colour = plots.METHOD_COLORS["lora"]
+        colour = plots.METHOD_COLORS["integrated"]
         ax1.semilogy(s["losses"], color=colour)
         ax1.axhline(0.05 ** 2, color="0.5", ls=":", lw=1, label="noise floor")
         ax1.set(xlabel="Adam step", ylabel="mean squared error",
@@ -454,19 +453,6 @@ class SeesawKnobs(_Knobs):
 
 
 # ------------------------------------------------------------------ 05: config builder
-def adapter_parameter_count(config: AdapterConfig, d_in: int, d_out: int) -> dict:
-    """Trainable numbers of one `CGCLoRALinear` of ``config`` on a d_out x d_in layer.
-
-    Returns {"experts": E r_e (d_in + d_out), "gate": the task embedding and W_g when the
-    gate is learned (else 0), "total": their sum}.
-
-    Taught in: notebooks/05_cgc_lora.ipynb.
-    """
-    experts = config.n_experts * config.expert_rank * (d_in + d_out)
-    gate = (config.n_tasks + config.n_experts) * config.gate_dim if config.has_learned_gate else 0
-    return {"experts": experts, "gate": gate, "total": experts + gate}
-
-
 class CGCConfigBuilder(_Knobs):
     """Build an `AdapterConfig` with knobs and see what it means.
 
@@ -717,4 +703,4 @@ class CounterfactualGate(_Knobs):
 
 __all__ = ["LoRAKnobs", "RouterKnobs", "SeesawKnobs", "CGCConfigBuilder", "CounterfactualGate",
            "lora_scaling", "lora_regression", "train_lora_layer", "clustered_tokens",
-           "train_router", "seesaw_front", "adapter_parameter_count", "render_png"]
+           "train_router", "seesaw_front", "render_png"]

@@ -19,6 +19,7 @@ import pandas as pd
 from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.patches import Rectangle
 
+from ..adapters.config import method_name
 from .recording import GateRecording
 
 #: Heatmaps annotate every cell when they have at most this many cells.
@@ -31,21 +32,19 @@ _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.(.+)$")
 # analogue in chapter 03 share a colour: one shared part (LoRA, shared-bottom) is blue, private
 # parts (independent LoRAs) orange, gated shared experts (MoE-LoRA, MMoE) green, common plus
 # specific experts (CGC-LoRA, CGC) vermillion.
+# Keys are the methods' one names (the study's, `cgc_edu.adapters.method_name`), then
+# chapter 03's models.
 METHOD_COLORS = {
-    "central": "#7f7f7f", "lora": "#0072B2", "independent": "#E69F00", "moe_lora": "#009E73",
-    "cgc_lora": "#D55E00", "one_plus_n": "#CC79A7", "cgc_no_gate": "#56B4E9",
+    "central": "#7f7f7f", "integrated": "#0072B2", "separate": "#E69F00",
+    "moe_lora": "#009E73", "cgc_lora": "#D55E00", "one_plus_n": "#CC79A7",
+    "cgc_uniform": "#56B4E9",
     "shared_bottom": "#0072B2", "mmoe": "#009E73", "cgc": "#D55E00", "ple": "#CC79A7",
 }
-# The study's names for the same methods (cgc_edu.study.METHODS) share their colours.
-METHOD_COLORS.update(integrated=METHOD_COLORS["lora"], separate=METHOD_COLORS["independent"],
-                     cgc_uniform=METHOD_COLORS["cgc_no_gate"])
 METHOD_NAMES = {
-    "central": "central model", "lora": "LoRA", "independent": "independent LoRAs",
-    "moe_lora": "MoE-LoRA", "cgc_lora": "CGC-LoRA", "one_plus_n": "1+N", "cgc_no_gate":
-    "CGC-LoRA, uniform gate", "shared_bottom": "shared-bottom", "mmoe": "MMoE", "cgc": "CGC",
-    "ple": "PLE",
-    "integrated": "integrated model", "separate": "independent models",
-    "cgc_uniform": "CGC-LoRA, uniform gate",
+    "central": "central model", "integrated": "LoRA", "separate": "independent LoRAs",
+    "moe_lora": "MoE-LoRA", "cgc_lora": "CGC-LoRA", "one_plus_n": "1+N",
+    "cgc_uniform": "CGC-LoRA, uniform gate", "shared_bottom": "shared-bottom",
+    "mmoe": "MMoE", "cgc": "CGC", "ple": "PLE",
 }
 #: The widest figure (inches at dpi 100) the book's column shows without a scroll bar.
 BOOK_WIDTH = 7.5
@@ -61,7 +60,7 @@ def method_style(method: str) -> tuple[str, str]:
 
     Taught in: notebooks/07_experiments.ipynb.
     """
-    key = method.lower().replace("-", "_").replace(" ", "_")
+    key = method_name(method.lower().replace("-", "_").replace(" ", "_"))
     return METHOD_COLORS.get(key, "#4d4d4d"), METHOD_NAMES.get(key, method)
 
 

@@ -44,7 +44,7 @@ from ..data.tinytasks import TinyTasksCollator, build_tokenizer
 from ..train.loop import train
 from ..utils import training_seed
 
-METHODS = ("gradient", "lookahead", "update", "transfer")
+AFFINITY_METHODS = ("gradient", "lookahead", "update", "transfer")
 
 
 # ------------------------------------------------------------------ datasets
@@ -159,8 +159,9 @@ def task_affinity(model: nn.Module, dataset, tokenizer=None, method: str = "grad
 
     Taught in: notebooks/06_one_plus_n.ipynb.
     """
-    if method not in METHODS:
-        raise ValueError(f"task_affinity: method={method!r}; choose one of {list(METHODS)}.")
+    if method not in AFFINITY_METHODS:
+        raise ValueError(f"task_affinity: method={method!r}; choose one of "
+                         f"{list(AFFINITY_METHODS)}.")
     for name, value in [("n_per_task", n_per_task), ("rank", rank)]:
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"task_affinity: {name}={value!r}; pass a positive int.")

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from ..adapters.config import AdapterConfig
-from ..adapters.injection import adapter_layers, add_adapters
-from ..adapters.layer import add_delta
+from ..adapters.injection import adapter_layers, add_adapters, merged_copy
+from ..adapters.layer import ServingCache, add_delta
 from ..adapters.saving import export_peft_lora, load_adapters, read_adapter_config, save_adapters
 from ..data.tinytasks import build_tokenizer
 from ..train.loop import evaluate as evaluate_model
@@ -52,14 +52,14 @@ def _shared_view(base: nn.Module) -> nn.Module:
     return copy.deepcopy(base, memo)
 
 
-def _task_lora(layer, task_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Task ``task_id``'s adapter in ``layer`` as one plain LoRA (A (k, d_in), B (d_out, k),
-    k = |S_t| r_e) with the gate weights and the scaling folded into B: B @ A = dW_t."""
-    experts = layer.allowed[task_id]
-    g = layer.gate(torch.tensor([task_id], device=experts.device))[0, experts] * layer.scaling
-    A = layer.lora_A[experts].reshape(-1, layer.in_features)
-    B = (layer.lora_B[experts] * g[:, None, None]).permute(1, 0, 2).reshape(layer.out_features, -1)
-    return A, B
+def adapter_state(layers) -> Optional[tuple[tuple, tuple]]:
+    """(tensors, key) of several adapted layers together (`CGCLoRALinear.
+    adapter_state`), for a `ServingCache`; None when one cannot tell (a gate hook)."""
+    states = [layer.adapter_state() for layer in layers]
+    if any(state is None for state in states):
+        return None
+    return (tuple(t for tensors, _ in states for t in tensors),
+            tuple(key for _, key in states))
 
 
 def base_fingerprint(model: nn.Module) -> str:
@@ -121,7 +121,8 @@ class OnePlusN:
                  config: Union[AdapterConfig, Mapping[str, AdapterConfig]], tokenizer=None,
                  base_reference: Optional[str] = None, seed: int = 0, hot_merge: bool = False):
         self.hot_merge = bool(hot_merge)
-        self._hot, self._hot_key = None, None   # built by _hot_model() when first needed
+        self._hot = None   # built by _hot_model() when first needed
+        self._hot_cache, self._served_cache = ServingCache(), ServingCache()
         self.clusters = self._check_clusters(clusters)
         if adapter_layers(base_model):
             raise ValueError(f"OnePlusN: {type(base_model).__name__} already has adapters; pass the bare "
@@ -149,7 +150,6 @@ class OnePlusN:
         for layers in self._set_layers.values():
             for layer in layers.values():
                 layer.shared_base = self._shared_message
-        self._served, self._sources = None, []  # built by serving_model() when first needed
 
     # ------------------------------------------------------------ validation
     @staticmethod
@@ -271,7 +271,8 @@ class OnePlusN:
     @torch.no_grad()
     def _hot_model(self, task: str) -> nn.Module:
         """The hot copy for ``task`` (see ``hot_merge``): refilled only when the task, an
-        adapter of its set (`_adapter_versions`) or the base's adapted weights changed."""
+        adapter of its set (`adapter_state`: weights, scaling, gate hooks) or the base's
+        adapted weights changed."""
         cluster, local = self.route(task)
         if self._hot is None:
             self._hot = _shared_view(self.base).eval()
@@ -282,15 +283,20 @@ class OnePlusN:
                 module.weight = nn.Parameter(module.weight.detach().clone(), requires_grad=False)
                 self._hot_weights[name] = (module.weight, self.base.get_submodule(name).weight)
         layers = self._set_layers[cluster]
-        key = (task, self._adapter_versions(layers.values()),
-               tuple((w0._version, w0.data_ptr()) for _, w0 in self._hot_weights.values()))
-        if key != self._hot_key:
+        state = adapter_state(layers.values())
+        bases = tuple(w0 for _, w0 in self._hot_weights.values())
+        if state is not None:
+            sources = (*state[0], *bases)
+            key = (task, state[1], tuple((w0._version, w0.data_ptr()) for w0 in bases))
+        if state is None or self._hot_cache.get(sources, key) is None:
             for name, (private, w0) in self._hot_weights.items():
                 private.copy_(w0)
                 if name in layers:
                     add_delta(private, layers[name].delta_weight(local), +1,
                               layers[name].fan_in_fan_out)
-            self._hot_key = key
+            # refilled in place: what the cache held is gone (a None key never matches)
+            self._hot_cache.put(sources, key, True) if state is not None else \
+                self._hot_cache.put((), None, None)
         return self._hot
 
     @torch.no_grad()
@@ -305,10 +311,12 @@ class OnePlusN:
         gate and no loop over clusters. It is rebuilt when an adapter of a set has changed
         (training, ``load_adapters``), so it always answers like the sets.
         """
-        if self._served is not None and self._served_key == self._adapter_versions(self._sources):
-            return self._served
         layers = self._set_layers
-        self._sources = [layer for per_set in layers.values() for layer in per_set.values()]
+        state = adapter_state(l for per in layers.values() for l in per.values())
+        if state is not None:
+            kept = self._served_cache.get(*state)
+            if kept is not None:
+                return kept
         names = sorted({n for per_set in layers.values() for n in per_set})
         rank = max(l.config.experts_per_task * l.expert_rank
                    for per_set in layers.values() for l in per_set.values())
@@ -325,22 +333,15 @@ class OnePlusN:
                 for local, task in enumerate(self.clusters[cluster]):
                     ids[(cluster, local)] = gid = self.tasks.index(task)
                     if source is not None:
-                        A, B = _task_lora(source, local)
-                        layer.lora_A[gid, : A.shape[0]] = A.to(layer.lora_A.dtype)
-                        layer.lora_B[gid, :, : B.shape[1]] = B.to(layer.lora_B.dtype)
-        self._served, self._served_key, self._serving_ids = served, self._adapter_versions(self._sources), ids
+                        one = torch.tensor([local], device=source.allowed.device)
+                        A, Bt = source.task_lora(one)     # gate and scaling in B
+                        k = A.shape[1]
+                        layer.lora_A[gid, :k] = A[0].to(layer.lora_A.dtype)
+                        layer.lora_B[gid, :, :k] = Bt[0].T.to(layer.lora_B.dtype)
+        self._serving_ids = ids
+        if state is not None:
+            self._served_cache.put(*state, served)
         return served
-
-    @staticmethod
-    def _adapter_versions(layers) -> tuple:
-        """Which adapter tensors the layers hold, where their data lives (``model.to(...)``
-        gives it a new address) and their version counters (bumped by every in-place change:
-        an optimizer step, load_adapters): equal keys, same adapters. Checked on every
-        `generate`, so it reads the parameter dicts directly (A, B and the gate's)."""
-        return tuple((layer.scaling, *((id(p), p.data_ptr(), p._version)
-                                       for p in (*layer._parameters.values(),
-                                                 *layer.gate._parameters.values())))
-                     for layer in layers)
 
     def evaluate(self, dataset, batch_size: int = 256) -> pd.DataFrame:
         """Exact match per task (and "average"), like `cgc_edu.train.evaluate`, each task
@@ -375,12 +376,7 @@ class OnePlusN:
         Taught in: notebooks/06_one_plus_n.ipynb.
         """
         cluster, local = self.route(task)
-        merged = copy.deepcopy(self.base)
-        with torch.no_grad():
-            for name, layer in self._set_layers[cluster].items():
-                add_delta(merged.get_submodule(name).weight, layer.delta_weight(local), +1,
-                          layer.fan_in_fan_out)
-        return merged.eval()
+        return merged_copy(self.sets[cluster], local).eval()   # a copy of the base
 
     def export_peft(self, task: str, path: Union[str, Path]) -> Path:
         """Write ``task``'s adapter as a plain peft LoRA (see `cgc_edu.adapters.saving.export_peft_lora`).

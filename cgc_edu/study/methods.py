@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ..adapters.config import AdapterConfig
+from ..adapters.config import AdapterConfig, method_name
 
 LR_GRID = (1.5e-3, 3e-3, 6e-3, 1.2e-2, 2.4e-2)
 SEEDS = (0, 1, 2, 3, 4)
 PROMPT_SETTINGS = ("anonymous", "named")   # prompts that hide the task / that name it
-AFFINITY_METHODS = ("gradient", "lookahead", "update", "transfer")
 #: joint warm-up steps the affinity study measures after (besides 1+N's own `Settings.affinity_warmup`)
 AFFINITY_WARMUPS = (0, 60)
 #: ways to cut an affinity into clusters: name -> (scipy linkage method, what is clustered)
@@ -124,8 +123,10 @@ def method_labels() -> dict[str, str]:
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
-    """The methods, checked: an unknown name fails with the list of known ones."""
+    """The methods by their one name (`method_name`: older names are read as the
+    study's), checked: an unknown name fails with the list of known ones."""
+    methods = [method_name(m) for m in methods]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose among {list(METHODS)}.")
-    return list(methods)
+    return methods

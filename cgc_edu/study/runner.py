@@ -46,6 +46,7 @@ from ..adapters.injection import add_adapters, trainable_parameters
 from ..data.suites import suite
 from ..data.tinytasks import build_tokenizer, make_tiny_tasks
 from ..framework.affinity import (
+    AFFINITY_METHODS,
     adjusted_rand_index,
     affinity_probe,
     cluster_tasks,
@@ -60,7 +61,6 @@ from ..models.central import load_central_model
 from ..train.loop import evaluate, train
 from ..utils import seed_everything, training_seed
 from .methods import (
-    AFFINITY_METHODS,
     AFFINITY_WARMUPS,
     ANONYMOUS,
     CLUSTERINGS,

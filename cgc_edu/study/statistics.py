@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+from ..adapters.config import method_name
 from .methods import METHODS
 
 DEFAULT_OUT = Path("results")
@@ -250,7 +251,9 @@ def load_results(path: Path = DEFAULT_OUT) -> pd.DataFrame:
     if not file.is_file():
         raise FileNotFoundError(f"no results at {file}; run `python -m cgc_edu.study --out {Path(path)}` "
                                 "to produce them, or pass the results folder.")
-    return pd.read_csv(file)
+    results = pd.read_csv(file)
+    results["method"] = results["method"].map(method_name)   # older names: today's
+    return results
 
 
 def within_spread(run: pd.DataFrame, stored: pd.DataFrame, tolerance: float = 0.05) -> pd.DataFrame:

@@ -45,13 +45,14 @@ import pandas as pd
 import torch
 from datasets import Dataset
 
-from ..adapters.config import AdapterConfig
+from ..adapters.config import AdapterConfig, method_name
 from ..adapters.injection import add_adapters
 from ..adapters.saving import export_peft_lora, save_adapters
 from ..utils import seed_everything
 from .loop import evaluate, train
 
-METHODS = ("lora", "independent", "moe_lora", "cgc_lora")
+#: The presets finetune trains, by the methods' one names (older names: `method_name`).
+PRESETS = ("integrated", "separate", "moe_lora", "cgc_lora")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -327,7 +328,8 @@ def load_model_and_tokenizer(name_or_path: str, device=None, dtype=None):
 def method_config(method: str, n_tasks: int, rank: int = 8, alpha: float = 16.0,
                   n_common: int = 2, n_specific: int = 2, n_experts: int = 4,
                   dropout: float = 0.0, target_modules: Optional[Sequence[str]] = None) -> AdapterConfig:
-    """The ``AdapterConfig`` preset named ``method`` (one of ``METHODS``) for ``n_tasks`` tasks.
+    """The ``AdapterConfig`` preset of ``method`` (one of ``PRESETS``, or an older name:
+    "lora", "independent") for ``n_tasks`` tasks.
 
     The defaults (rank 8, 2 common + 2 specific experts for CGC-LoRA, 4 for MoE-LoRA) divide
     evenly: each expert has rank 2.
@@ -336,15 +338,16 @@ def method_config(method: str, n_tasks: int, rank: int = 8, alpha: float = 16.0,
     """
     common = dict(rank=rank, alpha=alpha, n_tasks=n_tasks, dropout=dropout,
                   target_modules=list(target_modules) if target_modules else None)
-    if method == "lora":
+    method = method_name(method)
+    if method == "integrated":
         return AdapterConfig.lora(**common)
-    if method == "independent":
+    if method == "separate":
         return AdapterConfig.independent(**common)
     if method == "moe_lora":
         return AdapterConfig.moe_lora(n_experts=n_experts, **common)
     if method == "cgc_lora":
         return AdapterConfig.cgc_lora(n_common=n_common, n_specific=n_specific, **common)
-    raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    raise ValueError(f"unknown method {method!r}; choose one of {list(PRESETS)}")
 
 
 @dataclass
@@ -424,7 +427,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-column", default="prompt")
     p.add_argument("--target-column", default="target")
     p.add_argument("--tasks-column", default="task")
-    p.add_argument("--method", choices=METHODS, default="cgc_lora")
+    p.add_argument("--method", type=method_name, choices=PRESETS, default="cgc_lora")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--n-common", type=int, default=2)

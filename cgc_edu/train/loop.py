@@ -97,7 +97,7 @@ def train(model, dataset, tokenizer, steps: int = 300, lr: float = 3e-3, batch_s
     last one; a ``GateRecorder`` is such a callback. ``gate_lr`` gives the task gates their
     own learning rate (they have few parameters and start neutral, so a larger step lets
     them commit to a mixture early); by default they share ``lr``. Returns the loss of
-    every step.
+    every step. The model's train/eval mode is what it was before.
 
     Taught in: notebooks/04_moe_lora.ipynb
     """
@@ -128,6 +128,7 @@ def train(model, dataset, tokenizer, steps: int = 300, lr: float = 3e-3, batch_s
     queue: list[int] = []
     draw = _uniform_draw(rows, batch_size, order) if task_sampling == "uniform" else None
     losses = []
+    was_training = model.training   # restored at the end: the caller keeps its mode
     model.train()
     if callback is not None:
         callback(0, model)
@@ -151,7 +152,7 @@ def train(model, dataset, tokenizer, steps: int = 300, lr: float = 3e-3, batch_s
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if callback is not None and (step % callback_every == 0 or step == steps):
             callback(step, model)
-    model.eval()
+    model.train(was_training)
     return losses
 
 
