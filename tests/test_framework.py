@@ -64,6 +64,22 @@ def test_routing_matches_each_cluster_set_with_local_ids(framework, tasks):
     assert not torch.allclose(a, b)
 
 
+def test_a_request_that_names_no_task_reaches_the_untouched_central_model(framework):
+    from cgc_edu.train import greedy_decode
+
+    prompts = ["abc=", "xyz=", "hello="]
+    bare = greedy_decode(framework.base, TOK, prompts, max_new_tokens=4)
+    assert framework.generate(prompts, None, max_new_tokens=4) == bare
+    assert framework.generate("abc=", None, max_new_tokens=4) == bare[0]
+    mixed = framework.generate(prompts, [None, "reverse", None], max_new_tokens=4)
+    routed = framework.generate("xyz=", "reverse", max_new_tokens=4)
+    assert mixed == [bare[0], routed, bare[2]] and routed != bare[1]
+    framework.hot_merge = True
+    assert framework.generate(prompts, [None, "reverse", None], max_new_tokens=4) == mixed
+    with pytest.raises(KeyError, match="unknown task"):
+        framework.generate(prompts, [None, "nope", None])
+
+
 def test_unknown_task_lists_known_ones(framework):
     with pytest.raises(KeyError, match=r"unknown task 'sort'.*known tasks are \['reverse', 'shift'"):
         framework.generate("abc=", "sort")

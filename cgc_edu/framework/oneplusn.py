@@ -240,32 +240,46 @@ class OnePlusN:
         return losses
 
     @torch.no_grad()
-    def generate(self, prompts: Union[str, Sequence[str]], tasks: Union[str, Sequence[str]],
+    def generate(self, prompts: Union[str, Sequence[str]],
+                 tasks: Union[str, None, Sequence[Optional[str]]],
                  max_new_tokens: int = 8) -> Union[str, list[str]]:
         """Greedy answers, each request answered by its task's adapter (cluster set, local id).
 
         ``prompts`` and ``tasks``: one string each, or equal-length lists. A mixed batch is
         decoded in one pass, whatever clusters its tasks belong to (`serving_model`), answers
-        in request order.
+        in request order. A request whose task is None names no task: the untouched central
+        model answers it, with its general skills (the "1" of 1+N).
 
         Taught in: notebooks/06_one_plus_n.ipynb.
         """
 
         single = isinstance(prompts, str)
         prompts = [prompts] if single else list(prompts)
-        tasks = [tasks] * len(prompts) if isinstance(tasks, str) else list(tasks)
+        if tasks is None or isinstance(tasks, str):
+            tasks = [tasks] * len(prompts)
+        tasks = list(tasks)
         if len(tasks) != len(prompts):
             raise ValueError(f"OnePlusN.generate: {len(prompts)} prompts but {len(tasks)} tasks; "
                              "name one task per prompt (or one task for all).")
-        routes = [self.route(t) for t in tasks]   # every task checked first
-        if self.hot_merge and len(set(tasks)) == 1:
-            answers = greedy_decode(self._hot_model(tasks[0]), self.tokenizer, prompts,
-                                    max_new_tokens=max_new_tokens)
-        else:
-            served = self.serving_model()
-            answers = greedy_decode(served, self.tokenizer, prompts,
-                                    task_ids=[self._serving_ids[r] for r in routes],
-                                    max_new_tokens=max_new_tokens)
+        routes = [None if t is None else self.route(t) for t in tasks]  # every task checked
+        answers: list = [None] * len(prompts)
+        general = [i for i, r in enumerate(routes) if r is None]
+        if general:                               # no task: the central model, as it is
+            for i, a in zip(general, greedy_decode(self.base, self.tokenizer,
+                                                   [prompts[i] for i in general],
+                                                   max_new_tokens=max_new_tokens)):
+                answers[i] = a
+        asked = [i for i, r in enumerate(routes) if r is not None]
+        if asked:
+            named = {tasks[i] for i in asked}
+            if self.hot_merge and len(named) == 1:
+                model, ids = self._hot_model(tasks[asked[0]]), None
+            else:
+                model, ids = self.serving_model(), [self._serving_ids[routes[i]] for i in asked]
+            for i, a in zip(asked, greedy_decode(model, self.tokenizer,
+                                                 [prompts[i] for i in asked], task_ids=ids,
+                                                 max_new_tokens=max_new_tokens)):
+                answers[i] = a
         return answers[0] if single else answers
 
     @torch.no_grad()
