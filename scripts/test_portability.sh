@@ -34,6 +34,7 @@ for seed in ${seeds//,/ }; do
         python -m pytest -p no:cacheprovider "$@"
     else
         python -m pytest -p no:cacheprovider notebooks "$@"
-        python -m pytest -p no:cacheprovider tests --ignore=tests/test_book.py --ignore=tests/test_browser_lab.py "$@"
+        # one thread per test, so two tests at a time (pytest-xdist) use the second core
+        python -m pytest -p no:cacheprovider -n 2 tests --ignore=tests/test_book.py --ignore=tests/test_browser_lab.py "$@"
     fi
 done

@@ -5,6 +5,7 @@ import pytest
 
 from cgc_edu.data.english import ENGLISH_TASK_NAMES, english_clusters
 from cgc_edu.study import real_model
+from cgc_edu.utils import training_seed
 from test_smollm2 import needs_wheel
 
 
@@ -24,7 +25,8 @@ def test_every_method_has_the_same_budget():
 
 
 def fake_run(method, seed, base, tokenizer, data, settings):
-    return {"method": method, "seed": seed, "training_seed": seed, "settings": settings,
+    return {"method": method, "seed": seed, "training_seed": training_seed(seed),
+            "settings": settings,
             "exact_match": {t: 0.5 for t in ENGLISH_TASK_NAMES} | {"average": 0.5},
             "probe": [{"question": "q", "answer": "a", "right": True}],
             "trainable_parameters": 1, "seconds": 1.0}
