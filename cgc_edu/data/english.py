@@ -13,6 +13,8 @@ offline from the small tables below, deterministically from a seed.
 answers right through its chat template (each checked by the tests):
 `cgc_edu.train.loop.general_probe` scores a model on them the same way before and after fine-tuning, to see whether the "1"
 of 1+N keeps its general skills.
+
+Taught in: notebooks/10_real_model.ipynb
 """
 from __future__ import annotations
 
@@ -97,6 +99,8 @@ ENGLISH_TASK_NAMES = tuple(t.name for t in ENGLISH_TASKS)
 
 def english_clusters() -> dict[str, list[str]]:
     """The clusters and their tasks, in task order: 1+N's grouping when it is known.
+
+    Taught in: notebooks/10_real_model.ipynb
     """
     clusters: dict[str, list[str]] = {}
     for task in ENGLISH_TASKS:
@@ -114,6 +118,8 @@ def make_english_tasks(seed: int = 0, n_test: int = 12, n_low: int = 24,
     every other word trains, except that a low-data task keeps only ``n_low``. The same seed
     gives the same data; the prompts are raw (wrap them with
     `cgc_edu.train.finetune.chat_format` for an instruct model).
+
+    Taught in: notebooks/10_real_model.ipynb
     """
     names = list(tasks) if tasks is not None else list(ENGLISH_TASK_NAMES)
     by_name = {t.name: t for t in ENGLISH_TASKS}

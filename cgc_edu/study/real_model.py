@@ -16,6 +16,8 @@ Each run records every task's exact match on held-out words and the general prob
 request without a task would reach. One JSON per method and seed in ``OUT/runs/``
 (resumable: a stored run is read back), then ``OUT/results.csv``, ``OUT/probe.csv`` and
 ``OUT/config.json``.
+
+Taught in: notebooks/10_real_model.ipynb
 """
 from __future__ import annotations
 

@@ -212,6 +212,8 @@ def chat_format(dataset: Dataset, tokenizer, system: Optional[str] = None) -> Da
     ``system``: a system message to put first (None: the template's own default, if any).
     Raises ValueError when the tokenizer has no chat template, or when its end of turn is not
     its eos token (training would then teach the model to stop where it should not).
+
+    Taught in: notebooks/10_real_model.ipynb
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"chat_format: {type(tokenizer).__name__} has no chat template; "

@@ -219,6 +219,8 @@ def general_probe(model, tokenizer, max_new_tokens: int = 24, task_ids=None,
     ``task_ids`` routes an adapted model that needs them (one id for every question);
     without, the model is called as it is: a bare model, an adapter that needs no task, or
     1+N's central model for a request that names no task.
+
+    Taught in: notebooks/10_real_model.ipynb
     """
     ids = None if task_ids is None else [int(task_ids)] * len(GENERAL_PROBE)
     answers = greedy_decode(model, tokenizer, probe_prompts(tokenizer, system), task_ids=ids,
