@@ -5,8 +5,10 @@ Taught in: notebooks/00_tour.ipynb.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -63,3 +65,18 @@ def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
                          f"{tuple(expected.shape)} differ; compare the same quantity")
     scale = expected.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
     return float((actual - expected).abs().max() / scale)
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off inside the block ("Loading weights" in notebooks and
+    test logs), back as they were after it."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()

@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from transformers import LlamaConfig, LlamaForCausalLM
-from transformers.utils import logging as hf_logging
 
 from ..data.tinytasks import build_tokenizer
+from ..utils import no_progress_bars
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
@@ -48,11 +48,6 @@ def load_central_model(path: str | Path | None = None) -> LlamaForCausalLM:
         raise FileNotFoundError(
             f"no central model weights at {path / 'model.safetensors'}; recreate them with "
             "`python -m cgc_edu.models.pretraining` (or pass the folder you saved them to)")
-    quiet = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar in notebooks and test logs
-    try:
+    with no_progress_bars():
         model = LlamaForCausalLM.from_pretrained(path)
-    finally:
-        if quiet:
-            hf_logging.enable_progress_bar()
     return model.eval()

