@@ -67,6 +67,12 @@ def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).abs().max() / scale)
 
 
+#: Keyword arguments for ``from_pretrained`` in cgc_edu: the model's own torch forwards, never
+#: hub kernels (transformers >= 5.25 swaps some in by default when ``kernels`` is installed,
+#: which would fetch code at run time and could run fused blocks around the adapters).
+PLAIN_TORCH = {"use_kernels": False}
+
+
 @contextlib.contextmanager
 def no_progress_bars() -> Iterator[None]:
     """transformers' progress bars off inside the block ("Loading weights" in notebooks and

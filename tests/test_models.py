@@ -52,3 +52,18 @@ def test_recipe_is_deterministic():
     for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
         torch.testing.assert_close(pa, pb, msg=name)
     assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+
+
+def test_models_run_their_own_forwards_not_hub_kernels():
+    # transformers >= 5.25 kernelizes from_pretrained models by default when the `kernels`
+    # package is installed (train() does it again); a fused block could bypass the adapters.
+    assert not getattr(load_central_model(), "use_kernels", False)
+    pytest.importorskip("kernels")
+    from cgc_edu import AdapterConfig, add_adapters
+
+    model = LlamaForCausalLM.from_pretrained(ASSETS_DIR)
+    model.set_use_kernels(True)                    # what those versions do by default
+    assert model.use_kernels
+    add_adapters(model, AdapterConfig.cgc_lora(rank=3, n_tasks=2))
+    model.train()
+    assert not model.use_kernels

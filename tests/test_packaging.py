@@ -89,3 +89,21 @@ def test_the_license_is_an_spdx_expression_with_a_setuptools_that_reads_it():
     assert meta["project"]["license"] == "MIT"
     build = {Requirement(r).name: Requirement(r) for r in meta["build-system"]["requires"]}
     assert "76.0" not in build["setuptools"].specifier and "77.0" in build["setuptools"].specifier
+
+
+def test_constraints_pin_versions_inside_the_declared_ranges():
+    """constraints.txt (what setup.sh and CI install) pins one version of every declared
+    dependency, each inside pyproject.toml's range, and setup.sh uses it."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            assert [s.operator for s in req.specifier] == ["=="], f"{line}: pin with =="
+            pins[req.name.lower().replace("_", "-")] = next(iter(req.specifier)).version
+    for line in _declared(pyproject()["project"]):
+        req = Requirement(line)
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"constraints.txt lacks {name}"
+        assert req.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {req.specifier}"
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert '-c constraints.txt' in setup

@@ -273,6 +273,7 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
                          "base model, or load weights into the existing ones with load_adapters.")
     targets = _find_targets(model, config)            # validates before anything changes
     saved = _find_saved_modules(model, config)
+    _without_hub_kernels(model)
     # The config is frozen, so the one the model carries cannot change behind its back.
     requires_grad = [(p, p.requires_grad) for p in model.parameters()]
     for p in model.parameters():
@@ -311,6 +312,15 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
         # A bound method (not a closure) so that copy.deepcopy(model) rebinds it to the copy.
         model.generate = types.MethodType(_generate_with_task_ids, model)
     return model
+
+
+def _without_hub_kernels(model: nn.Module) -> None:
+    """Undo transformers' hub-kernel replacement (on by default in ``from_pretrained`` since
+    transformers 5.25 when the ``kernels`` package is installed): a kernelized block runs a
+    fused forward that may never call the Linear layers the adapters wrap, and ``train()``
+    would kernelize again. Models built in cgc_edu load with ``use_kernels=False`` anyway."""
+    if getattr(model, "use_kernels", False):
+        model.use_kernels = False  # transformers' setter restores the torch forwards
 
 
 def _router(model: nn.Module, caller: str) -> TaskRouter:

