@@ -31,10 +31,10 @@ for seed in ${seeds//,/ }; do
     export CGC_EDU_TRAINING_SEED=$seed
     python -c "import torch; print('portability run: CPU capability', torch.backends.cpu.get_cpu_capability(), '| threads', torch.get_num_threads(), '| training seed +$seed')"
     if [ ${#paths[@]} -gt 0 ]; then
-        python -m pytest -p no:cacheprovider "$@"
+        python -m pytest -p no:cacheprovider -n 2 --dist loadfile "$@"
     else
-        python -m pytest -p no:cacheprovider notebooks "$@"
-        # one thread per test, so two tests at a time (pytest-xdist) use the second core
-        python -m pytest -p no:cacheprovider -n 2 tests --ignore=tests/test_book.py --ignore=tests/test_browser_lab.py "$@"
+        # one thread per process, so two files at a time (pytest-xdist) use the second core
+        python -m pytest -p no:cacheprovider -n 2 --dist loadfile notebooks tests \
+            --ignore=tests/test_book.py --ignore=tests/test_browser_lab.py "$@"
     fi
 done

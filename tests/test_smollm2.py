@@ -59,6 +59,32 @@ def test_the_converted_folder_is_a_plain_llama_reused_as_it_is(real, monkeypatch
 
 
 @needs_wheel
+def test_two_processes_converting_at_once_convert_once(monkeypatch, tmp_path):
+    # Two pytest workers (or notebooks) reach a fresh cache together: the second must wait
+    # for the first's folder, not replace it while the first reads it.
+    import threading
+    import time
+
+    calls = []
+
+    def slow_convert(gguf, folder, stamp):
+        calls.append(folder)
+        time.sleep(0.5)
+        folder.mkdir()
+        (folder / smollm2._SOURCE).write_text(json.dumps(stamp))
+
+    monkeypatch.setattr(smollm2, "_convert", slow_convert)
+    made = []
+    workers = [threading.Thread(target=lambda: made.append(smollm2.prepare_smollm2(tmp_path / "m")))
+               for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert made == [tmp_path / "m"] * 2 and len(calls) == 1
+
+
+@needs_wheel
 def test_the_bare_model_answers_the_general_probe(real):
     model, tokenizer = real
     table = general_probe(model, tokenizer)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from filelock import FileLock
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig,
                           LlamaForCausalLM, PreTrainedTokenizerBase)
 from ..utils import PLAIN_TORCH, no_progress_bars
@@ -102,6 +103,17 @@ def prepare_smollm2(cache: str | Path | None = None) -> Path:
     marker = folder / _SOURCE
     if marker.is_file() and json.loads(marker.read_text()) == stamp:
         return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # One conversion at a time (two test workers, two notebooks): the second waits, then
+    # finds the folder made, instead of replacing it under a reader.
+    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+        if marker.is_file() and json.loads(marker.read_text()) == stamp:
+            return folder
+        _convert(gguf, folder, stamp)
+    return folder
+
+
+def _convert(gguf: Path, folder: Path, stamp: dict) -> None:
     try:
         import gguf as _gguf  # noqa: F401  (transformers' GGUF reader needs it)
     except ImportError:
@@ -112,7 +124,6 @@ def prepare_smollm2(cache: str | Path | None = None) -> Path:
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                       dtype=torch.float32, **PLAIN_TORCH)
         model = _plain_model(loaded)
-        folder.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
             model.save_pretrained(work)
@@ -124,7 +135,6 @@ def prepare_smollm2(cache: str | Path | None = None) -> Path:
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-    return folder
 
 
 def load_smollm2(cache: str | Path | None = None, dtype: Optional[torch.dtype] = None
