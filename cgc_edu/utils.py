@@ -6,9 +6,11 @@ Taught in: notebooks/00_tour.ipynb.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -86,3 +88,20 @@ def no_progress_bars() -> Iterator[None]:
     finally:
         if shown:
             hf_logging.enable_progress_bar()
+
+
+def read_manifest(file: Path, fmt: str, parse: Callable[[dict], Any], *, caller: str,
+                  kind: str, writer: str, fix: str) -> Any:
+    """``parse(meta)`` of the JSON manifest ``file`` whose "format" is ``fmt``: the one reader
+    of the folders cgc_edu writes (an adapter config, a OnePlusN manifest). A missing file
+    names ``writer``; a corrupt one, or one that ``parse`` finds incomplete, names ``kind``
+    and ``fix``."""
+    if not file.is_file():
+        raise FileNotFoundError(f"{caller}: {file} not found; pass the folder that {writer} wrote.")
+    try:
+        meta = json.loads(file.read_text())
+        if meta.get("format") != fmt:
+            raise ValueError(f"format is {meta.get('format')!r}, not {fmt!r}")
+        return parse(meta)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{caller}: {file} is not a valid {kind} ({err!r}); {fix}.") from err

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-browser
 . .venv/bin/activate
-export PYTHONHASHSEED=0 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1
+export PYTHONHASHSEED=0 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1
 # Two test files at a time, one thread each (pytest-xdist; a notebook's cells stay together
 # in one kernel): on two cores about twice as fast as one process on two threads, whose
 # small matrix products leave the second core mostly idle. WORKERS=1 runs them one by one.

@@ -23,7 +23,7 @@ if ! [[ "$seeds" =~ ^-?[0-9]+(,-?[0-9]+)*$ ]]; then
     exit 2
 fi
 . .venv/bin/activate
-export PYTHONHASHSEED=0 OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1
+export PYTHONHASHSEED=0 HF_HUB_OFFLINE=1
 export ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1
 paths=()
 for arg in "$@"; do [ -e "$arg" ] && paths+=("$arg"); done

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-from cgc_edu import AdapterConfig, add_adapters, remove_adapters
+from cgc_edu import AdapterConfig, adapter_config, add_adapters, remove_adapters
 from cgc_edu.data import TinyTasksCollator, make_tiny_tasks
 from tiny_models import TOK
 
@@ -52,7 +52,7 @@ def test_checkpointed_gradients_equal_plain_ones(reentrant, when):
         model = two_block_llama()
         model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": reentrant})
-        model = add_adapters(model, plain._cgc_config)
+        model = add_adapters(model, adapter_config(plain))
         model.load_state_dict(plain.state_dict())
         model.train()
     else:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cgc_edu import AdapterConfig, add_adapters, export_peft_lora, task_context
-from cgc_edu.adapters.injection import adapter_layers
+from cgc_edu.adapters.injection import adapter_config, adapter_layers
 from cgc_edu.course.counterfactual import override_gate
 from cgc_edu.course.exercises import stored_results_folder
 from cgc_edu.framework import OnePlusN
@@ -122,7 +122,7 @@ def test_rslora_is_a_config_option_saved_with_the_config(tmp_path):
     assert {l.scaling for l in adapter_layers(model).values()} == {config.scaling}
     save_adapters(model, tmp_path)
     loaded = load_adapters(tiny_base(), tmp_path)
-    assert loaded._cgc_config.use_rslora is True
+    assert adapter_config(loaded).use_rslora is True
     tokens, ids = torch.randint(4, 40, (3, 6)), torch.tensor([0, 1, 2])
     with torch.no_grad():
         torch.testing.assert_close(loaded(tokens, task_ids=ids).logits,
@@ -192,7 +192,7 @@ def test_merged_copy_is_a_plain_base_model_with_the_tasks_weights(arch):
     for task in range(3):
         plain = merged_copy(model, task)
         assert type(plain) is type(base) and not adapter_layers(plain)
-        assert not hasattr(plain, "_cgc_router")
+        assert not hasattr(plain, "_cgc")
         with torch.no_grad():
             want = model(tokens, task_ids=torch.tensor([task, task])).logits
             assert relative_difference(plain(tokens).logits, want) < 1e-5

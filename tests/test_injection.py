@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from cgc_edu import (AdapterConfig, CGCLoRALinear, add_adapters, adapter_layers, merge_task,
+from cgc_edu import (AdapterConfig, CGCLoRALinear, add_adapters, adapter_config, adapter_layers,
+                     merge_task,
                      remove_adapters, task_context, trainable_parameters, unmerge)
 from cgc_edu.adapters.saving import load_adapters, save_adapters
 
@@ -41,6 +42,26 @@ def test_fresh_adapters_give_base_outputs_exactly(inputs):
     base = tiny_llama()
     model = add_adapters(copy.deepcopy(base), AdapterConfig.cgc_lora(rank=6, n_tasks=3))
     assert torch.equal(model(x, task_ids=ids).logits, base(x).logits)
+
+
+def test_adapters_follow_the_models_mode(inputs):
+    # an eval model (load_central_model returns one) stays in eval: no adapter dropout
+    x, ids = inputs
+    config = AdapterConfig.cgc_lora(rank=6, n_tasks=3, dropout=0.5, target_modules=TARGETS)
+    model = randomize(add_adapters(tiny_llama().eval(), config))
+    assert not any(layer.training for layer in adapter_layers(model).values())
+    with torch.no_grad():
+        assert torch.equal(model(x, task_ids=ids).logits, model(x, task_ids=ids).logits)
+    trained = add_adapters(tiny_llama().train(), config)
+    assert all(layer.training for layer in adapter_layers(trained).values())
+
+
+def test_the_config_is_read_back_and_is_the_one_given():
+    config = AdapterConfig.cgc_lora(rank=6, n_tasks=3, target_modules=TARGETS)
+    model = add_adapters(tiny_llama(), config)
+    assert adapter_config(model) == config
+    with pytest.raises(ValueError, match=r"adapter_config: .* has no adapters; call add_adapters"):
+        adapter_config(tiny_llama())
 
 
 def test_wraps_targets_and_freezes_base():
@@ -83,7 +104,7 @@ def test_task_ids_keyword_and_context_agree(inputs):
     with task_context(model, ids):
         by_context = model(x).logits
     torch.testing.assert_close(by_kwarg, by_context)
-    assert model._cgc_router.task_ids is None  # nothing leaks out of a call or a context
+    assert model._cgc.router.task_ids is None  # nothing leaks out of a call or a context
 
 
 def test_mixed_batch_equals_each_task_alone(inputs):
@@ -167,7 +188,7 @@ def test_bad_task_ids_at_model_level_leave_model_unchanged(inputs):
     ]:
         with pytest.raises(error, match=match):
             model(x, task_ids=bad) if bad is not None else model(x)
-        assert model._cgc_router.task_ids is None
+        assert model._cgc.router.task_ids is None
     with pytest.raises(ValueError, match="task id 5 is out of range"):
         with task_context(model, torch.tensor([5])):
             pass
@@ -264,7 +285,7 @@ def test_remove_adapters_gives_back_the_bare_base(inputs):
         torch.testing.assert_close(out.state_dict()[k], v, rtol=0, atol=1e-6)
     assert set(out.state_dict()) == set(before)
     assert {n: p.requires_grad for n, p in out.named_parameters()} == grads
-    assert not any(hasattr(out, a) for a in ("_cgc_router", "_cgc_config", "_cgc_hooks"))
+    assert not any(hasattr(out, a) for a in ("_cgc",))
     assert "generate" not in vars(out) and not out._forward_pre_hooks and not out._forward_hooks
     torch.testing.assert_close(out(x).logits, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="remove_adapters: LlamaForCausalLM has no adapters"):
@@ -280,14 +301,14 @@ def test_config_cannot_change_behind_the_models_back(tmp_path, inputs):
     with pytest.raises(AttributeError):
         config.n_tasks = 5
     with pytest.raises(AttributeError):
-        model._cgc_config.rank = 12
+        adapter_config(model).rank = 12
     with pytest.raises(AttributeError):
         config.target_modules.append("o_proj")  # a tuple
-    assert model._cgc_config == AdapterConfig.cgc_lora(rank=6, n_tasks=3, target_modules=TARGETS)
+    assert adapter_config(model) == AdapterConfig.cgc_lora(rank=6, n_tasks=3, target_modules=TARGETS)
     want = model(x, task_ids=ids).logits
     save_adapters(model, tmp_path / "a")
     loaded = load_adapters(tiny_llama(), tmp_path / "a")
-    assert loaded._cgc_config == config
+    assert adapter_config(loaded) == config
     torch.testing.assert_close(loaded(x, task_ids=ids).logits, want)
 
 

@@ -44,7 +44,7 @@ def test_load_onto_other_shapes_fails_clearly_and_leaves_model_unchanged(tmp_pat
     with pytest.raises(ValueError, match=r"module 'model\.layers\.0\.\S+' is \d+->\d+ in LlamaForCausalLM but \d+->\d+ in the saved"):
         load_adapters(other, tmp_path)
     assert_same_state(other, before)
-    assert not hasattr(other, "_cgc_config")
+    assert not hasattr(other, "_cgc")
 
 
 def test_load_with_other_config_fails(tmp_path):

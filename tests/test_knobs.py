@@ -139,3 +139,31 @@ def test_config_builder_reports_a_rank_that_does_not_divide():
     assert builder.state["error"] is None and builder.state["expert_rank"] == 3
     builder.view.value = "layer"
     assert len(drawn_parts(builder.figure, "expert:")) == 5
+
+
+def test_cluster_knobs_cut_the_tree_as_cluster_tasks_does():
+    import pandas as pd
+
+    from cgc_edu.course.knobs import ClusterKnobs
+    from cgc_edu.framework import cluster_tasks, clustering_agreement
+
+    a = np.array([[1, .73, .5, .1], [.73, 1, .4, .2], [.5, .4, 1, .3], [.1, .2, .3, 1]])
+    affinity = pd.DataFrame(a, index=list("abcd"), columns=list("abcd"))
+    designed = {"x": ["a", "b"], "y": ["c", "d"]}
+    knobs = ClusterKnobs(affinity, designed)
+    for method in ("average", "single"):
+        knobs.method.value = method
+        for n in (1, 2, 3, 4):
+            knobs.n_clusters.value = n
+            want = cluster_tasks(affinity, n, method)
+            assert knobs.state["clusters"] == want
+            assert knobs.state["rand"] == pytest.approx(clustering_agreement(want, designed))
+            assert len(knobs.figure.axes[0].lines) == (n > 1)   # the cut's dashed line
+            assert bytes(knobs.image.value).startswith(PNG)
+    knobs.n_clusters.value = 3
+    assert knobs.state["summary"].startswith("3 adapter sets: a, b | c | d")
+    assert ClusterKnobs(affinity).state["rand"] is None
+    with pytest.raises(ValueError, match=r"n_clusters=5; choose 1 to 4"):
+        ClusterKnobs(affinity, n_clusters=5)
+    with pytest.raises(ValueError, match=r"designed must group exactly"):
+        ClusterKnobs(affinity, {"x": ["a", "b"]})

@@ -67,6 +67,24 @@ def test_grid_has_one_panel_per_module_row_per_layer(rec):
     assert "step 0" in fig.get_suptitle()
 
 
+def test_grid_labels_do_not_run_together(rec):
+    # small panels: no "common"/"task-specific" headers over them ("commontask-specific"), and
+    # the bottom row's expert labels upright, so no two labels overlap
+    fig = plots.gate_heatmap_grid(rec, step=-1)
+    panels = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert not [t for ax in panels for t in ax.texts if "common" in t.get_text()
+                or "specific" in t.get_text()]
+    assert "common experts | task-specific" in fig.get_suptitle()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for ax in panels for t in ax.get_xticklabels()
+             if t.get_text()]
+    assert boxes
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+
+
 def test_grid_reuses_a_figure(rec):
     fig = plt.figure()
     plots.gate_heatmap_grid(rec, fig=fig)
@@ -169,3 +187,23 @@ def test_method_comparison_rejects_other_formats():
         plots.method_comparison(_results().drop(columns="seed"))
     with pytest.raises(TypeError, match="DataFrame"):
         plots.method_comparison([1, 2])
+
+
+def _affinity():
+    a = np.array([[1, .73, .5, .1], [.73, 1, .4, .2], [.5, .4, 1, .3], [.1, .2, .3, 1]])
+    return pd.DataFrame(a, index=list("abcd"), columns=list("abcd"))
+
+
+def test_task_tree_shows_the_closest_pair_above_zero_and_cuts_between_joins():
+    from cgc_edu.framework import cluster_tasks, task_linkage
+
+    affinity = _affinity()
+    heights = np.sort(task_linkage(affinity)[:, 2])
+    assert heights[0] == pytest.approx(1 - 0.73)          # 1 - cosine: visible, not at 0
+    for n in (2, 3, 4):
+        fig = plots.task_tree(affinity, n_clusters=n)
+        (cut,) = [line.get_ydata()[0] for line in fig.axes[0].lines]
+        assert (heights < cut).sum() == len(affinity) - n   # n clusters below the line
+        assert len(cluster_tasks(affinity, n)) == n
+    assert not plots.task_tree(affinity, n_clusters=1).axes[0].lines
+    assert set(plots.TASK_COLORS).isdisjoint(plots.METHOD_COLORS.values())

@@ -160,7 +160,7 @@ def _spy_first_forward(model):
 
     def hook(module, args, kwargs):
         seen["input_ids"] = kwargs.get("input_ids", args[0] if args else None).device
-        routed = module._cgc_router.task_ids  # the call's task ids, taken by add_adapters' hook
+        routed = module._cgc.router.task_ids  # the call's task ids, taken by add_adapters' hook
         seen["task_ids"] = None if routed is None else routed.device
         raise _Seen
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import types
 from typing import Iterator, Optional
 
@@ -31,6 +32,41 @@ from .layer import CGCLoRALinear, TaskGate, _adaptable_shape, add_delta, check_m
 #: classifier's ``classifier`` or ``score``) is not a projection to adapt; to train a new head,
 #: name it in ``modules_to_save``.
 DEFAULT_EXCLUDED = ("lm_head", "classifier", "score")
+
+
+@dataclasses.dataclass(eq=False)
+class Injected:
+    """Everything `add_adapters` adds to a model besides its layers, in one place (the model's
+    ``_cgc`` attribute); `remove_adapters` undoes it from here. One object, so nothing the
+    model-level calls read can disagree with another copy of it."""
+
+    config: AdapterConfig
+    router: "TaskRouter"
+    requires_grad: list          # (parameter, requires_grad before add_adapters)
+    saved_originals: dict        # modules_to_save: their original weights, by module name
+    hooks: tuple = ()            # forward (pre-)hook handles on the model and its blocks
+
+
+def injected(model: nn.Module, caller: str) -> Injected:
+    """The model's `Injected` record; raises the "no adapters" error naming ``caller``."""
+    record = getattr(model, "_cgc", None)
+    if record is None:
+        raise ValueError(f"{caller}: {type(model).__name__} has no adapters; call "
+                         "add_adapters(model, config) first.")
+    return record
+
+
+def has_adapters(model: nn.Module) -> bool:
+    """Whether `add_adapters` has put adapters into ``model``."""
+    return getattr(model, "_cgc", None) is not None
+
+
+def adapter_config(model: nn.Module) -> AdapterConfig:
+    """The `AdapterConfig` ``model``'s adapters were built from (peft's ``peft_config``).
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+    return injected(model, "adapter_config").config
 
 
 class _Routing:
@@ -237,12 +273,12 @@ def _batch_size(args, kwargs) -> Optional[int]:
 
 
 def _route_forward(module, args, kwargs):
-    module._cgc_router.begin_forward(kwargs.pop("task_ids", None), _batch_size(args, kwargs))
+    module._cgc.router.begin_forward(kwargs.pop("task_ids", None), _batch_size(args, kwargs))
     return args, kwargs
 
 
 def _end_forward(module, args, kwargs, output):
-    module._cgc_router.leave()
+    module._cgc.router.leave()
 
 
 def _generate_with_task_ids(self, *args, task_ids=None, **kwargs):
@@ -294,20 +330,19 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        layer = CGCLoRALinear(getattr(parent, child), config, gate=shared, name=name)
+        base = getattr(parent, child)
+        layer = CGCLoRALinear(base, config, gate=shared, name=name)
+        layer.train(base.training)   # an eval model stays in eval: no adapter dropout
         layer.router = router
         setattr(parent, child, layer)
-    model._cgc_router = router
-    model._cgc_config = config
-    model._cgc_requires_grad = requires_grad
-    model._cgc_saved_originals = originals
-    model._cgc_hooks = (
+    record = model._cgc = Injected(config, router, requires_grad, originals)
+    record.hooks = (
         model.register_forward_pre_hook(_route_forward, with_kwargs=True),
         model.register_forward_hook(_end_forward, with_kwargs=True, always_call=True),
     )
     for block in _checkpointable_blocks(model):
         block._cgc_block_router = router
-        model._cgc_hooks += (block.register_forward_pre_hook(_route_checkpointing),)
+        record.hooks += (block.register_forward_pre_hook(_route_checkpointing),)
     if callable(getattr(type(model), "generate", None)) and "generate" not in vars(model):
         # A bound method (not a closure) so that copy.deepcopy(model) rebinds it to the copy.
         model.generate = types.MethodType(_generate_with_task_ids, model)
@@ -324,11 +359,7 @@ def _without_hub_kernels(model: nn.Module) -> None:
 
 
 def _router(model: nn.Module, caller: str) -> TaskRouter:
-    router = getattr(model, "_cgc_router", None)
-    if router is None:
-        raise ValueError(f"{caller}: {type(model).__name__} has no adapters; call "
-                         "add_adapters(model, config) first.")
-    return router
+    return injected(model, caller).router
 
 
 def remove_adapters(model: nn.Module) -> nn.Module:
@@ -342,28 +373,27 @@ def remove_adapters(model: nn.Module) -> nn.Module:
 
     Taught in: notebooks/05_cgc_lora.ipynb.
     """
-    _router(model, "remove_adapters")
+    record = injected(model, "remove_adapters")
     unmerge(model)
     for name, layer in adapter_layers(model).items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer.base_layer)
-    for name, state in model._cgc_saved_originals.items():
+    for name, state in record.saved_originals.items():
         model.get_submodule(name).load_state_dict(state)
-    for handle in model._cgc_hooks:
+    for handle in record.hooks:
         handle.remove()
     for block in _checkpointable_blocks(model):
         func = getattr(block, "_gradient_checkpointing_func", None)
         if isinstance(func, _RoutedCheckpoint):
             block._gradient_checkpointing_func = func.checkpoint
         vars(block).pop("_cgc_block_router", None)
-    for p, flag in model._cgc_requires_grad:
+    for p, flag in record.requires_grad:
         p.requires_grad_(flag)
     if isinstance(vars(model).get("generate"), types.MethodType) and \
             vars(model)["generate"].__func__ is _generate_with_task_ids:
         del model.generate
-    for attr in ("_cgc_router", "_cgc_config", "_cgc_hooks", "_cgc_requires_grad", "_cgc_saved_originals"):
-        delattr(model, attr)
+    del model._cgc
     return model
 
 
@@ -401,20 +431,20 @@ def merge_task(model: nn.Module, task_id: int) -> nn.Module:
                          f"{type(model).__name__}; call unmerge(model) first.")
     for layer in layers.values():
         layer.merge(task_id)
-    model._cgc_router.merged_task = task_id
+    model._cgc.router.merged_task = task_id
     return model
 
 
 def _task_index(model: nn.Module, task_id, caller: str) -> int:
     """``task_id`` as a checked int (a 0-d tensor is fine), for merging one task."""
-    _router(model, caller)
+    config = injected(model, caller).config
     if isinstance(task_id, torch.Tensor):
         task_id = task_id.item()
     if not isinstance(task_id, int) or isinstance(task_id, bool):
-        n = model._cgc_config.n_tasks
+        n = config.n_tasks
         raise TypeError(f"{caller}: task_id={task_id!r} must be an int in "
                         f"[0, {n - 1}].")
-    model._cgc_config.check_task_ids(torch.tensor([task_id]), where=caller)
+    config.check_task_ids(torch.tensor([task_id]), where=caller)
     return task_id
 
 
@@ -453,7 +483,9 @@ def unmerge(model: nn.Module) -> nn.Module:
 
 def _saved_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The model's ``modules_to_save`` (trained whole, saved with the adapters), by name."""
-    return {name: model.get_submodule(name) for name in getattr(model, "_cgc_saved_originals", {})}
+    record = getattr(model, "_cgc", None)
+    names = record.saved_originals if record is not None else {}
+    return {name: model.get_submodule(name) for name in names}
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -28,12 +28,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..utils import read_manifest
 from .config import AdapterConfig
 from .injection import (
     _adaptable_layers,
     _find_saved_modules,
     _find_targets,
-    _router,
+    injected,
     _saved_modules,
     adapter_layers,
     add_adapters,
@@ -47,13 +48,12 @@ SAVED_PREFIX = "modules_to_save."
 
 
 def _model_config(model: nn.Module, caller: str) -> AdapterConfig:
-    _router(model, caller)  # raises the "no adapters" error
-    return model._cgc_config
+    return injected(model, caller).config  # raises the "no adapters" error
 
 
 def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every adapter and gate tensor by a stable name; a shared gate is stored once."""
-    tensors, config = {}, model._cgc_config
+    tensors, config = {}, injected(model, "save_adapters").config
     for name, layer in adapter_layers(model).items():
         tensors[f"{name}.lora_A"] = layer.lora_A
         tensors[f"{name}.lora_B"] = layer.lora_B
@@ -101,20 +101,13 @@ def read_adapter_config(path: Union[str, Path], caller: str = "load_adapters") -
     missing or corrupt file raises a clear error naming ``caller``. (The shapes of the
     ``modules_to_save`` are in the file's "modules_to_save" entry.)
     """
-    cfg_file = _config_file(path)
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{caller}: {cfg_file} not found; pass the folder that "
-                                "save_adapters(model, path) wrote.")
-    try:
-        meta = json.loads(cfg_file.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"format is {meta.get('format')!r}")
-        config = AdapterConfig.from_dict(meta["config"])
-        modules = {k: tuple(v) for k, v in meta["modules"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"{caller}: {cfg_file} is not a valid cgc_edu adapter config ({err!r}); "
-                         "re-save it with save_adapters.") from err
-    return config, modules
+    def parse(meta):
+        return (AdapterConfig.from_dict(meta["config"]),
+                {k: tuple(v) for k, v in meta["modules"].items()})
+
+    return read_manifest(_config_file(path), FORMAT, parse, caller=caller,
+                         kind="cgc_edu adapter config", writer="save_adapters(model, path)",
+                         fix="re-save it with save_adapters")
 
 
 def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -177,7 +170,7 @@ def load_adapters(model: nn.Module, path: Union[str, Path]) -> nn.Module:
                              f"expected {shape}; the file is corrupt: re-save it with save_adapters.")
     existing = adapter_layers(model)
     if existing:
-        have = model._cgc_config
+        have = injected(model, "load_adapters").config
         if have.to_dict() != config.to_dict():
             raise ValueError(f"load_adapters: the model's adapters have config {have.to_dict()}, the file "
                              f"has {config.to_dict()}; load onto a bare base model or one adapted with the "

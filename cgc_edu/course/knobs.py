@@ -9,6 +9,7 @@ setting its controls' ``.value`` and read what it shows from ``.state`` (a dict)
     RouterKnobs        02  temperature, top-k, aux-loss coefficient -> tokens per expert
     SeesawKnobs        03  loss weight between two tasks -> both losses on the Pareto front
     CGCConfigBuilder   05  common / specific counts, rank, budget -> mask, ranks, parameters
+    ClusterKnobs       06  number of clusters, linkage -> the tree's cut and 1+N's sets
     CounterfactualGate 08  override one task's gate at inference -> answers and exact match
 
 `override_gate` (the context manager behind the last one) lives in `cgc_edu.course.counterfactual`.
@@ -35,6 +36,7 @@ from ..adapters.config import AdapterConfig, adapter_parameter_count
 from ..adapters.injection import adapter_layers
 from ..adapters.layer import CGCLoRALinear
 from ..data.synthetic import make_correlated_tasks
+from ..framework.affinity import cluster_tasks, clustering_agreement
 from ..moe import MoELayer, load_balancing_loss, router_stats
 from ..train.loop import greedy_decode
 from ..utils import training_seed
@@ -565,6 +567,57 @@ def _rgb(colour: str):
 def _wrap(text: str, width: int) -> list[str]:
     import textwrap
     return textwrap.wrap(text, width)
+
+
+# ------------------------------------------------------------------ 06: clusters
+class ClusterKnobs(_Knobs):
+    """Cut the tasks' affinity tree into N clusters and see which tasks 1+N would group.
+
+    The tree is `cgc_edu.course.plots.task_tree` over a measured affinity (``task_affinity``
+    or a stored one); nothing is trained when a control moves. With ``designed`` (a clustering
+    of the same tasks, e.g. the suite's), the widget also shows how far the cut agrees with it
+    (`clustering_agreement`, the Rand index).
+
+    Controls: ``n_clusters`` (IntSlider), ``method`` (scipy's linkage: average, complete,
+    single, weighted), ``on`` ("affinity" or "profile", see `task_linkage`). ``state``:
+    n_clusters, method, on, clusters (name -> tasks, as `cluster_tasks` gives them), rand
+    (None without ``designed``).
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+
+    dpi = 80
+
+    def __init__(self, affinity, designed: Optional[dict] = None, n_clusters: int = 2):
+        tasks = list(affinity.index)
+        if not 1 <= n_clusters <= len(tasks):
+            raise ValueError(f"ClusterKnobs: n_clusters={n_clusters!r}; choose 1 to {len(tasks)} "
+                             f"(the number of tasks).")
+        if designed is not None and sorted(t for ts in designed.values() for t in ts) != sorted(tasks):
+            raise ValueError("ClusterKnobs: designed must group exactly the affinity's tasks "
+                             f"{tasks}; got {designed}.")
+        self.affinity, self.designed = affinity, designed
+        self.n_clusters = widgets.IntSlider(value=n_clusters, min=1, max=len(tasks),
+                                            description="N clusters")
+        self.method = widgets.Dropdown(options=["average", "complete", "single", "weighted"],
+                                       value="average", description="linkage")
+        self.on = widgets.ToggleButtons(options=["affinity", "profile"], value="affinity",
+                                        description="distance")
+        self._build([[self.n_clusters, self.method], [self.on]], (6.0, 3.2))
+
+    def _compute(self) -> dict:
+        clusters = cluster_tasks(self.affinity, self.n_clusters.value, self.method.value,
+                                 self.on.value)
+        rand = (clustering_agreement(clusters, self.designed)
+                if self.designed is not None else None)
+        groups = " | ".join(", ".join(ts) for ts in clusters.values())
+        agree = f"; Rand index with the designed clusters {rand:.2f}" if rand is not None else ""
+        return dict(n_clusters=self.n_clusters.value, method=self.method.value,
+                    on=self.on.value, clusters=clusters, rand=rand,
+                    summary=f"{len(clusters)} adapter sets: {groups}{agree}.")
+
+    def _draw(self, fig: Figure, s: dict) -> None:
+        plots.task_tree(self.affinity, s["n_clusters"], s["method"], s["on"], ax=fig.subplots())
 
 
 # ------------------------------------------------------------------ 08: counterfactual gate

@@ -18,8 +18,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.patches import Rectangle
+from scipy.cluster import hierarchy
+from scipy.cluster.hierarchy import dendrogram
 
 from ..adapters.config import method_name
+from ..framework.affinity import task_linkage
 from .recording import GateRecording
 
 #: Heatmaps annotate every cell when they have at most this many cells.
@@ -46,6 +49,10 @@ METHOD_NAMES = {
     "cgc_uniform": "CGC-LoRA, uniform gate", "shared_bottom": "shared-bottom",
     "mmoe": "MMoE", "cgc": "CGC", "ple": "PLE",
 }
+#: One colour per task (and per cluster of tasks), a palette apart from the methods' so that
+#: a figure of tasks never reads as a figure of methods (Paul Tol's "muted", colour-blind safe).
+TASK_COLORS = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677",
+               "#882255", "#AA4499")
 #: The widest figure (inches at dpi 100) the book's column shows without a scroll bar.
 BOOK_WIDTH = 7.5
 #: The parts of an adapted layer, as the diagrams draw them (common = LoRA's blue, ...).
@@ -109,11 +116,12 @@ def _task_rows(recording: GateRecording, tasks) -> list[int]:
 
 # ----------------------------------------------------------- gate heatmaps
 def gate_heatmap(recording: GateRecording, module=0, step=-1, tasks=None, ax=None,
-                 annotate: Optional[bool] = None, colorbar: bool = True, title: Optional[str] = None):
+                 annotate: Optional[bool] = None, colorbar: bool = True, title: Optional[str] = None,
+                 headers: bool = True):
     """Task x expert heatmap of one module's gate weights at one step.
 
-    Common and specific experts are separated by a thick line (and labelled above),
-    task blocks by thin lines; cells outside a task's allowed set S_t are grey.
+    Common and specific experts are separated by a thick line (and labelled above, unless
+    ``headers=False``: the grid's small panels have no room), task blocks by thin lines; cells outside a task's allowed set S_t are grey.
     ``tasks`` picks rows (names or indices; default all). Values are written in the cells
     when there are at most `ANNOTATE_MAX_CELLS` of them (or as ``annotate`` says).
 
@@ -132,7 +140,7 @@ def gate_heatmap(recording: GateRecording, module=0, step=-1, tasks=None, ax=Non
     ax.set_yticks(range(n_tasks), [recording.task_names[r] for r in rows], fontsize=8)
     ax.set_xlabel("expert")
     ax.set_ylabel("task")
-    _mark_expert_blocks(ax, recording)
+    _mark_expert_blocks(ax, recording, headers)
     if annotate if annotate is not None else values.size <= ANNOTATE_MAX_CELLS:
         _annotate_cells(ax, values, allowed)
     step_value = int(recording.steps[s])
@@ -143,14 +151,14 @@ def gate_heatmap(recording: GateRecording, module=0, step=-1, tasks=None, ax=Non
     return fig
 
 
-def _mark_expert_blocks(ax, recording: GateRecording):
+def _mark_expert_blocks(ax, recording: GateRecording, headers: bool = True):
     """Thick line between common and specific experts, thin lines between task blocks."""
     blocks = recording.layout.blocks()
     for before, block in zip(blocks, blocks[1:]):
         ax.axvline(block.start - 0.5, color="white", lw=3 if before.kind != block.kind else 1)
     for kind, label in (("common", "common"), ("specific", "task-specific")):
         mine = [b for b in blocks if b.kind == kind]
-        if mine:
+        if mine and headers:
             lo, hi = mine[0].start, mine[-1].stop
             ax.annotate(label, xy=((lo + hi - 1) / 2, 1.0), xycoords=("data", "axes fraction"),
                         xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
@@ -190,15 +198,24 @@ def gate_heatmap_grid(recording: GateRecording, step=-1, tasks=None, fig=None,
                 continue
             m = members[c]
             gate_heatmap(recording, m, step, rows, ax=ax, annotate=annotate, colorbar=False,
-                         title=short_module_name(recording.module_names[m]))
+                         title=short_module_name(recording.module_names[m]), headers=False)
             image = ax.images[0]
+            ax.title.set_fontsize(8)
             ax.set_xlabel("")
             ax.set_ylabel(label if c == 0 else "")
             if r < len(groups) - 1:
                 ax.set_xticklabels([])
+            else:   # upright labels, so that neighbouring panels' labels cannot overlap
+                ax.tick_params(axis="x", labelrotation=90, labelsize=6)
+                for tick in ax.get_xticklabels():
+                    tick.set_horizontalalignment("center")
             if c > 0:
                 ax.set_yticklabels([])
-    fig.suptitle(f"gate weights of every module (step {int(recording.steps[s])})", fontsize=10)
+    kinds = {b.kind for b in recording.layout.blocks()}
+    split = (" — columns: common experts | task-specific (thick white line)"
+             if kinds == {"common", "specific"} else "")
+    fig.suptitle(f"gate weights of every module (step {int(recording.steps[s])}){split}",
+                 fontsize=9)
     fig.colorbar(image, ax=axes, label="gate weight", shrink=0.8)
     return fig
 
@@ -343,6 +360,40 @@ def affinity_matrix(matrix, task_names: Sequence[str], clusters: Optional[Sequen
 
 
 RESULT_COLUMNS = ("method", "seed", "task")
+
+
+def task_tree(affinity: pd.DataFrame, n_clusters: Optional[int] = None, method: str = "average",
+              on: str = "affinity", ax=None, figsize=(6.0, 3.0)):
+    """The tasks' hierarchical-clustering tree (`cgc_edu.framework.task_linkage`), cut into
+    ``n_clusters`` clusters when given: the cut is a dashed line, each cluster's branches one
+    colour of the task palette (scipy's dendrogram), the joins above it grey.
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+    fig, ax = _new_axes(ax, figsize)
+    tree = task_linkage(affinity, method=method, on=on)
+    heights = np.sort(tree[:, 2])             # the n - 1 joins, lowest first
+    cut = None
+    if n_clusters is not None and 1 < n_clusters <= len(affinity):
+        # midway between the highest join kept inside a cluster and the lowest one cut
+        below = heights[len(heights) - n_clusters] if n_clusters <= len(heights) else 0.0
+        cut = (below + heights[len(heights) - n_clusters + 1]) / 2
+    hierarchy.set_link_color_palette(list(TASK_COLORS))
+    try:
+        dendrogram(tree, labels=list(affinity.index), ax=ax, leaf_rotation=45,
+                   color_threshold=cut if cut is not None else 0,
+                   above_threshold_color="0.55")
+    finally:
+        hierarchy.set_link_color_palette(None)
+    if cut is not None:
+        ax.axhline(cut, color="0.3", ls="--", lw=1)
+        ax.annotate(f"cut: {n_clusters} clusters", (ax.get_xlim()[1], cut), xytext=(-4, 3),
+                    textcoords="offset points", ha="right", fontsize=8, color="0.3")
+    ax.set_ylabel("distance (1 − affinity)" if on == "affinity" else "distance (1 − corr.)")
+    ax.set_xlabel("task")
+    ax.set_ylim(0, None)
+    ax.set_title(f"{method}-linkage tree of the tasks (lower joins = more alike)", fontsize=9)
+    return fig
 
 
 def method_comparison(results: pd.DataFrame, metric: str = "exact_match", ax=None,

@@ -259,14 +259,15 @@ def _check_affinity(affinity) -> pd.DataFrame:
 def task_linkage(affinity: pd.DataFrame, method: str = "average", on: str = "affinity") -> np.ndarray:
     """scipy's linkage matrix of the tasks (for ``scipy.cluster.hierarchy.dendrogram``).
 
-    ``on="affinity"``: the affinity is symmetrised and turned into a distance, max(affinity) -
-    affinity (average linkage only depends on the order of distances, so the offset does not
-    matter). ``on="profile"``: two tasks are close when they relate alike to every task: the
+    ``on="affinity"``: the affinity is symmetrised and turned into a distance, top - affinity
+    with top = max(1, the largest affinity between two tasks): 1 - cosine for the gradient
+    affinity, so the most alike pair joins above zero, visibly (the tree's shape and its
+    clusters depend only on the order of the distances, not on the offset). ``on="profile"``: two tasks are close when they relate alike to every task: the
     distance is 1 - the correlation of their rows of the symmetrised affinity. A task that
     resembles no other (a row of low values) then still joins the tasks it is least unlike,
     instead of splitting off as a cluster of its own.
 
-    Taught in: notebooks/06_one_plus_n.ipynb.
+    The tree chapter 06 draws and cuts (`cgc_edu.course.plots.task_tree`, `ClusterKnobs`).
     """
     if on not in ("affinity", "profile"):
         raise ValueError(f"task_linkage: on={on!r}; choose 'affinity' or 'profile'.")
@@ -275,7 +276,7 @@ def task_linkage(affinity: pd.DataFrame, method: str = "average", on: str = "aff
     if on == "profile":
         return linkage(pdist(sym, "correlation"), method=method)
     off = sym[~np.eye(len(sym), dtype=bool)]
-    dist = (off.max() if off.size else 0.0) - sym
+    dist = max(1.0, off.max() if off.size else 0.0) - sym
     np.fill_diagonal(dist, 0.0)
     return linkage(squareform(np.clip(dist, 0.0, None), checks=False), method=method)
 

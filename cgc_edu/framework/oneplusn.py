@@ -35,7 +35,7 @@ from ..data.tinytasks import build_tokenizer
 from ..train.loop import evaluate as evaluate_model
 from ..train.loop import greedy_decode
 from ..train.loop import train as train_adapters
-from ..utils import PLAIN_TORCH, training_seed
+from ..utils import PLAIN_TORCH, read_manifest, training_seed
 from .affinity import subset_tasks, task_order
 
 FORMAT = "cgc_edu-one-plus-n"
@@ -439,19 +439,11 @@ class OnePlusN:
         Taught in: notebooks/06_one_plus_n.ipynb.
         """
         path = Path(path)
-        file = path / MANIFEST
-        if not file.is_file():
-            raise FileNotFoundError(f"OnePlusN.load: {file} not found; pass the folder that "
-                                    "OnePlusN.save(path) wrote.")
-        try:
-            manifest = json.loads(file.read_text())
-            if manifest.get("format") != FORMAT:
-                raise ValueError(f"format {manifest.get('format')!r}, not {FORMAT!r}")
-            clusters, folders = dict(manifest["clusters"]), dict(manifest["folders"])
-            fingerprint = str(manifest["base_fingerprint"])
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"OnePlusN.load: {file} is not a valid OnePlusN manifest ({err!r}); "
-                             "pass a folder written by OnePlusN.save.") from err
+        manifest, clusters, folders, fingerprint = read_manifest(
+            path / MANIFEST, FORMAT,
+            lambda m: (m, dict(m["clusters"]), dict(m["folders"]), str(m["base_fingerprint"])),
+            caller="OnePlusN.load", kind="OnePlusN manifest", writer="OnePlusN.save(path)",
+            fix="pass a folder written by OnePlusN.save")
         if base_model is None:
             reference = manifest.get("base_reference")
             if not reference:

@@ -404,8 +404,8 @@ def quick_run(method: str = "cgc_lora", seed: int = 0, path: Path = DEFAULT_OUT,
     """Rerun one configuration of the stored study (its settings and chosen lr, one seed).
 
     ``threads``: torch threads for the run. Two are faster on an idle 2-core machine (the
-    CLI's ``--quick`` default), but under ``OMP_WAIT_POLICY=PASSIVE`` (the tests' and the
-    notebooks' setting) a second thread costs more than it brings on a model this small.
+    CLI's ``--quick`` default), but under ``OMP_WAIT_POLICY=PASSIVE`` a second thread costs
+    more than it brings on a model this small.
 
     ``setting``: "anonymous" (the second table's prompts, ``"cab="``: half as long as the
     instruction prompts, so the same 1200 steps train in under a minute) or "named" (the

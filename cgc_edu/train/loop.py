@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters.injection import adapter_layers, task_context
+from ..adapters.injection import adapter_layers, has_adapters, task_context
 from ..adapters.layer import TaskGate
 from ..data.english import GENERAL_PROBE, probe_prompts, score_probe
 from ..data.tinytasks import TinyTasksCollator
@@ -49,7 +49,7 @@ def model_device(model) -> torch.device:
 def _routed(model, task_ids):
     """task_context for a model with adapters; nothing to route for a bare model."""
     # the router add_adapters attaches (cheap: adapter_layers would walk every module)
-    if task_ids is None or getattr(model, "_cgc_router", None) is None:
+    if task_ids is None or not has_adapters(model):
         return contextlib.nullcontext()
     return task_context(model, task_ids)
 
