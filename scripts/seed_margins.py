@@ -89,11 +89,25 @@ def code_hash(path: Path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _is_current(record_path: Path, notebook: Path) -> bool:
+def library_hash() -> str:
+    """A fingerprint of the library's source (every ``cgc_edu/**/*.py``): a notebook's
+    numbers come from it too. A stored run of another library version is reported as such,
+    and rerun with ``--library`` (not by default: one library edit would rerun every run)."""
+    digest = hashlib.sha256()
+    for file in sorted((ROOT / "cgc_edu").rglob("*.py")):
+        digest.update(str(file.relative_to(ROOT)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _is_current(record_path: Path, notebook: Path, library: str | None = None) -> bool:
+    """The stored run is of the notebook's current code (and, given ``library``, was made
+    with that library version)."""
     try:
-        return json.loads(record_path.read_text()).get("code") == code_hash(notebook)
+        record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         return False
+    return record.get("code") == code_hash(notebook) and (
+        library is None or record.get("library") == library)
 
 
 def run_notebook(path: Path, seed: int, backend: str) -> dict:
@@ -133,7 +147,7 @@ def run_notebook(path: Path, seed: int, backend: str) -> dict:
                     claim["values"] = next(it)
                 claims.append(claim)
     return {"notebook": path.name, "seed": seed, "backend": backend, "code": code_hash(path),
-            "claims": claims, "errors": errors}
+            "library": library_hash(), "claims": claims, "errors": errors}
 
 
 def margin(claim: dict) -> float | None:
@@ -165,6 +179,7 @@ def report(store: Path, out: Path) -> str:
         hashes[name] = code_hash(path) if path.is_file() else None
     stale = sum(r.get("code") != hashes[r["notebook"]] for r in runs)
     runs = [r for r in runs if r.get("code") == hashes[r["notebook"]]]
+    library = library_hash()
     lines = ["# Margins of the trained claims over training seeds and numeric backends", "",
              "Made by `python scripts/seed_margins.py` (notebooks/README.md, \"The portability "
              "rule\"). For each trained assert: the runs it was checked on, its worst left-hand "
@@ -180,9 +195,12 @@ def report(store: Path, out: Path) -> str:
         combos = sorted({(r["seed"], r["backend"]) for r in group})
         seeds = sorted({s for s, _ in combos})
         backends = sorted({b for _, b in combos})
+        older = sum(r.get("library") != library for r in group)
         lines += [f"## {name}", "",
                   f"{len(combos)} runs: seeds {', '.join(map(str, seeds))}; backends "
-                  f"{', '.join(backends)}.", ""]
+                  f"{', '.join(backends)}."
+                  + (f" **{older} of them with an earlier library** (`cgc_edu/` changed since; "
+                     f"`--library` reruns them)." if older else ""), ""]
         errors = [(r["seed"], r["backend"], e) for r in group for e in r["errors"]]
         for seed, backend, e in errors:
             lines.append(f"- **error** in cell {e['cell']} (seed {seed}, {backend}): `{e['error']}`")
@@ -225,6 +243,8 @@ def main(argv=None) -> int:
     parser.add_argument("--report", type=Path, default=None,
                         help="default: seed_margins.md in the store's parent folder")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--library", action="store_true",
+                        help="also rerun stored runs made with another version of cgc_edu/")
     parser.add_argument("--one", nargs=3, metavar=("NOTEBOOK", "SEED", "BACKEND"),
                         help=argparse.SUPPRESS)  # a single run, in the child process
     args = parser.parse_args(argv)
@@ -242,11 +262,12 @@ def main(argv=None) -> int:
         for b in backends:
             if b not in BACKENDS:
                 parser.error(f"--backends: {b!r} is not one of {sorted(BACKENDS)}")
+        library = library_hash() if args.library else None
         for path in notebooks:          # one notebook's runs together: its picture first
             for backend in backends:
                 for seed in seeds:
                     target = args.store / f"{path.stem}__seed{seed}__{backend}.json"
-                    if _is_current(target, path):
+                    if _is_current(target, path, library):
                         continue
                     env = {**os.environ, "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1",
                            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),

@@ -118,3 +118,7 @@ def test_seed_margins_runs_again_what_an_older_notebook_stored(tmp_path):
     assert not sm._is_current(record, path)
     record.write_text(json.dumps({"claims": []}))                        # no fingerprint: stale
     assert not sm._is_current(record, path)
+    record.write_text(json.dumps({"code": sm.code_hash(path), "library": "0" * 16}))
+    assert sm._is_current(record, path)                # another library: kept by default ...
+    assert not sm._is_current(record, path, sm.library_hash())   # ... rerun with --library
+    assert sm._is_current(record.with_name("none.json"), path) is False
