@@ -62,7 +62,9 @@ def test_train_is_deterministic_for_a_seed(data, tok):
         seed_everything(5)  # the adapters' initialisation
         model = add_adapters(load_central_model(), AdapterConfig.lora(rank=4, alpha=8, n_tasks=2))
         runs.append(train(model, data["train"], tok, steps=3, batch_size=8, seed=5, progress=False))
-    assert runs[0] == pytest.approx(runs[1], rel=1e-5) and runs[0][-1] < runs[0][0]
+    # the same losses, step by step (three steps do not always lower the loss: on some
+    # training seeds step 3 lands higher; test_train_learns_* checks learning)
+    assert runs[0] == pytest.approx(runs[1], rel=1e-5) and len(set(runs[0])) == 3
 
 
 def test_mixed_batches_decode_like_single_prompts(tok):
@@ -75,8 +77,14 @@ def test_mixed_batches_decode_like_single_prompts(tok):
     alone = [greedy_decode(model, tok, [p], task_ids=[i], max_new_tokens=6)[0]
              for p, i in zip(prompts, ids)]
     assert batched == alone
-    swapped = greedy_decode(model, tok, prompts, task_ids=[1 - i for i in ids], max_new_tokens=6)
-    assert swapped != batched  # the answer depends on the routed task
+    # The answer depends on the routed task: the next-token logits move when the ids swap.
+    # (Not the decoded strings: a random adapter changes the tiny model's greedy answer on
+    # some training seeds only.)
+    batch = tok([p for p in prompts], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        routed = model(**batch, task_ids=torch.tensor(ids)).logits
+        swapped = model(**batch, task_ids=torch.tensor([1 - i for i in ids])).logits
+    assert (routed - swapped).abs().amax() > 1e-2 * routed.abs().amax()
 
 
 @pytest.mark.slow
