@@ -74,12 +74,69 @@ def test_a_check_reads_the_learners_own_recording(capsys):
 
 
 def test_every_chapter_has_checks_and_questions(capsys):
-    for chapter in ["00", "01", "02", "03", "04", "05", "06", "07", "08"]:
+    for chapter in ["00", "01", "02", "03", "04", "05", "06", "07", "08", "09", "11"]:
         questions = Checks(chapter).questions()
         assert len(questions) >= 2 and all(q.endswith(("?", ")", ".")) for q in questions.values())
     assert "1. Which tasks" in capsys.readouterr().out
     assert Checks(5).chapter == "05"
-    with pytest.raises(ValueError, match="no exercises for chapter '09'"):
-        Checks("09")
+    with pytest.raises(ValueError, match="no exercises for chapter '12'"):
+        Checks("12")
     with pytest.raises(AttributeError, match="exercises \\[1, 2, 3\\], not 7"):
         Checks("07").ex7
+
+
+def test_chapter_09_checks_count_size_and_reload(capsys):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from cgc_edu import add_adapters
+    from cgc_edu.data import make_tiny_tasks
+    from cgc_edu.models import load_central_model
+    from cgc_edu.train.finetune import method_config
+
+    model = add_adapters(load_central_model(), method_config("cgc_lora", n_tasks=2, rank=8,
+                                                             alpha=16))
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    check = Checks("09")
+    assert check.ex1(trained) and not check.ex1(trained - 64)   # a count that is off
+    assert "adapter_parameter_count" in capsys.readouterr().out.splitlines()[-1]
+    tiny = make_tiny_tasks(seed=0, tasks=["first", "last"], n_train=30, n_validation=0,
+                           n_test=10)
+    assert check.ex2(tiny["train"], tiny["train"])
+    assert not check.ex2(tiny["test"], tiny["train"])
+    assert "column 'prompt' differs" in capsys.readouterr().out.splitlines()[-1]
+    assert not check.ex2([1, 2], tiny["train"])
+    with torch.device("meta"):
+        qwen = Qwen2ForCausalLM(Qwen2Config(
+            vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+            num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True))
+    millions = sum(p.numel() for p in qwen.parameters()) / 1e6
+    untied = millions + 151936 * 896 / 1e6
+    assert check.ex3(millions) and not check.ex3(untied)
+    assert "Tied embeddings count once" in capsys.readouterr().out
+
+
+def test_chapter_11_checks_read_the_stored_map(capsys):
+    from cgc_edu.study.map_report import read_map, verdicts
+
+    stored = read_map()
+    check = Checks("11")
+
+    def ahead(a, b):
+        return all(a[s] > b[s] for s in a.keys() & b.keys())
+
+    def on_average(a, b):   # the mistake the rule exists to avoid
+        return sum(a.values()) > sum(b.values())
+
+    assert check.ex1(ahead) is True
+    assert check.ex1(on_average) is False
+    assert "paired differences" in capsys.readouterr().out.splitlines()[-1]
+    assert check.ex1(3) is False
+    v = verdicts(stored, "tinytasks_named_r48")
+    assert check.ex2((v["winner"], v["beyond_spread"]))
+    assert not check.ex2((v["winner"], not v["beyond_spread"]))
+    cells = list(dict.fromkeys(stored["seeds"]["cell"]))
+    against = [v["versus"]["separate"]["verdict"] for v in map(lambda c: verdicts(stored, c), cells)
+               if v["complete"]]
+    want = (against.count("ahead"), against.count("behind"))
+    assert check.ex3(want) and not check.ex3((want[0] + 1, want[1]))

@@ -2,6 +2,7 @@
 verdicts on hand-made runs (a clear winner, a tie within the spread, an incomplete
 cell), a second call trains nothing, bad options name the value and the fix."""
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -219,3 +220,87 @@ def test_a_cell_trains_real_runs_under_the_studys_keys(tmp_path):
     assert runner._run_file(tmp_path / cell.name, "run", key).is_file()
     again = run_cell(cell, tmp_path, list(lr), [0], recipe, lr=lr, progress=False)
     assert again["trained"] == 0
+
+
+# ------------------------------------------------------------ reading it back, walking it
+def test_read_map_and_verdicts_judge_the_stored_runs_as_the_report_did(study):
+    from cgc_edu.study.map_report import read_map, stored_map_folder, verdicts
+
+    first = main(["--cells", "tinytasks_named_r12,tinytasks_anonymous_r24", "--no-progress"])
+    (study / "notebooks").mkdir()
+    assert stored_map_folder(study / "notebooks") == study / "results" / "map"
+    stored = read_map(study / "results" / "map")
+    assert len(stored["seeds"]) == 2 * 25 and stored["config"]["seeds"] == list(range(5))
+    for cell in ("tinytasks_named_r12", "tinytasks_anonymous_r24"):
+        v = verdicts(stored, cell)
+        want = first["judged"][cell]
+        assert (v["winner"], v["runner_up"], v["beyond_spread"]) == (
+            want["winner"], want["runner_up"], want["beyond_spread"])
+        assert v["margin"] == pytest.approx(want["margin"])
+        assert {m: c["verdict"] for m, c in v["versus"].items()} == {
+            m: c["verdict"] for m, c in first["versus"][cell].items()}
+    with pytest.raises(KeyError, match=r"no runs of cell 'tinytasks_named_r48'; the map has"):
+        verdicts(stored, "tinytasks_named_r48")
+    with pytest.raises(FileNotFoundError, match=r"python -m cgc_edu.study.map --out"):
+        read_map(study / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"no results/map/map_seeds.csv in /"):
+        stored_map_folder("/")
+    # "with 5 seeds ... 1/32": the rule's words follow the seeds the map has
+    assert "with 5 seeds this is the sign test's strongest outcome, one-sided p = 1/32" in (
+        study / "results" / "map" / "map.md").read_text()
+
+
+def test_method_map_draws_a_line_per_method_and_rejects_a_missing_cell(study):
+    from matplotlib.colors import to_hex
+
+    from cgc_edu.course.plots import method_map, method_style
+    from cgc_edu.study.map_report import read_map
+
+    main(["--cells", "tinytasks_named_r12,tinytasks_named_r24", "--no-progress"])
+    table = read_map(study / "results" / "map")["table"]
+    fig = method_map(table, "tinytasks", budget=24, hidden_size=128)
+    ax = fig.axes[0]
+    lines = [c.lines[0] for c in ax.containers]   # one error-bar line per method
+    assert [to_hex(l.get_color()) for l in lines] == [
+        method_style(m)[0].lower() for m in MAP_METHODS]
+    means = table[table["method"] == "integrated"].sort_values("rank")["mean"] * 100
+    assert list(lines[0].get_ydata()) == pytest.approx(list(means))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["12", "24"]
+    with pytest.raises(ValueError, match=r"no cells of suite 'tinytasks' with 'anonymous'"):
+        method_map(table, "tinytasks", "anonymous")
+    with pytest.raises(ValueError, match=r"lacks columns \['suite'"):
+        method_map(pd.DataFrame({"x": [1]}), "tinytasks")
+
+
+def test_map_explorer_walks_the_cells_and_shows_their_verdicts(study):
+    from cgc_edu.course.map_explorer import MapExplorer
+    from cgc_edu.study.map_report import read_map, verdicts
+
+    main(["--cells", "tinytasks_named_r12,tinytasks_named_r24,tinytasks_anonymous_r24,"
+          "derangements_6x26_named_r60", "--no-progress"])
+    stored = read_map(study / "results" / "map")
+    walk = MapExplorer(stored)
+    s = walk.state
+    assert (s["suite"], s["setting"], s["budget"]) == ("tinytasks", "named", 12)
+    assert s["summary"].startswith("tinytasks_named_r12: LoRA wins with")
+    assert "beyond the seed spread" in s["summary"]
+    assert "CGC-LoRA is behind LoRA (-30.0); ahead of independent LoRAs (+20.0)" in s["summary"]
+    assert s["scores"]["integrated"] == pytest.approx(
+        [100 * (0.9 + 0.012 + 0.01 * k) for k in range(5)])
+    assert bytes(walk.image.value).startswith(b"\x89PNG")
+    walk.budget.value = 24
+    assert walk.state["verdict"]["winner"] == verdicts(stored, "tinytasks_named_r24")["winner"]
+    walk.setting.value = "anonymous"
+    assert walk.state["cell"] == "tinytasks_anonymous_r24" and list(walk.budget.options) == [24]
+    # a suite with named prompts only: the prompt and budget choices follow it
+    walk.suite.value = "derangements:6x26"
+    assert list(walk.setting.options) == ["named"] and list(walk.budget.options) == [60]
+    assert walk.state["cell"] == "derangements_6x26_named_r60"
+    walk.suite.value = "tinytasks"
+    assert walk.state["cell"] == "tinytasks_named_r12"
+    for kwargs, needle in [({"suite": "swaps"}, "suite='swaps'; the map has"),
+                           ({"setting": "hidden"}, "setting='hidden'; tinytasks has"),
+                           ({"budget": 48}, "budget=48; tinytasks with named prompts has "
+                                            "budgets [12, 24]")]:
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            MapExplorer(stored, **kwargs)

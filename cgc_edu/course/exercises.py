@@ -16,15 +16,20 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from ..adapters.config import AdapterConfig, adapter_parameter_count
+from ..adapters.injection import adapter_layers, add_adapters
 from ..adapters.layer import CGCLoRALinear
 from ..data.synthetic import make_correlated_tasks
 from ..data.tinytasks import TASKS, make_tiny_tasks
 from ..framework.affinity import prior_clusters
 from ..moe import MoELayer, load_balancing_loss, top_k_gating
+from ..models.central import load_central_model
 from ..mtl import CGC, MMoE
+from ..study.map_report import compare, read_map, verdicts
 from ..study.statistics import load_results, paired_comparison, summary
+from ..train.finetune import method_config
 from .counterfactual import override_weights
 from .diagrams import method_of
 from .plots import common_share_table
@@ -506,6 +511,133 @@ def _lab_zero(answer):
         return True, f"{[round(w, 3) for w in want]}: expert 0 out, the rest divided by 0.5."
     return False, (f"set expert 0 to 0 and divide the rest by their sum (0.5): "
                    f"{[round(w, 3) for w in want]}.")
+
+
+# ------------------------------------------------------------------ 09 your model
+@_check("09", 1)
+def _your_count(answer):
+    """How many numbers does method_config("cgc_lora", n_tasks=2, rank=8, alpha=16) train on
+    the central model? Add up adapter_parameter_count over every adapted projection (its
+    d_in and d_out), before you let the model count them."""
+    model = add_adapters(load_central_model(), method_config("cgc_lora", n_tasks=2, rank=8,
+                                                             alpha=16))
+    want = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if _close(answer, want, 0.5):
+        return True, (f"{want:,}: experts r_e (d_in + d_out) each, plus the gates, on "
+                      f"{len(adapter_layers(model))} projections.")
+    return False, (f"sum adapter_parameter_count(config, layer.in_features, "
+                   f"layer.out_features)['total'] over adapter_layers(model): {want:,}, not "
+                   f"{answer!r}.")
+
+
+@_check("09", 2)
+def _your_csv(answer, train_data):
+    """Write the training rows as a CSV with columns question, answer and kind, and load
+    it with load_task_data(..., prompt_column="question", target_column="answer",
+    task_column="kind"). Pass what you loaded: check.ex2(from_csv, train_data)."""
+    keys = ("prompt", "target", "task")
+    try:
+        got = [list(answer[k]) for k in keys]
+    except (KeyError, TypeError) as err:
+        return False, (f"pass the dataset load_task_data returned (columns {keys}); "
+                       f"reading it failed: {err}.")
+    want = [list(train_data[k]) for k in keys]
+    for k, g, w in zip(keys, got, want):
+        if g != w:
+            first = next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), min(len(g), len(w)))
+            return False, (f"column {k!r} differs from the JSONL's at row {first} "
+                           f"({len(g)} rows loaded, {len(w)} expected).")
+    return True, f"the same {len(want[0])} rows, in the same order, from the CSV."
+
+
+@_check("09", 3)
+def _your_qwen(answer):
+    """Size Qwen2.5-0.5B (hidden 896, intermediate 4864, 24 layers, 14 heads, 2 key-value
+    heads, vocabulary 151,936, tied embeddings) on the meta device: how many parameters, in
+    millions?"""
+    with torch.device("meta"):
+        qwen = Qwen2ForCausalLM(Qwen2Config(
+            vocab_size=151936, hidden_size=896, intermediate_size=4864,
+            num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+            tie_word_embeddings=True))
+    want = sum(p.numel() for p in qwen.parameters()) / 1e6
+    if _close(answer, want, 1.0):
+        return True, f"{want:.0f} M parameters ({2 * want * 1e6 / 2 ** 30:.2f} GiB in bf16)."
+    return False, (f"build Qwen2ForCausalLM(Qwen2Config(...)) under torch.device('meta') "
+                   f"and count: {want:.0f} M, not {answer!r}. Tied embeddings count once.")
+
+
+# ------------------------------------------------------------------ 11 which method, when
+def _complete_cells(stored):
+    names = list(dict.fromkeys(stored["seeds"]["cell"]))
+    return [(n, v) for n in names for v in [verdicts(stored, n)] if v["complete"]]
+
+
+@_check("11", 1)
+def _map_rule(answer, stored=None):
+    """Write the map's rule yourself: ahead(a, b) takes two methods' scores in one cell as
+    dicts {seed: score} and returns True when a is ahead of b on every seed they share,
+    paired by seed. Pass the function: check.ex1(ahead)."""
+    if not callable(answer):
+        return False, (f"pass a function ahead(a, b) -> bool, not a "
+                       f"{type(answer).__name__}.")
+    stored = read_map() if stored is None else stored
+    seeds, tried = stored["seeds"], 0
+    for name, _ in _complete_cells(stored):
+        cell = seeds[seeds["cell"] == name]
+        scores = {m: dict(zip(g["seed"], g["average"])) for m, g in cell.groupby("method")}
+        for a in scores:
+            for b in scores:
+                if a == b:
+                    continue
+                want = compare(cell, a, b)["verdict"] == "ahead"
+                try:
+                    got = bool(answer(dict(scores[a]), dict(scores[b])))
+                except Exception as err:  # the learner's code: report, do not crash
+                    return False, f"ahead(...) raised {type(err).__name__}: {err}."
+                tried += 1
+                if got != want:
+                    diffs = {s: round(100 * (scores[a][s] - scores[b][s]), 1)
+                             for s in sorted(scores[a]) if s in scores[b]}
+                    return False, (f"in {name}, {a} against {b}: paired differences "
+                                   f"{diffs} (points), so the rule says "
+                                   f"{'ahead' if want else 'not ahead'}; yours says "
+                                   f"{'ahead' if got else 'not ahead'}. Hint: every "
+                                   "difference must be above 0.")
+    return True, f"your rule agrees with map_report.compare on all {tried} ordered pairs."
+
+
+@_check("11", 2)
+def _map_pick(answer, stored=None):
+    """Your problem: 8 tasks, prompts that name the task, a total budget of rank 48
+    (TinyTasks' cell tinytasks_named_r48). Which method does the map pick, and is the pick
+    beyond the seed spread? Answer a pair (method key, True or False)."""
+    stored = read_map() if stored is None else stored
+    v = verdicts(stored, "tinytasks_named_r48")
+    want = (v["winner"], bool(v["beyond_spread"]))
+    if (isinstance(answer, (tuple, list)) and len(answer) == 2
+            and _same_text(answer[0], want[0]) and bool(answer[1]) == want[1]):
+        level = ", ".join(v["level"]) or "no other method"
+        return True, (f"{want[0]} ({100 * v['mean']:.1f} %); nothing separates it from "
+                      f"{level}." if not want[1] else
+                      f"{want[0]}, ahead of every other method on every seed.")
+    return False, (f"read verdicts(stored, 'tinytasks_named_r48'): its winner is "
+                   f"{want[0]}, beyond the spread: {want[1]}. Answer (method, bool).")
+
+
+@_check("11", 3)
+def _map_cgc_count(answer, stored=None):
+    """In how many of the map's cells is CGC-LoRA ahead of independent LoRAs ('separate')
+    by the map's rule, and in how many behind? Answer a pair (ahead, behind)."""
+    stored = read_map() if stored is None else stored
+    cells = _complete_cells(stored)
+    verdict = [v["versus"]["separate"]["verdict"] for _, v in cells]
+    want = (verdict.count("ahead"), verdict.count("behind"))
+    if _close(answer, want):
+        return True, (f"{want[0]} ahead, {want[1]} behind, {len(cells) - sum(want)} where "
+                      f"nothing separates them, of {len(cells)} cells.")
+    return False, ("count verdicts(stored, cell)['versus']['separate']['verdict'] over the "
+                   f"cells: {want}, not {answer!r}.")
 
 
 __all__ = ["Checks"]

@@ -427,8 +427,9 @@ def method_comparison(results: pd.DataFrame, metric: str = "exact_match", ax=Non
     for k, method in enumerate(methods):
         rows = stats.xs(method, level="method").reindex(tasks)
         err = np.vstack([rows["mean"] - rows["min"], rows["max"] - rows["mean"]])
+        colour, _ = method_style(method)
         ax.bar(x + (k - (len(methods) - 1) / 2) * width, rows["mean"], width, yerr=err,
-               capsize=2, label=method, error_kw={"lw": 1})
+               capsize=2, label=method, color=colour, error_kw={"lw": 1})
     ax.set_xticks(x, tasks, rotation=30 if len(tasks) > 5 else 0, fontsize=8)
     if average:
         ax.axvline(len(tasks) - 1.5, color="0.6", lw=1, ls=":")
@@ -439,6 +440,63 @@ def method_comparison(results: pd.DataFrame, metric: str = "exact_match", ax=Non
     n_seeds = results["seed"].nunique()
     ax.set_title(f"{metric.replace('_', ' ')} per task: mean over {n_seeds} seed"
                  f"{'s' if n_seeds != 1 else ''}, bars span min..max", fontsize=9)
+    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+MAP_COLUMNS = ("suite", "setting", "rank", "method", "mean", "min", "max")
+
+
+def method_map(table: pd.DataFrame, suite: str, setting: str = "named", ax=None,
+               budget: Optional[int] = None, hidden_size: Optional[int] = None):
+    """The map along its budgets: one line per method of a suite's mean score (over seeds)
+    against the total budget, each point's bar spanning its lowest to highest seed.
+
+    ``table`` is the map's per-cell table (`cgc_edu.study.map_report.map_table`, the map's
+    ``map.csv``). ``budget`` marks one budget (the cell a widget shows); ``hidden_size``
+    draws the central model's width, where a LoRA's rank stops binding. Methods are shifted
+    a little apart along the budget axis so that their bars do not hide each other.
+
+    Taught in: notebooks/11_which_method.ipynb.
+    """
+    missing = [c for c in MAP_COLUMNS if c not in getattr(table, "columns", ())]
+    if missing:
+        raise ValueError(f"method_map: the table lacks columns {missing}; pass the map's "
+                         "table (read_map(...)['table'] or results/map/map.csv).")
+    rows = table[(table["suite"] == suite) & (table["setting"] == setting)]
+    if rows.empty:
+        have = sorted(set(zip(table["suite"], table["setting"])))
+        raise ValueError(f"method_map: no cells of suite {suite!r} with {setting!r} prompts; "
+                         f"the table has {have}.")
+    fig, ax = _new_axes(ax, (5.5, 3.2))
+    methods = list(pd.unique(rows["method"]))
+    ranks = sorted(rows["rank"].unique())
+    for k, method in enumerate(methods):
+        mine = rows[rows["method"] == method].sort_values("rank")
+        shift = 2.0 ** ((k - (len(methods) - 1) / 2) * 0.04)   # a few % apart on a log axis
+        colour, name = method_style(method)
+        x = mine["rank"].to_numpy() * shift
+        err = np.vstack([mine["mean"] - mine["min"], mine["max"] - mine["mean"]]) * 100
+        ax.errorbar(x, mine["mean"] * 100, yerr=err, color=colour, label=name, marker="o",
+                    ms=4, lw=1.5, capsize=2, elinewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ranks, [str(r) for r in ranks])
+    ax.minorticks_off()
+    if hidden_size is not None:
+        ax.axvline(hidden_size, color="0.5", lw=1, ls="--")
+        ax.annotate("hidden size", (hidden_size, 0.02), xycoords=("data", "axes fraction"),
+                    xytext=(-3, 0), textcoords="offset points", ha="right", fontsize=8,
+                    color="0.4")
+    if budget is not None:
+        ax.axvspan(budget / 1.12, budget * 1.12, color="0.85", zorder=0)
+    ax.set_xlabel("total budget (the study's --rank)")
+    ax.set_ylabel("test exact match (%)")
+    top = float(rows["max"].max()) * 100
+    ax.set_ylim(max(0.0, float(rows["min"].min()) * 100 - 5), min(100.0, top + 3) + 2)
+    n = int(rows["n_seeds"].max()) if "n_seeds" in rows else None
+    ax.set_title(f"{suite}, {setting} prompts: mean" + (f" over {n} seeds" if n else "")
+                 + ", bars span min..max", fontsize=9)
     ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(axis="y", alpha=0.3)
     return fig

@@ -11,6 +11,11 @@ difference above 0). With five seeds that is the sign test's strongest outcome
 (one-sided p = 1/32, two-sided 0.0625): a margin no seed contradicts, which is what
 "beyond the seed spread" means here; anything less is "nothing separates them". A cell
 with a run missing is *incomplete*: the report names what is missing, judges nothing.
+
+`read_map` reads a stored map back and `verdicts` re-judges its cells from the per-run
+rows, so a chapter asserts its rules on the runs themselves, not on the report's text.
+
+Taught in: notebooks/11_which_method.ipynb.
 """
 from __future__ import annotations
 
@@ -24,10 +29,15 @@ import pandas as pd
 from .methods import METHODS
 from .statistics import paired_comparison
 
-RULE = ("a method is ahead of another when it is ahead on every seed, paired by seed "
-        "(same data, initialisation and batch order); with 5 seeds this is the sign "
-        "test's strongest outcome, one-sided p = 1/32. Otherwise nothing separates "
-        "them.")
+def rule(n_seeds: int) -> str:
+    """The verdict rule in words, with the sign test's p for ``n_seeds`` paired seeds."""
+    return ("a method is ahead of another when it is ahead on every seed, paired by seed "
+            f"(same data, initialisation and batch order); with {n_seeds} seeds this is "
+            f"the sign test's strongest outcome, one-sided p = 1/{2 ** n_seeds}. "
+            "Otherwise nothing separates them.")
+
+
+RULE = rule(5)
 VERDICTS = {"ahead": "ahead", "behind": "behind", "level": "nothing separates them"}
 SEED_COLUMNS = ["cell", "suite", "setting", "rank", "method", "seed", "lr", "average",
                 "task_rank", "trainable_params", "seconds"]
@@ -131,7 +141,7 @@ def _header(config: dict) -> list[str]:
             "averaged over the suite's tasks. A cell is a suite, its prompts and the "
             "total budget (the study's `--rank`; the central model's hidden size is "
             "128).", "",
-            f"Rule: {RULE}", ""]
+            f"Rule: {rule(len(config['seeds']))}", ""]
 
 
 def _winners(cells, judged) -> list[str]:
@@ -237,3 +247,72 @@ def write_map(cells: Sequence[dict], out: Path, config: dict, call: dict) -> dic
                                              [c["cell"] for c in cells]))
     file.write_text(json.dumps(config, indent=2))
     return {"config": config, "table": table, "judged": judged, "versus": versus}
+
+
+def stored_map_folder(start=None) -> Path:
+    """The map's folder a chapter reads: ``results/map`` in the first of ``start`` (or the
+    working directory) and its parents that holds ``results/map/map_seeds.csv``, so the
+    repository's map is found from ``notebooks/`` whether cgc_edu is installed editable or
+    as a wheel (which ships no results)."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "results" / "map" / "map_seeds.csv").is_file():
+            return folder / "results" / "map"
+    raise FileNotFoundError(
+        f"no results/map/map_seeds.csv in {here} or above it: run the notebook from the "
+        "repository (its notebooks/ folder), or make the map: python -m cgc_edu.study.map")
+
+
+def read_map(folder=None) -> dict:
+    """A stored map: ``seeds`` (one row per run, `seed_table`), ``table`` (`map_table`
+    of those rows) and ``config`` (``config.json``: the calls, the seeds, the methods)."""
+    folder = Path(folder) if folder is not None else stored_map_folder()
+    missing = [n for n in ("map_seeds.csv", "config.json") if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"read_map: {folder} has no {', '.join(missing)}; make "
+                                "the map there: python -m cgc_edu.study.map --out "
+                                f"{folder}")
+    seeds = pd.read_csv(folder / "map_seeds.csv")
+    return {"seeds": seeds, "table": map_table(seeds),
+            "config": json.loads((folder / "config.json").read_text())}
+
+
+def verdicts(stored: dict, cell: str) -> dict:
+    """One cell of a stored map (`read_map`) judged again from its runs: `judge`'s verdict
+    (winner, margin, paired range, beyond the seed spread) plus ``versus``: CGC-LoRA
+    against each other method (`compare`), keyed by method, when the cell is complete."""
+    seeds, config = stored["seeds"], stored["config"]
+    mine = seeds[seeds["cell"] == cell]
+    if mine.empty:
+        raise KeyError(f"verdicts: no runs of cell {cell!r}; the map has "
+                       f"{sorted(seeds['cell'].unique())}")
+    methods, cgc = config["methods"], config["cgc"]
+    out = judge(mine, methods, config["seeds"])
+    if out["complete"] and cgc in methods:
+        out["versus"] = {m: compare(mine, cgc, m) for m in methods if m != cgc}
+    return out
+
+
+def verdict_table(stored: dict) -> pd.DataFrame:
+    """Every cell of a stored map (`read_map`) judged from its runs (`verdicts`), one row
+    each: suite, prompts, budget, winner, its mean (%), its margin over the runner-up and
+    the paired range (points), whether it is beyond the seed spread, the methods nothing
+    separates from it, and CGC-LoRA against each other method (ahead / behind / level)."""
+    seeds, config = stored["seeds"], stored["config"]
+    cgc = config["cgc"]
+    rows = []
+    for name, g in seeds.groupby("cell", sort=False):
+        v = verdicts(stored, name)
+        row = {"cell": name, "suite": g["suite"].iloc[0], "prompts": g["setting"].iloc[0],
+               "budget": int(g["rank"].iloc[0])}
+        if not v["complete"]:
+            rows.append({**row, "winner": _missing_text(v)})
+            continue
+        row.update(winner=v["winner"], mean=round(100 * v["mean"], 1),
+                   margin=round(100 * v["margin"], 1),
+                   paired=f"{_pts(v['diff_min'], True)}..{_pts(v['diff_max'], True)}",
+                   beyond_spread=v["beyond_spread"], level_with=", ".join(v["level"]))
+        row.update({f"{_short(cgc)} vs {m}": c["verdict"]
+                    for m, c in v.get("versus", {}).items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
