@@ -55,6 +55,16 @@ def test_every_notebook_has_a_page(book_html):
         assert title in page.read_text(), f"{page.name} does not show the notebook's title {title!r}"
 
 
+def test_code_lines_fit_the_book_column():
+    """The column test below in a second, without a browser: a code line longer than 88
+    characters scrolls sideways in the book (the 752 px column at 11.5 px a character)."""
+    long = [f"{notebook.name} cell {i}: {len(line)} characters: {line[:50]}..."
+            for notebook in NOTEBOOKS
+            for i, cell in enumerate(nbformat.read(notebook, as_version=4).cells)
+            if cell.cell_type == "code" for line in cell.source.splitlines() if len(line) > 88]
+    assert not long, "code lines over 88 characters (wrap them):\n" + "\n".join(long)
+
+
 def test_committed_notebooks_are_ready_for_the_book():
     """The book shows committed outputs: every notebook must be executed, titled, and carry
     the state of the widgets it displays (scripts/run_notebooks.py does all three)."""
