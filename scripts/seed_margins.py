@@ -32,6 +32,7 @@ BACKENDS = {
     "portable": {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"},
 }
 ORDER = (ast.Gt, ast.GtE, ast.Lt, ast.LtE)
+IGNORE = "nbval-ignore-output"   # the tag of cells whose asserts are measured claims
 
 
 def _claims(source: str) -> list[dict]:
@@ -79,13 +80,17 @@ print("CGC_PROBE" + _json.dumps([[_cgc_value(l), _cgc_value(r)] for l, r in {pai
 
 
 def code_hash(path: Path) -> str:
-    """A fingerprint of what a notebook runs (its code cells and their tags, not outputs):
-    a stored run of another version is stale and is run again."""
+    """A fingerprint of what a notebook runs up to its last measured claim (its code cells
+    and their tags, not outputs, through the last ``nbval-ignore-output`` cell): a stored
+    run of another version is stale and is run again. Cells after that one cannot change
+    a recorded claim (they run later, and their outputs are byte-compared by nbval), so an
+    exercise added at the end keeps the records."""
     import nbformat
 
-    nb = nbformat.read(path, as_version=4)
-    text = json.dumps([[c.source, c.metadata.get("tags", [])] for c in nb.cells
-                       if c.cell_type == "code"])
+    code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    measured = [i for i, c in enumerate(code) if IGNORE in c.metadata.get("tags", [])]
+    kept = code[:measured[-1] + 1] if measured else code
+    text = json.dumps([[c.source, c.metadata.get("tags", [])] for c in kept])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -128,7 +133,7 @@ def run_notebook(path: Path, seed: int, backend: str) -> dict:
             error = next((o for o in cell.outputs if o.output_type == "error"), None)
             if error is not None and "raises-exception" not in tags:
                 errors.append({"cell": index, "error": f"{error.ename}: {error.evalue}"[:400]})
-            if "nbval-ignore-output" not in tags:
+            if IGNORE not in tags:
                 continue
             found = _claims(cell.source)
             pairs = [(c["left"], c["right"]) for c in found if "op" in c]
@@ -168,7 +173,7 @@ def _current_parts(name: str):
         return None
     nb = nbformat.read(path, as_version=4)
     return {c["part"] for cell in nb.cells if cell.cell_type == "code"
-            and "nbval-ignore-output" in cell.metadata.get("tags", []) for c in _claims(cell.source)}
+            and IGNORE in cell.metadata.get("tags", []) for c in _claims(cell.source)}
 
 
 def report(store: Path, out: Path) -> str:

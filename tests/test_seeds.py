@@ -122,3 +122,27 @@ def test_seed_margins_runs_again_what_an_older_notebook_stored(tmp_path):
     assert sm._is_current(record, path)                # another library: kept by default ...
     assert not sm._is_current(record, path, sm.library_hash())   # ... rerun with --library
     assert sm._is_current(record.with_name("none.json"), path) is False
+
+
+def test_seed_margins_keeps_records_when_only_cells_after_the_last_claim_change(tmp_path):
+    """A cell after the last measured (nbval-ignore-output) cell cannot move a recorded
+    claim: adding an exercise there keeps the fingerprint; a change before it does not."""
+    import nbformat
+
+    sm = _margins_module()
+    path = tmp_path / "nb.ipynb"
+    cell = nbformat.v4.new_code_cell
+    measured = cell("x = train()\nassert x > 0.5", metadata={"tags": [sm.IGNORE]})
+    nb = nbformat.v4.new_notebook(cells=[cell("import torch"), measured])
+    nbformat.write(nb, path)
+    before = sm.code_hash(path)
+    nb.cells.append(cell("assert check.ex4(f)", metadata={"tags": ["hide-input"]}))
+    nbformat.write(nb, path)
+    assert sm.code_hash(path) == before                   # an exercise at the end: kept
+    nb.cells.append(cell("assert y > 0", metadata={"tags": [sm.IGNORE]}))
+    nbformat.write(nb, path)
+    assert sm.code_hash(path) != before                   # a new measured claim: stale
+    nb.cells = nb.cells[:3]
+    nb.cells[0].source = "import numpy"
+    nbformat.write(nb, path)
+    assert sm.code_hash(path) != before                   # a change before a claim: stale

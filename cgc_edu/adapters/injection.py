@@ -112,8 +112,17 @@ class TaskRouter:
 
     def __init__(self, config: AdapterConfig, where: str):
         self.config, self.where = config, where
-        self.merged_task: Optional[int] = None   # set by merge_task / unmerge
+        self.layers: tuple = ()                  # set by add_adapters: the layers it routes
         self._stack: list[_Routing] = []         # contexts and forwards nest
+
+    @property
+    def merged_task(self) -> Optional[int]:
+        """The task merged into the layers' weights, read from the layers themselves (one
+        record of it: a layer merged on its own is seen too), None if none is."""
+        for layer in self.layers:
+            if layer.merged_task is not None:
+                return layer.merged_task
+        return None
 
     @property
     def task_ids(self) -> Optional[torch.Tensor]:
@@ -327,6 +336,7 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     if config.shared_gate:
         first = model.get_submodule(targets[0])
         shared = TaskGate(config).to(first.weight.device)
+    layers = []
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -335,6 +345,8 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
         layer.train(base.training)   # an eval model stays in eval: no adapter dropout
         layer.router = router
         setattr(parent, child, layer)
+        layers.append(layer)
+    router.layers = tuple(layers)
     record = model._cgc = Injected(config, router, requires_grad, originals)
     record.hooks = (
         model.register_forward_pre_hook(_route_forward, with_kwargs=True),
@@ -431,7 +443,6 @@ def merge_task(model: nn.Module, task_id: int) -> nn.Module:
                          f"{type(model).__name__}; call unmerge(model) first.")
     for layer in layers.values():
         layer.merge(task_id)
-    model._cgc.router.merged_task = task_id
     return model
 
 
@@ -474,10 +485,9 @@ def unmerge(model: nn.Module) -> nn.Module:
 
     Taught in: notebooks/01_lora_from_scratch.ipynb.
     """
-    router = _router(model, "unmerge")
+    _router(model, "unmerge")       # a model with adapters, or a clear error
     for layer in adapter_layers(model).values():
         layer.unmerge()
-    router.merged_task = None
     return model
 
 

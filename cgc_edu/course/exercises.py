@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
+from datasets import Dataset
 from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -23,13 +25,13 @@ from ..adapters.injection import adapter_layers, add_adapters
 from ..adapters.layer import CGCLoRALinear
 from ..data.synthetic import make_correlated_tasks
 from ..data.tinytasks import TASKS, make_tiny_tasks
-from ..framework.affinity import prior_clusters
+from ..framework.affinity import adjusted_rand_index, cluster_tasks, prior_clusters
 from ..moe import MoELayer, load_balancing_loss, top_k_gating
 from ..models.central import load_central_model
-from ..mtl import CGC, MMoE
+from ..mtl import CGC, MMoE, ExtractionLayer
 from ..study.map_report import compare, read_map, verdicts
 from ..study.statistics import load_results, paired_comparison, summary
-from ..train.finetune import method_config
+from ..train.finetune import chat_format, method_config
 from .counterfactual import override_weights
 from .diagrams import method_of
 from .plots import common_share_table
@@ -90,7 +92,8 @@ class Checks:
         raise AttributeError(name)
 
     def _run(self, fn, number, answer, *context) -> bool:
-        right, why = fn(answer, *context)
+        with torch.random.fork_rng(devices=[]):  # a check's seeds leave the notebook's RNG alone
+            right, why = fn(answer, *context)
         print(f"{'Right' if right else 'Not yet'} (exercise {number}): {why}")
         return bool(right)
 
@@ -638,6 +641,272 @@ def _map_cgc_count(answer, stored=None):
                       f"nothing separates them, of {len(cells)} cells.")
     return False, ("count verdicts(stored, cell)['versus']['separate']['verdict'] over the "
                    f"cells: {want}, not {answer!r}.")
+
+
+
+# ------------------------------------------------------------------ exercises that build
+# Each takes the learner's function, runs it beside the library's version on inputs made
+# here (fixed seeds), and says where it first differs: a hint, never the solution's code.
+def _run_theirs(fn, *args):
+    """(value, None), or (None, why) when the learner's function raises."""
+    if not callable(fn):
+        return None, f"pass your function itself (got {type(fn).__name__})."
+    try:
+        return fn(*args), None
+    except Exception as error:  # the learner's code: report, never crash the check
+        return None, f"your function raised {type(error).__name__}: {error}"
+
+
+def _tensor_close(got, want, rtol=1e-4, atol=1e-5) -> bool:
+    return (isinstance(got, torch.Tensor) and got.shape == want.shape
+            and bool(torch.allclose(got.detach().double(), want.detach().double(),
+                                    rtol=rtol, atol=atol)))
+
+
+def _shape_hint(got, want) -> str:
+    shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+    return f"it returned {shape}, the library {tuple(want.shape)}"
+
+
+@_check("00", 3)
+def _tour_rules(answer):
+    """Build the tasks: write answer(task, word) giving the target of each TinyTasks task (e.g.
+    answer("rotate", "cab") == "abc"); the check runs it on a fresh suite's rows."""
+
+    rows = make_tiny_tasks(seed=5, n_train=12, n_low=12, n_validation=0, n_test=0,
+                           name_in_prompt=True)["train"]
+    for row in rows:
+        word = row["prompt"].split(":", 1)[1][:-1]          # "task:word=" -> word
+        got, why = _run_theirs(answer, row["task"], word)
+        if why:
+            return False, why
+        if got != row["target"]:
+            return False, (f"{row['task']}({word!r}) should be {row['target']!r}, yours gave "
+                           f"{got!r}; chapter 00's table of tasks says what each one does.")
+    return True, f"all {len(rows)} rows of all {len(TASKS)} tasks, as make_tiny_tasks writes them."
+
+
+@_check("01", 4)
+def _lora_forward(answer):
+    """Build LoRA: write lora_forward(x, W0, A, B, scaling) -> x W0^T + scaling * x A^T B^T
+    (x (batch, d_in), W0 (d_out, d_in), A (r, d_in), B (d_out, r)); the check compares it with
+    cgc_edu's layer holding the same weights."""
+
+    torch.manual_seed(0)
+    config = AdapterConfig.lora(rank=3, alpha=12)
+    layer = CGCLoRALinear(nn.Linear(7, 5, bias=False), config)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(4, 7)
+    W0, A, B = layer.base_layer.weight, layer.lora_A[0], layer.lora_B[0]
+    want = layer(x).detach()
+    got, why = _run_theirs(answer, x, W0.detach(), A.detach(), B.detach(), layer.scaling)
+    if why:
+        return False, why
+    if _tensor_close(got, want):
+        return True, ("your output equals CGCLoRALinear's with one expert: LoRA is the base "
+                      "plus a scaled rank-r path.")
+    if isinstance(got, torch.Tensor) and got.shape == want.shape:
+        base = x @ W0.detach().T
+        if _tensor_close(got, base + (x @ A.detach().T @ B.detach().T)):
+            return False, f"the low-rank path is missing its scaling alpha / r = {layer.scaling:g}."
+        if _tensor_close(got, base):
+            return False, "that is the frozen layer alone: add the low-rank path x A^T B^T."
+    return False, f"not the layer's output ({_shape_hint(got, want)}); A maps d_in to r first."
+
+
+@_check("02", 4)
+def _moe_sparse(answer):
+    """Build sparse dispatch: write sparse_moe(layer, x) for a MoELayer that runs each expert
+    only on the tokens routed to it and returns what layer(x) returns (x (tokens, d_model);
+    routing = layer.router(x) gives .indices and .weights)."""
+
+    torch.manual_seed(0)
+    layer = MoELayer(6, n_experts=4, d_hidden=8, k=2).eval()
+    x = torch.randn(20, 6)
+    with torch.no_grad():
+        want = layer(x)
+        routing = layer.router(x)
+    routed = [int((routing.indices == e).any(-1).sum()) for e in range(4)]
+    seen = [0] * 4
+    hooks = [expert.register_forward_hook(
+        lambda _m, args, _o, e=e: seen.__setitem__(e, seen[e] + args[0].reshape(-1, 6).shape[0]))
+        for e, expert in enumerate(layer.experts)]
+    try:
+        with torch.no_grad():
+            got, why = _run_theirs(answer, layer, x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if why:
+        return False, why
+    if not _tensor_close(got, want):
+        return False, (f"not layer(x) ({_shape_hint(got, want)}): each token's output is the "
+                       "sum over its k experts of weight x expert(token).")
+    if seen != routed:
+        return False, (f"right output, but the experts saw {seen} tokens and were routed "
+                       f"{routed}: run expert e on x[tokens routed to e] only.")
+    return True, ("equal to the dense layer, each expert run on its own tokens only: k / E of "
+                  "the dense layer's expert compute.")
+
+
+@_check("03", 4)
+def _mtl_cgc_mix(answer):
+    """Build a CGC gate: write cgc_mix(level, x, t) giving task t's mixed output of an
+    ExtractionLayer: softmax(level.task_gates[t](x)) over [shared experts, task t's specific
+    experts], in that order."""
+
+    torch.manual_seed(0)
+    level = ExtractionLayer(5, n_tasks=3, n_shared=2, n_specific=2, expert_hidden=4)
+    x = torch.randn(6, 5)
+    with torch.no_grad():
+        outputs, _ = level([x] * 4)
+        for t in range(3):
+            got, why = _run_theirs(answer, level, x, t)
+            if why:
+                return False, why
+            if not _tensor_close(got, outputs[t]):
+                return False, (f"task {t}: not the level's output ({_shape_hint(got, outputs[t])}"
+                               f"); its gate sees only the 2 shared experts and its own 2, the "
+                               "other tasks' experts are out of its reach.")
+    return True, "all three tasks: a gate per task over the shared experts and its own."
+
+
+def _moelora_layer(config, seed=0):
+    """A standalone layer with a non-zero B and a non-uniform gate."""
+    torch.manual_seed(seed)
+    layer = CGCLoRALinear(nn.Linear(6, 5), config)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+        if layer.gate.learned:
+            layer.gate.weight.normal_()
+    return layer
+
+
+@_check("04", 4)
+def _moelora_update(answer):
+    """Build MoE-LoRA's update: write moe_lora_update(layer, x, t) = scaling * sum_e g_t,e
+    B_e A_e x for x (batch, d_in) (layer.lora_A (E, r_e, d_in), layer.lora_B (E, d_out, r_e),
+    layer.gate_weights(torch.tensor([t])) (1, E)); the check compares with the layer's own."""
+
+    layer = _moelora_layer(AdapterConfig.moe_lora(rank=8, alpha=16, n_tasks=3, n_experts=4))
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        for t in range(3):
+            want = layer(x, task_ids=torch.full((3,), t)) - layer.base_layer(x)
+            got, why = _run_theirs(answer, layer, x, t)
+            if why:
+                return False, why
+            if not _tensor_close(got, want):
+                return False, (f"task {t}: not the layer's update ({_shape_hint(got, want)}); "
+                               "weight each expert's B_e A_e x by the task's gate, then scale.")
+    return True, "every task: one bank of experts, mixed by each task's own gate weights."
+
+
+@_check("05", 4)
+def _cgc_merge_delta(answer):
+    """Build merging: write task_delta(layer, t) giving dW_t (d_out, d_in) = scaling * sum over
+    S_t of g_t,e B_e A_e for a CGC-LoRA layer; the check compares with layer.delta_weight(t)
+    and with merging it into W0."""
+
+    layer = _moelora_layer(AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=3))
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        for t in range(3):
+            want = layer.delta_weight(t)
+            got, why = _run_theirs(answer, layer, t)
+            if why:
+                return False, why
+            if not _tensor_close(got, want):
+                return False, (f"task {t}: not dW_t ({_shape_hint(got, want)}); B_e A_e is "
+                               "(d_out, d_in), the gate is zero outside S_t, then scale.")
+            merged = layer.base_layer(x) + x @ got.T
+            if not _tensor_close(merged, layer(x, task_ids=torch.full((3,), t))):
+                return False, f"task {t}: W0 + your dW_t does not give the routed output."
+    return True, ("W0 + dW_t answers as the routed layer does: merging a task costs no "
+                  "adapter at inference.")
+
+
+@_check("06", 4)
+def _onen_clusters(answer):
+    """Build the clustering: write clusters_of(affinity, n) that groups the tasks of an
+    affinity matrix (a DataFrame, tasks x tasks, 1 on the diagonal) into n clusters by scipy's
+    average linkage on the distance 1 - affinity; answer {name: [tasks]}."""
+
+    tasks = [t.name for t in TASKS]
+    gen = np.random.default_rng(3)
+    for n in (2, 3):
+        raw = gen.uniform(-1, 1, (len(tasks), len(tasks)))
+        matrix = (raw + raw.T) / 2
+        np.fill_diagonal(matrix, 1.0)
+        affinity = pd.DataFrame(matrix, index=tasks, columns=tasks)
+        want = cluster_tasks(affinity, n)
+        got, why = _run_theirs(answer, affinity.copy(), n)
+        if why:
+            return False, why
+        try:
+            same = (sorted(len(v) for v in got.values()) == sorted(len(v) for v in want.values())
+                    and adjusted_rand_index(got, want) > 1 - 1e-9)
+        except (AttributeError, TypeError, ValueError):
+            same = False
+        if not same:
+            return False, (f"{n} clusters: yours {got!r}, cluster_tasks gives {want}; "
+                           "scipy.spatial.distance.squareform(1 - affinity) feeds linkage, "
+                           "fcluster(..., criterion='maxclust') cuts it.")
+    return True, "the same groups as cluster_tasks for 2 and 3 clusters."
+
+
+@_check("08", 4)
+def _lab_recorder(answer):
+    """Build a gate recorder: write record_gates(model, batch) that runs model(**batch) once
+    and returns {module name: the (batch, E) weights its gate returned}, using forward hooks
+    on each adapter layer's .gate (adapter_layers(model) names them); remove your hooks."""
+
+    torch.manual_seed(0)
+    model = add_adapters(load_central_model(), AdapterConfig.cgc_lora(rank=6, n_tasks=3))
+    layers = adapter_layers(model)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.gate.weight.normal_()
+    batch = {"input_ids": torch.randint(4, model.config.vocab_size, (3, 5)),
+             "task_ids": torch.tensor([2, 0, 1])}
+    with torch.no_grad():
+        got, why = _run_theirs(answer, model, batch)
+    if why:
+        return False, why
+    left = sum(len(layer.gate._forward_hooks) for layer in layers.values())
+    if not isinstance(got, dict) or set(got) != set(layers):
+        names = sorted(got)[:3] if isinstance(got, dict) else type(got).__name__
+        return False, (f"answer one entry per adapter layer ({len(layers)}, e.g. "
+                       f"{next(iter(layers))!r}); yours: {names}.")
+    for name, layer in layers.items():
+        if not _tensor_close(got[name], layer.gate_weights(batch["task_ids"])):
+            return False, f"{name}: not the weights the gate gives tasks [2, 0, 1]."
+    if left:
+        return False, f"right weights, but {left} hooks are still on the gates: remove them."
+    return True, f"all {len(layers)} layers' gates recorded in one forward, hooks removed."
+
+
+@_check("10", 4)
+def _real_chat_prompt(answer, tokenizer):
+    """Build the chat format: write chat_prompt(tokenizer, question) giving the text an instruct
+    model reads before its answer (tokenizer.apply_chat_template with the user's turn and the
+    generation prompt); pass the tokenizer: check.ex4(chat_prompt, tokenizer)."""
+
+    questions = ["Spell cat backwards.", "What is the capital of France?"]
+    want = chat_format(Dataset.from_dict({"prompt": questions, "target": ["tac", "Paris"]}),
+                       tokenizer)["prompt"]
+    for question, rendered in zip(questions, want):
+        got, why = _run_theirs(answer, tokenizer, question)
+        if why:
+            return False, why
+        if got != rendered:
+            hint = ("add_generation_prompt=True opens the assistant's turn"
+                    if isinstance(got, str) and rendered.startswith(got)
+                    else "tokenize=False returns the text")
+            return False, f"for {question!r} chat_format renders {rendered!r}; {hint}."
+    return True, ("the text chat_format trains on: the answer's tokens follow it, and only "
+                  "they carry the loss.")
 
 
 __all__ = ["Checks"]

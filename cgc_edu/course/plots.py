@@ -500,3 +500,105 @@ def method_map(table: pd.DataFrame, suite: str, setting: str = "named", ax=None,
     ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+# ------------------------------------------------------------------ the study, seed by seed
+CURVE_COLUMNS = ("setting", "method", "seed", "lr", "step", "validation")
+
+
+def validation_curves(curves: pd.DataFrame, lr: dict, methods: Sequence[str],
+                      setting: str = "named", fig=None, ncols: int = 3,
+                      names: Optional[dict] = None):
+    """Small multiples of a study's validation curves: one panel per method at its chosen
+    rate, one thin line per seed and the mean over seeds in bold, in the method's colour.
+
+    ``curves`` is the study's ``curves.csv`` (columns `CURVE_COLUMNS`), ``lr`` maps each
+    method to its rate (the study's ``config["lr"]``). The panels share both axes, so the
+    spread of the seeds compares across panels; ``names`` overrides their titles (default:
+    `method_style`'s names). ``fig`` reuses a figure.
+
+    Taught in: notebooks/07_experiments.ipynb.
+    """
+    missing = [c for c in CURVE_COLUMNS if c not in getattr(curves, "columns", ())]
+    if missing:
+        raise ValueError(f"validation_curves: the curves lack columns {missing}; pass the "
+                         "study's curves.csv as a DataFrame.")
+    rate = curves["method"].map(lr).astype(float)
+    at_rate = curves[(curves["setting"] == setting) & np.isclose(curves["lr"], rate)]
+    absent = [m for m in methods if m not in set(at_rate["method"])]
+    if absent:
+        raise ValueError(f"validation_curves: no {setting!r} curves of {absent} at their "
+                         f"rates in lr; the curves have {sorted(set(curves['method']))}.")
+    nrows = -(-len(methods) // ncols)
+    if fig is None:
+        fig = plt.figure(figsize=(min(BOOK_WIDTH, 2.5 * ncols), 0.6 + 1.8 * nrows),
+                         layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    for ax, method in zip(axes, methods):
+        colour, name = method_style(method)
+        mine = at_rate[at_rate["method"] == method].sort_values("step")
+        for _, run in mine.groupby("seed"):
+            ax.plot(run["step"], 100 * run["validation"], color=colour, lw=0.8, alpha=0.5)
+        mean = mine.groupby("step")["validation"].mean()
+        ax.plot(mean.index, 100 * mean.to_numpy(), color=colour, lw=2.2)
+        ax.set_title((names or {}).get(method, name), fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(methods):]:
+        ax.set_visible(False)
+    n_seeds = at_rate["seed"].nunique()
+    fig.supxlabel("training step", fontsize=8)
+    fig.supylabel("validation exact match (%)", fontsize=8)
+    fig.suptitle(f"one thin line per seed ({n_seeds}), the mean in bold", fontsize=9)
+    return fig
+
+
+def paired_differences(results: pd.DataFrame, paired: pd.DataFrame, ax=None,
+                       names: Optional[dict] = None):
+    """Paired comparisons as a picture: one row per pair of ``paired`` (the rows of
+    `cgc_edu.study.statistics.paired_table`: ``method, baseline, mean_diff, ci_low,
+    ci_high``), a dot per seed for the difference of the two methods' averages on that seed
+    (in points), a tick at their mean and a band over the bootstrap 95 % interval, in the
+    method's colour. A band clear of the dashed zero line is a difference beyond the seeds'
+    noise.
+
+    ``results`` is the study's long table of one setting (``method, seed, task,
+    exact_match``); ``names`` overrides the methods' names in the labels (default:
+    `method_style`'s).
+
+    Taught in: notebooks/07_experiments.ipynb.
+    """
+    missing = [c for c in ("method", "baseline", "mean_diff", "ci_low", "ci_high")
+               if c not in getattr(paired, "columns", ())]
+    if missing or len(paired) == 0:
+        raise ValueError(f"paired_differences: paired lacks rows or columns {missing}; pass "
+                         "statistics.paired_table(results) (or some of its rows).")
+    average = results.groupby(["seed", "method"])["exact_match"].mean().unstack()
+    absent = sorted((set(paired["method"]) | set(paired["baseline"])) - set(average))
+    if absent:
+        raise ValueError(f"paired_differences: results hold no runs of {absent}; they have "
+                         f"{sorted(average.columns)}.")
+    fig, ax = _new_axes(ax, (6.0, 1.0 + 0.42 * len(paired)))
+
+    def label(method):
+        return (names or {}).get(method, method_style(method)[1])
+
+    rows = list(paired.itertuples(index=False))
+    for row, pc in enumerate(rows):
+        diff = 100 * (average[pc.method] - average[pc.baseline]).dropna()
+        colour, y = method_style(pc.method)[0], len(rows) - 1 - row
+        ax.plot([100 * pc.ci_low, 100 * pc.ci_high], [y, y], color=colour, lw=7,
+                alpha=0.3, solid_capstyle="butt")
+        offsets = (np.arange(len(diff)) - (len(diff) - 1) / 2) * 0.07
+        ax.plot(diff.to_numpy(), y + offsets, "o", color=colour, ms=4)
+        ax.plot([100 * pc.mean_diff] * 2, [y - 0.3, y + 0.3], color=colour, lw=2)
+    ax.axvline(0, color="0.4", lw=1, ls="--")
+    ax.set_yticks(range(len(rows)),
+                  [f"{label(pc.method)} − {label(pc.baseline)}" for pc in rows[::-1]],
+                  fontsize=8)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlabel("difference of the average exact match, per seed (points)", fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("dots: seeds; tick: mean; band: bootstrap 95 % interval", fontsize=9)
+    return fig

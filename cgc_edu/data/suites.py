@@ -26,7 +26,7 @@ Every task of a family has the family as its cluster and none is low-data; promp
 task (``"swap_a:cab="``) as in the study's main table. Build the data with
 ``make_tiny_tasks(tasks=suite("swaps:9"))``.
 
-Taught in: notebooks/07_experiments.ipynb.
+Taught in: notebooks/12_appendix_controls.ipynb.
 """
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ N_TASKS = range(1, len(LETTERS) + 1)     # task names end in a .. z
 def suite(spec: str = "tinytasks") -> tuple[TaskSpec, ...]:
     """The tasks of the suite named by ``spec`` (see the module's docstring), in task-id order.
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
     if spec == "tinytasks":
         return TASKS

@@ -340,7 +340,7 @@ def adjusted_rand_index(a: Mapping[str, Sequence[str]], b: Mapping[str, Sequence
     ARI = (sum C(n_ij,2) - E) / (max - E), with E = sum C(a_i,2) sum C(b_j,2) / C(n,2) and
     max = (sum C(a_i,2) + sum C(b_j,2)) / 2.
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
     label_a, label_b = _labels(a, b, "adjusted_rand_index")
     table = pd.crosstab(pd.Series(label_a), pd.Series(label_b).reindex(list(label_a)))
@@ -368,7 +368,7 @@ def measured_clusters(model: nn.Module, dataset, n_clusters: int, tokenizer=None
     alone hurts all the others). Returns ``(clusters, affinity)``; ``affinity_kwargs`` go to
     `task_affinity` (``warmup_steps``, ``seed``, ...).
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
     affinity = task_affinity(model, dataset, tokenizer, method=method, **affinity_kwargs)
     return cluster_tasks(affinity, n_clusters, linkage_method, on), affinity

@@ -20,7 +20,7 @@ Every run is stored as one JSON file under ``<out>/runs/`` as it finishes, so an
 study resumes where it stopped. `cgc_edu.study.report` turns the runs into ``results.csv``,
 ``results.md`` and the figures. ``--quick`` reruns one stored configuration (under a minute).
 
-Taught in: notebooks/07_experiments.ipynb.
+Taught in: notebooks/07_experiments.ipynb, notebooks/12_appendix_controls.ipynb.
 """
 from __future__ import annotations
 
@@ -393,7 +393,7 @@ def stored_config(path: Path = DEFAULT_OUT) -> dict:
 def stored_settings(path: Path = DEFAULT_OUT) -> Settings:
     """The Settings the stored study ran with (from ``config.json``).
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
     config = stored_config(path)
     return Settings(**{k: v for k, v in config["settings"].items() if k in Settings.__dataclass_fields__})
@@ -411,7 +411,7 @@ def quick_run(method: str = "cgc_lora", seed: int = 0, path: Path = DEFAULT_OUT,
     instruction prompts, so the same 1200 steps train in under a minute) or "named" (the
     main table's). Returns the long table (`cgc_edu.study.report.runs_table`) of that run.
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
     if setting not in PROMPT_SETTINGS:
         raise ValueError(f"quick_run: setting={setting!r}; choose one of {PROMPT_SETTINGS}.")

@@ -5,7 +5,7 @@ results read back.
 Everything here reads runs (the dicts `cgc_edu.study.runner.run_one` returns, stored as JSON)
 or the long table built from them (`runs_table`, one row per setting, method, seed and task).
 
-Taught in: notebooks/07_experiments.ipynb.
+Taught in: notebooks/07_experiments.ipynb, notebooks/12_appendix_controls.ipynb.
 """
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ def collapses(results: pd.DataFrame, curves: Optional[pd.DataFrame] = None, gap:
     stalls on three has a stalled median, behind which the three would hide. ``curves`` may
     hold other rates' runs (the grid's): each method's are read at its rate in ``results``.
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
     avg = per_seed_average(results)
     rate = results.groupby("method")["lr"].first() if "lr" in results else pd.Series(dtype=float)
@@ -264,7 +264,7 @@ def within_spread(run: pd.DataFrame, stored: pd.DataFrame, tolerance: float = 0.
     moved CGC-LoRA's seed 0 by 3.3 points and seed 4 by 1.6, so the default widens the range
     by 5 points.
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
     def averages(frame):
         if "setting" not in frame:
