@@ -643,7 +643,6 @@ def _map_cgc_count(answer, stored=None):
                    f"cells: {want}, not {answer!r}.")
 
 
-
 # ------------------------------------------------------------------ exercises that build
 # Each takes the learner's function, runs it beside the library's version on inputs made
 # here (fixed seeds), and says where it first differs: a hint, never the solution's code.
@@ -661,6 +660,17 @@ def _tensor_close(got, want, rtol=1e-4, atol=1e-5) -> bool:
     return (isinstance(got, torch.Tensor) and got.shape == want.shape
             and bool(torch.allclose(got.detach().double(), want.detach().double(),
                                     rtol=rtol, atol=atol)))
+
+
+def _trained_looking(*layers):
+    """A non-zero B and a non-uniform gate on each layer, so that every expert, every gate
+    weight and the scaling show in its output (fresh layers are the base layer)."""
+    with torch.no_grad():
+        for layer in layers:
+            layer.lora_B.normal_()
+            if layer.gate.learned:
+                layer.gate.weight.normal_()
+    return layers[0]
 
 
 def _shape_hint(got, want) -> str:
@@ -694,9 +704,7 @@ def _lora_forward(answer):
 
     torch.manual_seed(0)
     config = AdapterConfig.lora(rank=3, alpha=12)
-    layer = CGCLoRALinear(nn.Linear(7, 5, bias=False), config)
-    with torch.no_grad():
-        layer.lora_B.normal_()
+    layer = _trained_looking(CGCLoRALinear(nn.Linear(7, 5, bias=False), config))
     x = torch.randn(4, 7)
     W0, A, B = layer.base_layer.weight, layer.lora_A[0], layer.lora_B[0]
     want = layer(x).detach()
@@ -773,14 +781,9 @@ def _mtl_cgc_mix(answer):
 
 
 def _moelora_layer(config, seed=0):
-    """A standalone layer with a non-zero B and a non-uniform gate."""
+    """A standalone 6 -> 5 layer, `_trained_looking`."""
     torch.manual_seed(seed)
-    layer = CGCLoRALinear(nn.Linear(6, 5), config)
-    with torch.no_grad():
-        layer.lora_B.normal_()
-        if layer.gate.learned:
-            layer.gate.weight.normal_()
-    return layer
+    return _trained_looking(CGCLoRALinear(nn.Linear(6, 5), config))
 
 
 @_check("04", 4)
@@ -865,9 +868,7 @@ def _lab_recorder(answer):
     torch.manual_seed(0)
     model = add_adapters(load_central_model(), AdapterConfig.cgc_lora(rank=6, n_tasks=3))
     layers = adapter_layers(model)
-    with torch.no_grad():
-        for layer in layers.values():
-            layer.gate.weight.normal_()
+    _trained_looking(*layers.values())
     batch = {"input_ids": torch.randint(4, model.config.vocab_size, (3, 5)),
              "task_ids": torch.tensor([2, 0, 1])}
     with torch.no_grad():

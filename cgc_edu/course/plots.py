@@ -23,6 +23,7 @@ from scipy.cluster.hierarchy import dendrogram
 
 from ..adapters.config import method_name
 from ..framework.affinity import task_linkage
+from ..study.statistics import per_seed_average
 from .recording import GateRecording
 
 #: Heatmaps annotate every cell when they have at most this many cells.
@@ -573,7 +574,7 @@ def paired_differences(results: pd.DataFrame, paired: pd.DataFrame, ax=None,
     if missing or len(paired) == 0:
         raise ValueError(f"paired_differences: paired lacks rows or columns {missing}; pass "
                          "statistics.paired_table(results) (or some of its rows).")
-    average = results.groupby(["seed", "method"])["exact_match"].mean().unstack()
+    average = per_seed_average(results).pivot(index="seed", columns="method", values="average")
     absent = sorted((set(paired["method"]) | set(paired["baseline"])) - set(average))
     if absent:
         raise ValueError(f"paired_differences: results hold no runs of {absent}; they have "
