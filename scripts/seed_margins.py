@@ -94,13 +94,28 @@ def code_hash(path: Path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def library_hash() -> str:
-    """A fingerprint of the library's source (every ``cgc_edu/**/*.py``): a notebook's
-    numbers come from it too. A stored run of another library version is reported as such,
-    and rerun with ``--library`` (not by default: one library edit would rerun every run)."""
+def _code_only(source: str) -> str:
+    """A module's code without its comments and docstrings (its syntax tree, docstrings
+    dropped): a docstring or comment edit cannot move a trained number."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def library_hash(root: Path = ROOT) -> str:
+    """A fingerprint of the library's code (every ``cgc_edu/**/*.py``, comments and
+    docstrings left out): a notebook's numbers come from it too. A stored run of another
+    library version is reported as such, and rerun with ``--library`` (not by default: one
+    library edit would rerun every run)."""
     digest = hashlib.sha256()
-    for file in sorted((ROOT / "cgc_edu").rglob("*.py")):
-        digest.update(str(file.relative_to(ROOT)).encode() + b"\0" + file.read_bytes())
+    for file in sorted((root / "cgc_edu").rglob("*.py")):
+        digest.update(str(file.relative_to(root)).encode() + b"\0"
+                      + _code_only(file.read_text()).encode())
     return digest.hexdigest()[:16]
 
 

@@ -10,7 +10,8 @@ from test_smollm2 import needs_wheel
 
 
 def test_every_method_has_the_same_budget():
-    """16 rank-2 experts' worth of A and B per adapted projection, whatever the method."""
+    """Rank 16 in all (8 rank-2 experts' worth of A and B) per adapted projection, whatever
+    the method."""
     configs = real_model.configs()
     n = len(ENGLISH_TASK_NAMES)
     units = {"integrated": configs["integrated"].rank}

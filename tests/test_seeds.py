@@ -124,6 +124,22 @@ def test_seed_margins_runs_again_what_an_older_notebook_stored(tmp_path):
     assert sm._is_current(record.with_name("none.json"), path) is False
 
 
+def test_the_library_fingerprint_ignores_docstrings_and_comments_only(tmp_path):
+    """A docstring or comment edit in cgc_edu/ keeps the records; a code edit flags them."""
+    sm = _margins_module()
+    module = tmp_path / "cgc_edu" / "m.py"
+    module.parent.mkdir()
+    module.write_text('"""Doc."""\nclass K:\n    """Doc."""\n    def f(self):\n'
+                      '        """Doc."""\n        return 1  # one\n')
+    before = sm.library_hash(tmp_path)
+    module.write_text('"""Another doc."""\nclass K:\n    def f(self):\n'
+                      '        # a comment\n        return 1\n')
+    assert sm.library_hash(tmp_path) == before
+    module.write_text('class K:\n    def f(self):\n        return 2\n')
+    assert sm.library_hash(tmp_path) != before
+    assert sm.library_hash() != before                 # the real library: another hash
+
+
 def test_seed_margins_keeps_records_when_only_cells_after_the_last_claim_change(tmp_path):
     """A cell after the last measured (nbval-ignore-output) cell cannot move a recorded
     claim: adding an exercise there keeps the fingerprint; a change before it does not."""

@@ -2,9 +2,9 @@
 
     python -m cgc_edu.study.real_model --seeds 0,1,2,3,4 --out results/real_model
 
-At one parameter budget (16 rank-2 experts' worth of A and B in every adapted projection),
-over the English suite of `cgc_edu.data.english` (two clusters, two low-data tasks), through
-the model's chat template:
+At one parameter budget (rank 16 in all, 8 rank-2 experts' worth of A and B in every
+adapted projection), over the English suite of `cgc_edu.data.english` (two clusters, two
+low-data tasks), through the model's chat template:
 
 - ``integrated``: one LoRA of rank 16 trained on every task (always on, no task id);
 - ``cgc_lora``: one CGC-LoRA bank, 2 common + 1 specific expert per task (8 experts);
