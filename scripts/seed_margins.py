@@ -107,27 +107,50 @@ def _code_only(source: str) -> str:
     return ast.dump(tree)
 
 
-def library_hash(root: Path = ROOT) -> str:
-    """A fingerprint of the library's code (every ``cgc_edu/**/*.py``, comments and
-    docstrings left out): a notebook's numbers come from it too. A stored run of another
-    library version is reported as such, and rerun with ``--library`` (not by default: one
-    library edit would rerun every run)."""
+def library_hash(root: Path = ROOT, modules: list[str] | None = None) -> str:
+    """A fingerprint of the library's code, comments and docstrings left out: of the
+    ``modules`` a run loaded (paths under ``root``, `LOADED`), or of every
+    ``cgc_edu/**/*.py``. A notebook's numbers come from the library code it ran, so a
+    stored run made with other code in one of its modules is reported as such, and rerun
+    with ``--library`` (not by default: one library edit would rerun many runs); an edit
+    to a module the notebook never loads keeps its records."""
+    files = ([root / m for m in modules] if modules is not None
+             else sorted((root / "cgc_edu").rglob("*.py")))
     digest = hashlib.sha256()
-    for file in sorted((root / "cgc_edu").rglob("*.py")):
-        digest.update(str(file.relative_to(root)).encode() + b"\0"
-                      + _code_only(file.read_text()).encode())
+    for file in sorted(files):
+        code = _code_only(file.read_text()) if file.is_file() else "(missing)"
+        digest.update(str(file.relative_to(root)).encode() + b"\0" + code.encode())
     return digest.hexdigest()[:16]
 
 
-def _is_current(record_path: Path, notebook: Path, library: str | None = None) -> bool:
-    """The stored run is of the notebook's current code (and, given ``library``, was made
-    with that library version)."""
+#: Run last in a notebook's kernel: the cgc_edu modules it loaded, as paths under ROOT.
+LOADED = """
+import json as _json, sys as _sys, pathlib as _pathlib
+_root = _pathlib.Path({root!r})
+_files = set()
+for _m in list(_sys.modules.values()):
+    _f = getattr(_m, "__file__", None) or ""
+    if _f and _pathlib.Path(_f).resolve().is_relative_to(_root / "cgc_edu"):
+        _files.add(str(_pathlib.Path(_f).resolve().relative_to(_root)))
+print("CGC_LOADED" + _json.dumps(sorted(_files)))
+"""
+
+
+def _library_current(record: dict) -> bool:
+    """The record was made with the library code that its modules hold now (a record
+    without its module list: with the whole library as it is now)."""
+    return record.get("library") == library_hash(modules=record.get("library_modules"))
+
+
+def _is_current(record_path: Path, notebook: Path, library: bool = False) -> bool:
+    """The stored run is of the notebook's current code (and, with ``library``, was made
+    with the library code its modules hold now)."""
     try:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         return False
     return record.get("code") == code_hash(notebook) and (
-        library is None or record.get("library") == library)
+        not library or _library_current(record))
 
 
 def run_notebook(path: Path, seed: int, backend: str) -> dict:
@@ -166,8 +189,14 @@ def run_notebook(path: Path, seed: int, backend: str) -> dict:
                 if "op" in claim:
                     claim["values"] = next(it)
                 claims.append(claim)
+        loaded = nbformat.v4.new_code_cell(LOADED.format(root=str(ROOT)))
+        client.execute_cell(loaded, len(nb.cells))
+        text = "".join(o.get("text", "") for o in loaded.outputs if o.output_type == "stream")
+        line = next((l for l in text.splitlines() if l.startswith("CGC_LOADED")), None)
+        modules = json.loads(line[len("CGC_LOADED"):]) if line else None
     return {"notebook": path.name, "seed": seed, "backend": backend, "code": code_hash(path),
-            "library": library_hash(), "claims": claims, "errors": errors}
+            "library": library_hash(modules=modules), "library_modules": modules,
+            "claims": claims, "errors": errors}
 
 
 def margin(claim: dict) -> float | None:
@@ -199,7 +228,6 @@ def report(store: Path, out: Path) -> str:
         hashes[name] = code_hash(path) if path.is_file() else None
     stale = sum(r.get("code") != hashes[r["notebook"]] for r in runs)
     runs = [r for r in runs if r.get("code") == hashes[r["notebook"]]]
-    library = library_hash()
     lines = ["# Margins of the trained claims over training seeds and numeric backends", "",
              "Made by `python scripts/seed_margins.py` (notebooks/README.md, \"The portability "
              "rule\"). For each trained assert: the runs it was checked on, its worst left-hand "
@@ -215,12 +243,13 @@ def report(store: Path, out: Path) -> str:
         combos = sorted({(r["seed"], r["backend"]) for r in group})
         seeds = sorted({s for s, _ in combos})
         backends = sorted({b for _, b in combos})
-        older = sum(r.get("library") != library for r in group)
+        older = sum(not _library_current(r) for r in group)
         lines += [f"## {name}", "",
                   f"{len(combos)} runs: seeds {', '.join(map(str, seeds))}; backends "
                   f"{', '.join(backends)}."
-                  + (f" **{older} of them with an earlier library** (`cgc_edu/` changed since; "
-                     f"`--library` reruns them)." if older else ""), ""]
+                  + (f" **{older} of them with an earlier library** (code in the `cgc_edu/` "
+                     "modules it loaded changed since; `--library` reruns them)."
+                     if older else ""), ""]
         errors = [(r["seed"], r["backend"], e) for r in group for e in r["errors"]]
         for seed, backend, e in errors:
             lines.append(f"- **error** in cell {e['cell']} (seed {seed}, {backend}): `{e['error']}`")
@@ -282,12 +311,11 @@ def main(argv=None) -> int:
         for b in backends:
             if b not in BACKENDS:
                 parser.error(f"--backends: {b!r} is not one of {sorted(BACKENDS)}")
-        library = library_hash() if args.library else None
         for path in notebooks:          # one notebook's runs together: its picture first
             for backend in backends:
                 for seed in seeds:
                     target = args.store / f"{path.stem}__seed{seed}__{backend}.json"
-                    if _is_current(target, path, library):
+                    if _is_current(target, path, args.library):
                         continue
                     env = {**os.environ, "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1",
                            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),

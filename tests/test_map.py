@@ -161,6 +161,37 @@ def test_the_command_reports_resumes_and_trains_only_what_is_missing(study):
     assert len(json.loads((out / "config.json").read_text())["calls"]) == 2
 
 
+def test_each_cell_is_judged_on_its_own_seeds(study):
+    """More seeds where the spread is wide: a call with seeds 0-4 on one cell leaves the
+    other cells judged, complete, on the 3 seeds they were run on (and --report-only too)."""
+    from cgc_edu.study.map_report import read_map, verdicts
+
+    main(["--cells", "tinytasks_named_r12,tinytasks_named_r24", "--seeds", "0,1,2",
+          "--no-progress"])
+    for call in (["--cells", "tinytasks_named_r12", "--seeds", "0,1,2,3,4"],
+                 ["--report-only"]):
+        result = main([*call, "--no-progress"])
+        assert result["judged"]["tinytasks_named_r12"]["n_seeds"] == 5
+        assert result["judged"]["tinytasks_named_r24"]["complete"]
+        assert result["judged"]["tinytasks_named_r24"]["n_seeds"] == 3
+    assert _fake_run.calls == 2 * 5 * 3 + 5 * 2
+    out = study / "results" / "map"
+    stored = read_map(out)
+    assert verdicts(stored, "tinytasks_named_r24")["n_seeds"] == 3
+    assert verdicts(stored, "tinytasks_named_r12")["n_seeds"] == 5
+    assert stored["config"]["cells"]["tinytasks_named_r24"]["seeds"] == [0, 1, 2]
+    assert stored["config"]["seeds"] == [0, 1, 2, 3, 4]
+    text = (out / "map.md").read_text()
+    assert "seeds 0, 1, 2, 3, 4 in 1 cell; seeds 0, 1, 2 in 1 cell" in text
+    assert "with 5 seeds this is the sign test's strongest outcome, one-sided p = 1/32; " \
+           "with 3 seeds this is the sign test's strongest outcome, one-sided p = 1/8" in text
+    assert "| tinytasks_named_r24 | **integrated model** |" in text
+    # a seed that one method lacks: that cell is incomplete, naming the missing run
+    next((out / "tinytasks_named_r12" / "runs").glob("run_named_integrated_4_*")).unlink()
+    judged = main(["--report-only", "--no-progress"])["judged"]["tinytasks_named_r12"]
+    assert not judged["complete"] and judged["missing"] == {"integrated": [4]}
+
+
 def test_a_grid_per_cell_chooses_on_the_first_seed(study):
     main(["--cells", "tinytasks_anonymous_r24", "--methods", "cgc_lora,cgc_uniform",
           "--lr-grid", "0.003,0.012", "--seeds", "0,1", "--no-progress"])

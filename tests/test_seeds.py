@@ -120,12 +120,22 @@ def test_seed_margins_runs_again_what_an_older_notebook_stored(tmp_path):
     assert not sm._is_current(record, path)
     record.write_text(json.dumps({"code": sm.code_hash(path), "library": "0" * 16}))
     assert sm._is_current(record, path)                # another library: kept by default ...
-    assert not sm._is_current(record, path, sm.library_hash())   # ... rerun with --library
+    assert not sm._is_current(record, path, library=True)        # ... rerun with --library
+    record.write_text(json.dumps({"code": sm.code_hash(path), "library": sm.library_hash()}))
+    assert sm._is_current(record, path, library=True)
+    loaded = ["cgc_edu/utils.py"]                       # a run records the modules it loaded
+    record.write_text(json.dumps({"code": sm.code_hash(path), "library_modules": loaded,
+                                  "library": sm.library_hash(modules=loaded)}))
+    assert sm._is_current(record, path, library=True)
+    record.write_text(json.dumps({"code": sm.code_hash(path), "library_modules": loaded,
+                                  "library": sm.library_hash()}))
+    assert not sm._is_current(record, path, library=True)
     assert sm._is_current(record.with_name("none.json"), path) is False
 
 
-def test_the_library_fingerprint_ignores_docstrings_and_comments_only(tmp_path):
-    """A docstring or comment edit in cgc_edu/ keeps the records; a code edit flags them."""
+def test_the_library_fingerprint_ignores_docstrings_comments_and_unloaded_modules(tmp_path):
+    """A docstring or comment edit in cgc_edu/, or an edit to a module a run did not load,
+    keeps the records; a code edit in a loaded module flags them."""
     sm = _margins_module()
     module = tmp_path / "cgc_edu" / "m.py"
     module.parent.mkdir()
@@ -138,6 +148,10 @@ def test_the_library_fingerprint_ignores_docstrings_and_comments_only(tmp_path):
     module.write_text('class K:\n    def f(self):\n        return 2\n')
     assert sm.library_hash(tmp_path) != before
     assert sm.library_hash() != before                 # the real library: another hash
+    loaded, whole = sm.library_hash(tmp_path, ["cgc_edu/m.py"]), sm.library_hash(tmp_path)
+    (tmp_path / "cgc_edu" / "other.py").write_text("x = 1\n")   # a module the run never loaded
+    assert sm.library_hash(tmp_path, ["cgc_edu/m.py"]) == loaded   # keeps the run's record
+    assert sm.library_hash(tmp_path) != whole                      # the whole library moved
 
 
 def test_seed_margins_keeps_records_when_only_cells_after_the_last_claim_change(tmp_path):

@@ -192,7 +192,14 @@ def run_cell(cell: Cell, out: Path, methods: Sequence[str], seeds: Sequence[int]
     jobs = [("run", _key("run", settings, method=m, seed=s, lr=lr[m]), settings)
             for m in methods if lr.get(m) is not None for s in seeds]
     runs, n = _gather(jobs, folder, train, workers, progress, cell.name)
-    return {"cell": cell, "runs": runs, "lr": lr, "trained": trained + n}
+    return {"cell": cell, "runs": runs, "lr": lr, "trained": trained + n,
+            "seeds": sorted(set(seeds))}
+
+
+def stored_seeds(cell: Cell, out: Path) -> set[int]:
+    """The seeds of the runs stored in a cell's folder (any method, rate or length)."""
+    return {json.loads(f.read_text())["seed"]
+            for f in (Path(out) / cell.name / "runs").glob("run_*.json")}
 
 
 def _stored_cells(out: Path) -> list[Cell]:
@@ -285,15 +292,25 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     # this call, named among the stored ones: its entry is rewritten after each cell
     this = {"call": uuid.uuid4().hex[:8], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     start, trained, result = time.perf_counter(), 0, {}
-    for cell in ([] if args.report_only else cells):
+    asked = () if args.report_only else cells
+    for cell in asked:
         trained += run_cell(cell, args.out, **common)["trained"]
         # a report after each cell: an interrupted map keeps what it has, and its time
-        result = _report(report, args.out, common, config, this, trained, start)
-    return result or _report(report, args.out, common, config, this, trained, start)
+        result = _report(report, args.out, common, config, this, trained, start, asked)
+    return result or _report(report, args.out, common, config, this, trained, start,
+                             asked)
 
 
-def _report(cells, out, common, config, this, trained, start) -> dict:
-    stored = [run_cell(c, out, train=False, **common) for c in cells]
+def _report(cells, out, common, config, this, trained, start, asked=()) -> dict:
+    """Report every cell on its own seeds: those this call asked of it (``asked``: its
+    cells) and those of any run stored before, so that a call with more seeds on some
+    cells leaves the others judged on the seeds they were run on."""
+    stored = []
+    for c in cells:
+        seeds = stored_seeds(c, out) | (set(common["seeds"]) if c in asked else set())
+        seeds = seeds or set(common["seeds"])     # a cell not run yet: the seeds it needs
+        stored.append(run_cell(c, out, train=False, **{**common,
+                                                       "seeds": sorted(seeds)}))
     call = {"command": config["command"], **this, "trained": trained,
             "wall_seconds": round(time.perf_counter() - start, 1)}
     return write_map(stored, out, config, call)

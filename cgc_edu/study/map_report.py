@@ -29,12 +29,21 @@ import pandas as pd
 from .methods import METHODS
 from .statistics import paired_comparison
 
-def rule(n_seeds: int) -> str:
-    """The verdict rule in words, with the sign test's p for ``n_seeds`` paired seeds."""
+def rule(n_seeds) -> str:
+    """The verdict rule in words, with the sign test's p for ``n_seeds`` paired seeds (a
+    number, or the numbers of seeds the cells have)."""
+    counts = sorted({n_seeds} if isinstance(n_seeds, int) else set(n_seeds), reverse=True)
+    tests = "; ".join(f"with {n} seeds this is the sign test's strongest outcome, "
+                      f"one-sided p = 1/{2 ** n}" for n in counts)
     return ("a method is ahead of another when it is ahead on every seed, paired by seed "
-            f"(same data, initialisation and batch order); with {n_seeds} seeds this is "
-            f"the sign test's strongest outcome, one-sided p = 1/{2 ** n_seeds}. "
+            f"(same data, initialisation and batch order); {tests}. "
             "Otherwise nothing separates them.")
+
+
+def cell_seeds(config: dict, cell: str) -> list[int]:
+    """The seeds a cell of a stored map is judged on: its own (each cell keeps the seeds
+    it was run on), else the map's."""
+    return config.get("cells", {}).get(cell, {}).get("seeds") or config["seeds"]
 
 
 RULE = rule(5)
@@ -131,17 +140,26 @@ def _header(config: dict) -> list[str]:
             f"trained, started {c['started']})" for c in calls]
     rates = ("" if not config.get("lr") else " (" + ", ".join(
         f"{_short(m)} {r:g}" for m, r in config["lr"].items()) + ")")
+    groups: dict[tuple, list[str]] = {}
+    for name, cell in config.get("cells", {}).items():
+        if not cell.get("runs", 1):
+            continue      # a cell not run yet has no seeds to speak of
+        groups.setdefault(tuple(cell.get("seeds") or config["seeds"]), []).append(name)
+    seeds = "; ".join(f"seeds {', '.join(map(str, g))} in {len(names)} cell"
+                      + ("s" if len(names) > 1 else "")
+                      for g, names in sorted(groups.items(), key=lambda i: -len(i[0])))
+    seeds = seeds or f"seeds {', '.join(map(str, config['seeds']))}"
     return ["# The map: which method wins where", "",
             "Produced by " + ("; ".join(made) or "(no call trained a run yet)")
             + f". Wall time {config['wall_seconds'] / 60:.0f} min in {len(calls)} "
             f"call(s); the runs reported take {config['run_seconds'] / 3600:.1f} "
             f"core-hours. Joint runs train {config['steps']} steps (the study's recipe "
-            f"otherwise); seeds {', '.join(map(str, config['seeds']))}; learning "
+            f"otherwise); {seeds}; learning "
             f"rates: {config['lr_source']}{rates}. Scores: test exact match (%), "
             "averaged over the suite's tasks. A cell is a suite, its prompts and the "
             "total budget (the study's `--rank`; the central model's hidden size is "
             "128).", "",
-            f"Rule: {rule(len(config['seeds']))}", ""]
+            f"Rule: {rule({len(g) for g in groups} or len(config['seeds']))}", ""]
 
 
 def _winners(cells, judged) -> list[str]:
@@ -180,7 +198,7 @@ def _against(cells, versus, cgc, others) -> list[str]:
     return lines + [""]
 
 
-def _averages(cells, table, methods, n_seeds) -> list[str]:
+def _averages(cells, table, methods, judged) -> list[str]:
     lines = ["## Averages per cell", "",
              ("Mean ± std (min..max) over seeds; `map.csv` has the rates, the rank a "
               "task sees and the trainable parameters."), "",
@@ -194,7 +212,8 @@ def _averages(cells, table, methods, n_seeds) -> list[str]:
                 row.append("-")
                 continue
             s = stats.loc[(cell.name, m)]
-            few = "" if s["n_seeds"] == n_seeds else f", {s['n_seeds']} seeds"
+            few = ("" if s["n_seeds"] == judged[cell.name]["n_seeds"]
+                   else f", {s['n_seeds']} seeds")
             row.append(f"{_pts(s['mean'])} ± {_pts(s['std'])} "
                        f"({_pts(s['min'])}..{_pts(s['max'])}{few})")
         lines.append(_row(row))
@@ -209,7 +228,7 @@ def map_markdown(table: pd.DataFrame, judged: dict, versus: dict, config: dict,
     parts = _header(config) + _winners(cells, judged)
     if cgc in methods and others:
         parts += _against(cells, versus, cgc, others)
-    parts += _averages(cells, table, methods, len(config["seeds"]))
+    parts += _averages(cells, table, methods, judged)
     parts += [("Files: `map.csv`, `map_seeds.csv` (one row per run), `config.json`, "
                "and one folder per cell with its `runs/` (rerunning the command trains "
                "only what is missing)."), ""]
@@ -222,25 +241,27 @@ def write_map(cells: Sequence[dict], out: Path, config: dict, call: dict) -> dic
     runs joins the calls stored before (an update of a call replaces its entry)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    methods, seeds, cgc = config["methods"], config["seeds"], config["cgc"]
+    methods, cgc = config["methods"], config["cgc"]
     per_run = seed_table(cells)
     table = map_table(per_run)
     judged, versus = {}, {}
     for c in cells:
         name = c["cell"].name
         mine = per_run[per_run["cell"] == name]
-        judged[name] = judge(mine, methods, seeds)
+        judged[name] = judge(mine, methods, c.get("seeds", config["seeds"]))
         if judged[name]["complete"] and cgc in methods:
             versus[name] = {m: compare(mine, cgc, m) for m in methods if m != cgc}
     file = out / "config.json"
     calls = json.loads(file.read_text()).get("calls", []) if file.is_file() else []
     calls = [c for c in calls if c.get("call") != call["call"]]
     calls += [call] if call["trained"] else []
-    config = {**config, "calls": calls,
+    seeds = sorted({s for c in cells for s in c.get("seeds", config["seeds"])})
+    config = {**config, "calls": calls, "seeds": seeds or config["seeds"],
               "wall_seconds": round(sum(c["wall_seconds"] for c in calls), 1),
               "run_seconds": round(float(per_run["seconds"].sum()), 1),
-              "cells": {c["cell"].name: {"lr": c["lr"], **judged[c["cell"].name]}
-                        for c in cells}}
+              "cells": {c["cell"].name: {"lr": c["lr"],
+                                         "seeds": c.get("seeds", config["seeds"]),
+                                         **judged[c["cell"].name]} for c in cells}}
     per_run.to_csv(out / "map_seeds.csv", index=False)
     table.to_csv(out / "map.csv", index=False)
     (out / "map.md").write_text(map_markdown(table, judged, versus, config,
@@ -287,7 +308,7 @@ def verdicts(stored: dict, cell: str) -> dict:
         raise KeyError(f"verdicts: no runs of cell {cell!r}; the map has "
                        f"{sorted(seeds['cell'].unique())}")
     methods, cgc = config["methods"], config["cgc"]
-    out = judge(mine, methods, config["seeds"])
+    out = judge(mine, methods, cell_seeds(config, cell))
     if out["complete"] and cgc in methods:
         out["versus"] = {m: compare(mine, cgc, m) for m in methods if m != cgc}
     return out
