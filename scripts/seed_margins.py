@@ -4,6 +4,8 @@ left by every trained claim (every comparison asserted in a cell tagged `nbval-i
     python scripts/seed_margins.py                       # seeds 0-4, both backends, every notebook
     python scripts/seed_margins.py notebooks/00_tour.ipynb --seeds 0,1 --backends portable
     python scripts/seed_margins.py --report-only         # rebuild the report from stored runs
+    python scripts/seed_margins.py --verify notebooks/01_lora_from_scratch.ipynb \
+        --backends default-1thread,portable              # after a library edit: still the same?
 
 Each run executes a notebook top to bottom in a fresh kernel with `CGC_EDU_TRAINING_SEED` set
 (notebooks/README.md, "The portability rule"); the portable backend adds
@@ -199,6 +201,41 @@ def run_notebook(path: Path, seed: int, backend: str) -> dict:
             "claims": claims, "errors": errors}
 
 
+def _outcome(record: dict) -> list:
+    """What a run measured: every claim's cell, text, values and failure, and its errors."""
+    return [[(c["cell"], c["part"], c.get("values"), c["failed"]) for c in record["claims"]],
+            record["errors"]]
+
+
+def restamp(store: Path, notebook: Path, fresh: list[dict]) -> list[str]:
+    """After a library edit, the notebook's stored runs stand if ``fresh`` runs (made with
+    the library as it is now, at some of the stored seeds and backends) measured exactly
+    what the stored runs of the same seed and backend did: bit-identical values say the
+    edit changed nothing this notebook computes. Then every stored run of its current code
+    takes the new library fingerprint (and notes the check); otherwise nothing changes.
+    Returns the differences found (empty: re-stamped)."""
+    stored = {}
+    for file in store.glob(f"{notebook.stem}__seed*__*.json"):
+        record = json.loads(file.read_text())
+        if record.get("code") == code_hash(notebook):
+            stored[(record["seed"], record["backend"])] = (file, record)
+    differences = []
+    for run in fresh:
+        key = (run["seed"], run["backend"])
+        if key not in stored:
+            differences.append(f"seed {key[0]}, {key[1]}: no stored run of this code")
+        elif _outcome(stored[key][1]) != _outcome(run):
+            differences.append(f"seed {key[0]}, {key[1]}: other values than the stored run")
+    if differences or not fresh:
+        return differences or ["no fresh run to compare"]
+    checked = [f"{r['seed']}/{r['backend']}" for r in fresh]
+    for file, record in stored.values():
+        record.update(library=fresh[0]["library"], library_modules=fresh[0]["library_modules"],
+                      restamped={"checked": checked, "previous_library": record.get("library")})
+        file.write_text(json.dumps(record, indent=1))
+    return []
+
+
 def margin(claim: dict) -> float | None:
     """How far the claim is from failing: the left side's distance to the bound, in the
     direction the claim needs (negative: it failed)."""
@@ -244,12 +281,17 @@ def report(store: Path, out: Path) -> str:
         seeds = sorted({s for s, _ in combos})
         backends = sorted({b for _, b in combos})
         older = sum(not _library_current(r) for r in group)
+        checks = sorted({c for r in group for c in r.get("restamped", {}).get("checked", [])})
+        kept = sum(bool(r.get("restamped")) for r in group)
         lines += [f"## {name}", "",
                   f"{len(combos)} runs: seeds {', '.join(map(str, seeds))}; backends "
                   f"{', '.join(backends)}."
                   + (f" **{older} of them with an earlier library** (code in the `cgc_edu/` "
                      "modules it loaded changed since; `--library` reruns them)."
-                     if older else ""), ""]
+                     if older else "")
+                  + (f" {kept} of them kept across a library edit: a rerun of "
+                     f"{', '.join(checks)} with the edited library gave bit-identical "
+                     "values (`--verify`)." if kept else ""), ""]
         errors = [(r["seed"], r["backend"], e) for r in group for e in r["errors"]]
         for seed, backend, e in errors:
             lines.append(f"- **error** in cell {e['cell']} (seed {seed}, {backend}): `{e['error']}`")
@@ -294,6 +336,10 @@ def main(argv=None) -> int:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--library", action="store_true",
                         help="also rerun stored runs made with another version of cgc_edu/")
+    parser.add_argument("--verify", action="store_true",
+                        help="after a library edit: rerun the first of --seeds under each of "
+                        "--backends and, where every value is bit-identical to the stored "
+                        "run's, keep the notebook's records (re-stamped); else say so")
     parser.add_argument("--one", nargs=3, metavar=("NOTEBOOK", "SEED", "BACKEND"),
                         help=argparse.SUPPRESS)  # a single run, in the child process
     args = parser.parse_args(argv)
@@ -304,7 +350,23 @@ def main(argv=None) -> int:
         (args.store / f"{path.stem}__seed{seed}__{backend}.json").write_text(json.dumps(result, indent=1))
         return 0
     report_path = args.report or args.store.parent / "seed_margins.md"
-    if not args.report_only:
+    if args.verify:
+        import tempfile
+
+        seed = int(args.seeds.split(",")[0])
+        for path in args.notebooks:
+            with tempfile.TemporaryDirectory() as scratch:
+                for backend in args.backends.split(","):
+                    env = {**os.environ, "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1",
+                           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+                           "CGC_EDU_TRAINING_SEED": str(seed), **BACKENDS[backend]}
+                    subprocess.run([sys.executable, __file__, "--one", str(path), str(seed),
+                                    backend, "--store", scratch], env=env, check=True)
+                fresh = [json.loads(f.read_text()) for f in Path(scratch).glob("*.json")]
+                differences = restamp(args.store, path, fresh)
+            print(f"{path.name}: " + ("records kept, re-stamped" if not differences
+                                       else "; ".join(differences)), flush=True)
+    elif not args.report_only:
         notebooks = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
         seeds = [int(s) for s in args.seeds.split(",")]
         backends = args.backends.split(",")

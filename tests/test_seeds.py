@@ -154,6 +154,38 @@ def test_the_library_fingerprint_ignores_docstrings_comments_and_unloaded_module
     assert sm.library_hash(tmp_path) != whole                      # the whole library moved
 
 
+def test_a_bit_identical_rerun_keeps_a_notebooks_records_across_a_library_edit(tmp_path):
+    """--verify: fresh runs equal to the stored ones re-stamp every record of the
+    notebook with the new fingerprint; one differing value re-stamps nothing."""
+    import nbformat
+
+    sm = _margins_module()
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), path)
+    claim = {"cell": 0, "part": "x > 0", "values": [0.75, 0.5], "failed": False}
+
+    def record(seed, backend, value=0.75, library="old"):
+        return {"notebook": path.name, "seed": seed, "backend": backend,
+                "code": sm.code_hash(path), "library": library, "library_modules": None,
+                "claims": [{**claim, "values": [value, 0.5]}], "errors": []}
+
+    store = tmp_path / "store"
+    store.mkdir()
+    for seed in range(3):
+        (store / f"nb__seed{seed}__portable.json").write_text(json.dumps(record(seed, "portable")))
+    differing = [record(0, "portable", value=0.7500001, library="new")]
+    assert sm.restamp(store, path, differing) == [
+        "seed 0, portable: other values than the stored run"]
+    assert {json.loads(f.read_text())["library"] for f in store.iterdir()} == {"old"}
+    assert sm.restamp(store, path, [record(0, "default", library="new")]) == [
+        "seed 0, default: no stored run of this code"]
+    assert sm.restamp(store, path, [record(0, "portable", library="new")]) == []
+    kept = [json.loads(f.read_text()) for f in store.iterdir()]
+    assert {r["library"] for r in kept} == {"new"} and len(kept) == 3
+    assert all(r["restamped"] == {"checked": ["0/portable"], "previous_library": "old"}
+               for r in kept)
+
+
 def test_seed_margins_keeps_records_when_only_cells_after_the_last_claim_change(tmp_path):
     """A cell after the last measured (nbval-ignore-output) cell cannot move a recorded
     claim: adding an exercise there keeps the fingerprint; a change before it does not."""
