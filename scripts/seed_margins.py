@@ -5,7 +5,7 @@ left by every trained claim (every comparison asserted in a cell tagged `nbval-i
     python scripts/seed_margins.py notebooks/00_tour.ipynb --seeds 0,1 --backends portable
     python scripts/seed_margins.py --report-only         # rebuild the report from stored runs
     python scripts/seed_margins.py --verify notebooks/01_lora_from_scratch.ipynb \
-        --backends default-1thread,portable              # after a library edit: still the same?
+        --backends default-1thread,portable    # after a library edit, on the same machine
 
 Each run executes a notebook top to bottom in a fresh kernel with `CGC_EDU_TRAINING_SEED` set
 (notebooks/README.md, "The portability rule"); the portable backend adds
@@ -192,7 +192,7 @@ def run_notebook(path: Path, seed: int, backend: str) -> dict:
                     claim["values"] = next(it)
                 claims.append(claim)
         loaded = nbformat.v4.new_code_cell(LOADED.format(root=str(ROOT)))
-        client.execute_cell(loaded, len(nb.cells))
+        client.execute_cell(loaded, len(nb.cells) - 1)   # index: where nbclient writes it back
         text = "".join(o.get("text", "") for o in loaded.outputs if o.output_type == "stream")
         line = next((l for l in text.splitlines() if l.startswith("CGC_LOADED")), None)
         modules = json.loads(line[len("CGC_LOADED"):]) if line else None
@@ -337,9 +337,10 @@ def main(argv=None) -> int:
     parser.add_argument("--library", action="store_true",
                         help="also rerun stored runs made with another version of cgc_edu/")
     parser.add_argument("--verify", action="store_true",
-                        help="after a library edit: rerun the first of --seeds under each of "
-                        "--backends and, where every value is bit-identical to the stored "
-                        "run's, keep the notebook's records (re-stamped); else say so")
+                        help="after a library edit, on the machine that made the records "
+                        "(another CPU's BLAS gives other bits): rerun the first of --seeds "
+                        "under each of --backends and, where every value is bit-identical to "
+                        "the stored run's, keep the notebook's records (re-stamped)")
     parser.add_argument("--one", nargs=3, metavar=("NOTEBOOK", "SEED", "BACKEND"),
                         help=argparse.SUPPRESS)  # a single run, in the child process
     args = parser.parse_args(argv)
