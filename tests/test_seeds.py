@@ -1,6 +1,7 @@
 """The training-seed switch CGC_EDU_TRAINING_SEED: it moves every training run and nothing else
 (notebooks/README.md, "The portability rule")."""
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -76,6 +77,14 @@ def test_ci_runs_the_portability_pass_on_another_training_seed():
     script = (ROOT / "scripts" / "test_portability.sh").read_text()
     default = [l for l in script.splitlines() if l.startswith("seeds=")]
     assert default and default[0] != "seeds=0", "CI's portability pass must use another seed"
+    # one more than the seed of the run around it: CI at seed 0 -> 1, `CGC_EDU_TRAINING_SEED=3
+    # bash .ci/run` -> 4 (the pass never repeats the seed test.sh just ran)
+    for outer, want in ((None, "1"), ("3", "4")):
+        env = {k: v for k, v in os.environ.items() if k != TRAINING_SEED_VARIABLE}
+        env.update({} if outer is None else {TRAINING_SEED_VARIABLE: outer})
+        out = subprocess.run(["bash", "-c", f"{default[0]}; echo $seeds"], env=env,
+                             capture_output=True, text=True)
+        assert out.stdout.strip() == want
 
 
 def _margins_module():
