@@ -325,6 +325,15 @@ def report(store: Path, out: Path) -> str:
     return text
 
 
+def _run_one(path: Path, seed: int, backend: str, store: Path) -> None:
+    """One run of a notebook under one seed and backend, in a child process of its own."""
+    env = {**os.environ, "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+           "CGC_EDU_TRAINING_SEED": str(seed), **BACKENDS[backend]}
+    subprocess.run([sys.executable, __file__, "--one", str(path), str(seed), backend,
+                    "--store", str(store)], env=env, check=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path)
@@ -358,11 +367,7 @@ def main(argv=None) -> int:
         for path in args.notebooks:
             with tempfile.TemporaryDirectory() as scratch:
                 for backend in args.backends.split(","):
-                    env = {**os.environ, "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1",
-                           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-                           "CGC_EDU_TRAINING_SEED": str(seed), **BACKENDS[backend]}
-                    subprocess.run([sys.executable, __file__, "--one", str(path), str(seed),
-                                    backend, "--store", scratch], env=env, check=True)
+                    _run_one(path, seed, backend, Path(scratch))
                 fresh = [json.loads(f.read_text()) for f in Path(scratch).glob("*.json")]
                 differences = restamp(args.store, path, fresh)
             print(f"{path.name}: " + ("records kept, re-stamped" if not differences
@@ -380,12 +385,8 @@ def main(argv=None) -> int:
                     target = args.store / f"{path.stem}__seed{seed}__{backend}.json"
                     if _is_current(target, path, args.library):
                         continue
-                    env = {**os.environ, "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1",
-                           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-                           "CGC_EDU_TRAINING_SEED": str(seed), **BACKENDS[backend]}
                     print(f"{path.name}: seed {seed}, {backend}", flush=True)
-                    subprocess.run([sys.executable, __file__, "--one", str(path), str(seed), backend,
-                                    "--store", str(args.store)], env=env, check=True)
+                    _run_one(path, seed, backend, args.store)
     print(report(args.store, report_path))
     return 0
 
