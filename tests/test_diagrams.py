@@ -12,8 +12,8 @@ from torch import nn
 
 from cgc_edu import AdapterConfig, CGCLoRALinear
 from cgc_edu.course.diagrams import (MAX_WIDTH, cgc_lora_diagram, drawn_parts, lora_diagram,
-                              method_of, one_plus_n_diagram)
-from cgc_edu.study.methods import METHODS
+                              one_plus_n_diagram)
+from cgc_edu.methods import METHODS, method_of
 from cgc_edu.course.plots import METHOD_COLORS, PART_COLORS, method_style
 
 

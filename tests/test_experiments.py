@@ -12,7 +12,8 @@ from transformers import LlamaForCausalLM
 
 from cgc_edu import AdapterConfig, add_adapters, trainable_parameters
 from cgc_edu.study import runner
-from cgc_edu.study.methods import METHODS, SWEEP, Settings, expert_rank
+from cgc_edu.methods import METHODS, expert_rank
+from cgc_edu.study.methods import SWEEP, Settings
 from cgc_edu.study.runner import _key, choose_lr, main
 from cgc_edu.models import central_config
 

@@ -50,6 +50,31 @@ def test_layer_equals_design_equation(name):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_reference_forward_is_the_equation_and_the_fast_path_equals_it(name):
+    """`reference_forward` (the library's loop over experts) against this file's own
+    equation, then the batched forward, training and serving, against it."""
+    layer = make_layer(CONFIGS[name])
+    task_ids = torch.arange(5) % layer.config.n_tasks
+    x = torch.randn(5, 7, D_IN)
+    with torch.no_grad():
+        ref = layer.reference_forward(x, task_ids)
+    want = torch.stack([equation(layer, x[:, j], task_ids) for j in range(7)], dim=1)
+    torch.testing.assert_close(ref, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(x, task_ids), ref, rtol=1e-5, atol=1e-5)
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, task_ids), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer(x[:1], task_ids[:1]), ref[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_the_forward_reads_like_its_equation():
+    """The layer's forward stays short enough to read against the formula (issue 39)."""
+    import inspect
+    lines = [l for l in inspect.getsource(CGCLoRALinear.forward).splitlines()[2:] if l.strip()]
+    assert len(lines) <= 15, len(lines)
+
+
 def test_fresh_layer_equals_base_layer():
     layer = make_layer(CONFIGS["cgc_lora"], fresh=True)
     x = torch.randn(4, 3, D_IN)

@@ -23,7 +23,8 @@ from cgc_edu.study.map import (
     run_cell,
 )
 from cgc_edu.study.map_report import _missing_text, judge
-from cgc_edu.study.methods import METHODS, Settings
+from cgc_edu.methods import METHODS
+from cgc_edu.study.methods import Settings
 
 HIDDEN = central_config().hidden_size
 
@@ -136,7 +137,7 @@ def test_the_command_reports_resumes_and_trains_only_what_is_missing(study):
     mean = table.loc[("tinytasks_named_r12", "integrated"), "mean"]
     assert mean == pytest.approx(0.932)
     text = (out / "map.md").read_text()
-    assert "| tinytasks_named_r12 | **integrated model** |" in text
+    assert "| tinytasks_named_r12 | **LoRA** |" in text
     assert "ahead on every seed" in text
     assert "| tinytasks_named_r48 | not run yet (0 of 25 runs) |" in text
     assert first["judged"]["tinytasks_named_r24"]["beyond_spread"]
@@ -185,7 +186,7 @@ def test_each_cell_is_judged_on_its_own_seeds(study):
     assert "seeds 0, 1, 2, 3, 4 in 1 cell; seeds 0, 1, 2 in 1 cell" in text
     assert "with 5 seeds this is the sign test's strongest outcome, one-sided p = 1/32; " \
            "with 3 seeds this is the sign test's strongest outcome, one-sided p = 1/8" in text
-    assert "| tinytasks_named_r24 | **integrated model** |" in text
+    assert "| tinytasks_named_r24 | **LoRA** |" in text
     # a seed that one method lacks: that cell is incomplete, naming the missing run
     next((out / "tinytasks_named_r12" / "runs").glob("run_named_integrated_4_*")).unlink()
     judged = main(["--report-only", "--no-progress"])["judged"]["tinytasks_named_r12"]

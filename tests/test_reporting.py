@@ -176,7 +176,8 @@ def test_a_study_of_untuned_methods_alone_reports_without_a_grid():
 
 
 def test_stored_results_load_and_older_method_names_are_read_as_the_studys(tmp_path):
-    from cgc_edu.study.methods import METHODS, check_methods
+    from cgc_edu.methods import METHODS
+    from cgc_edu.study.methods import check_methods
     from cgc_edu.study.statistics import load_results
 
     stored = load_results(Path(__file__).resolve().parent.parent / "results")

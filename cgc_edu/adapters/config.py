@@ -22,16 +22,6 @@ import torch
 
 GATES = ("task", "uniform")
 BUDGETS = ("per_task", "total")
-#: One name per method everywhere (the study, figures, finetune): the study's, which
-#: results/ stores. The course's older names are read as these (`method_name`).
-METHOD_ALIASES = {"lora": "integrated", "independent": "separate",
-                  "cgc_no_gate": "cgc_uniform"}
-
-
-def method_name(name: str) -> str:
-    """A method's one name: ``name``, or what an older name meant ("lora" ->
-    "integrated", "independent" -> "separate", "cgc_no_gate" -> "cgc_uniform")."""
-    return METHOD_ALIASES.get(name, name)
 
 
 class ExpertBlock(NamedTuple):

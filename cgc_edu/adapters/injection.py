@@ -6,7 +6,9 @@ config's ``modules_to_save`` (a classifier head) stay trainable, as in peft. Tas
 carries ``adapter_names``: a forward pre-hook on the model takes ``task_ids=`` out of the
 call's keyword arguments, checks them once for the whole forward and hands them to a
 `TaskRouter` that every adapted layer reads. `task_context` sets the same router for a whole
-block, which is how ``model.generate`` is routed. Under activation checkpointing
+block, which is how ``model.generate`` is routed; `disable_adapters` sets its ``disabled``
+flag, under which every layer answers with its bare base layer (peft's ``disable_adapter()``).
+Under activation checkpointing
 (``model.gradient_checkpointing_enable()``, Trainer's ``gradient_checkpointing=True``) the
 backward pass recomputes each block after the forward has ended: the block's checkpoint
 function is wrapped so that the recomputation sees the ids the forward saw.
@@ -45,6 +47,9 @@ class Injected:
     requires_grad: list          # (parameter, requires_grad before add_adapters)
     saved_originals: dict        # modules_to_save: their original weights, by module name
     hooks: tuple = ()            # forward (pre-)hook handles on the model and its blocks
+    # disable_adapters on a merged model: (layer, task, its merged weight) put aside on entry,
+    # put back on exit; unmerge(model) inside the block empties it.
+    put_aside: list = dataclasses.field(default_factory=list)
 
 
 def injected(model: nn.Module, caller: str) -> Injected:
@@ -114,6 +119,9 @@ class TaskRouter:
         self.config, self.where = config, where
         self.layers: tuple = ()                  # set by add_adapters: the layers it routes
         self._stack: list[_Routing] = []         # contexts and forwards nest
+        # Open disable_adapters blocks: while > 0 every layer answers with its base layer
+        # (the one check CGCLoRALinear.forward makes) and forwards need no task ids.
+        self.disabled = 0
 
     @property
     def merged_task(self) -> Optional[int]:
@@ -145,6 +153,10 @@ class TaskRouter:
         (expanded to the batch), else none (an error where the adapter needs them)."""
         self._stack.append(_Routing(None))  # end_forward pops it even when resolving raises
         outer = self._stack[-2] if len(self._stack) > 1 else None
+        if self.disabled:   # disable_adapters: the bare base answers; ids are checked, not needed
+            if task_ids is not None:
+                self.config.check_task_ids(task_ids, batch, where=self.where)
+            return
         if task_ids is not None:
             ids = self.config.check_task_ids(task_ids, batch, where=self.where)
             check_merged(self.merged_task, ids, self.where)
@@ -162,17 +174,21 @@ class TaskRouter:
     def replaying(self, function):
         """``function`` bound to the routing in force now, for activation checkpointing: the
         backward pass runs a checkpointed block's forward again after the model's forward
-        (and its routing) has ended; the replay restores the ids that forward saw."""
+        (and its routing) has ended; the replay restores the ids that forward saw, and
+        whether `disable_adapters` was on (a backward after the block ends)."""
         routing = self._stack[-1] if self._stack else None
+        disabled = self.disabled
 
         def replay(*args, **kwargs):
             if routing is None or (self._stack and self._stack[-1] is routing):
                 return function(*args, **kwargs)       # the first run, inside the forward
             self._stack.append(routing)
+            outer, self.disabled = self.disabled, disabled
             try:
                 return function(*args, **kwargs)
             finally:
                 self._stack.pop()
+                self.disabled = outer
         return replay
 
 
@@ -430,9 +446,18 @@ def task_context(model: nn.Module, task_ids) -> Iterator[nn.Module]:
 def merge_task(model: nn.Module, task_id: int) -> nn.Module:
     """Fold task ``task_id``'s adapter into every adapted layer's W0 (serving at base speed).
 
+    A safe merge (peft's ``merge(safe_merge=True)``), all or nothing: every layer's dW_t and
+    W0 + dW_t is computed and checked first; a NaN or inf in any of them raises a ValueError
+    naming the module, the task and the fix, and no weight has been written (each delta is
+    computed twice, once to check and once to merge: a merge is rare, memory is kept flat).
+    Refused inside `disable_adapters` (the merged delta would reach the bare base).
+
     Taught in: notebooks/01_lora_from_scratch.ipynb.
     """
     task_id = _task_index(model, task_id, "merge_task")
+    if injected(model, "merge_task").router.disabled:
+        raise ValueError("merge_task: the model is inside `with disable_adapters(model):`, which runs "
+                         "the bare base; merge after the block.")
     layers = adapter_layers(model)
     shared = next((l.shared_base for l in layers.values() if l.shared_base is not None), None)
     if shared is not None:
@@ -441,9 +466,50 @@ def merge_task(model: nn.Module, task_id: int) -> nn.Module:
     if merged:
         raise ValueError(f"merge_task: task {merged.pop()} is already merged into "
                          f"{type(model).__name__}; call unmerge(model) first.")
+    _check_finite_merge(layers, task_id, "merge_task")     # before any weight is written
     for layer in layers.values():
         layer.merge(task_id)
     return model
+
+
+def _non_finite(tensor: torch.Tensor) -> Optional[str]:
+    """"NaN" or "inf" if ``tensor`` holds one (NaN first), else None."""
+    if bool(torch.isfinite(tensor).all()):
+        return None
+    return "NaN" if bool(torch.isnan(tensor).any()) else "inf"
+
+
+@torch.no_grad()
+def _check_finite_merge(layers: dict[str, CGCLoRALinear], task_id: int, caller: str) -> None:
+    """Raise a ValueError (naming ``caller``, the module, the task and the fix) if task
+    ``task_id``'s delta dW_t, or W0 + dW_t as `add_delta` would store it (in W0's dtype and
+    layout), holds a NaN or an inf in any of ``layers`` (by module name). Writes nothing."""
+    for name, layer in layers.items():
+        delta = layer.delta_weight(task_id)
+        bad = _non_finite(delta)
+        if bad is not None:
+            tensors = {"lora_A": layer.lora_A, "lora_B": layer.lora_B,
+                       **{f"gate.{k}": v for k, v in layer.gate.named_parameters()}}
+            holders = {k: kind for k, v in tensors.items() if (kind := _non_finite(v))}
+            why = (f"the adapter's weights hold {' and '.join(sorted(set(holders.values())))} "
+                   f"({', '.join(holders)})" if holders
+                   else f"dW_t overflows to {bad} (scaling={layer.scaling:g})")
+            raise ValueError(f"{caller}: task {task_id}'s delta dW_t in module {name!r} is not "
+                             f"finite: {why}; retrain the adapter or load a clean checkpoint "
+                             "(load_adapters). Nothing was merged.")
+        weight = layer.base_layer.weight
+        bad = _non_finite(weight)
+        if bad is not None:
+            raise ValueError(f"{caller}: module {name!r}'s base weight W0 already holds {bad}, so "
+                             f"W0 + dW_t of task {task_id} cannot be finite; reload the base model. "
+                             "Nothing was merged.")
+        merged = weight.to(delta.dtype) + (delta.T if layer.fan_in_fan_out else delta)
+        bad = _non_finite(merged.to(weight.dtype))
+        if bad is not None:
+            raise ValueError(f"{caller}: W0 + dW_t of task {task_id} in module {name!r} overflows to "
+                             f"{bad} in W0's dtype {weight.dtype}: the adapter's weights are too large "
+                             "to merge; serve it unmerged (task_ids) or retrain it with a smaller "
+                             "learning rate. Nothing was merged.")
 
 
 def _task_index(model: nn.Module, task_id, caller: str) -> int:
@@ -465,9 +531,11 @@ def merged_copy(model: nn.Module, task_id: int) -> nn.Module:
     the base model's own type; ``modules_to_save`` keep their trained weights. peft's
     ``merge_and_unload`` for one task, but ``model`` itself is left as it is: its
     adapters serve every task. It runs at the base model's speed and needs no ids.
+    Refuses non-finite weights as `merge_task` does (a ValueError; no copy is returned).
     """
     task_id = _task_index(model, task_id, "merged_copy")
     plain = unmerge(copy.deepcopy(model))        # the copy's weights are its own
+    _check_finite_merge(adapter_layers(plain), task_id, "merged_copy")
     trained = {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
                for name, m in _saved_modules(plain).items()}
     with torch.no_grad():
@@ -485,10 +553,58 @@ def unmerge(model: nn.Module) -> nn.Module:
 
     Taught in: notebooks/01_lora_from_scratch.ipynb.
     """
-    _router(model, "unmerge")       # a model with adapters, or a clear error
+    record = injected(model, "unmerge")     # a model with adapters, or a clear error
+    record.put_aside.clear()   # inside disable_adapters: the model leaves the block unmerged
     for layer in adapter_layers(model).values():
         layer.unmerge()
     return model
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the bare base model inside the block (peft's ``disable_adapter()``):
+
+        with disable_adapters(model):
+            base_logits = model(input_ids).logits      # or model.generate(...)
+
+    Every adapted layer answers W0 x + b alone: no task ids are needed (ids given are checked,
+    then ignored), the adapters stay in place with their weights untouched, and they answer
+    again when the block ends, also when it raises. Blocks nest (the outermost one counts).
+    It is a flag the layers check (``TaskRouter.disabled``), not a swap of modules.
+
+    A merged task: the block runs the bare W0, as peft does (its disabled layers unmerge
+    themselves): the bare base is what the block asks for, whether or not a task was merged
+    for speed, so refusing would only make the caller unmerge and merge again. On entry each
+    merged layer's weight is put aside and the layer unmerged; on exit the weight is put back
+    bit for bit and the task is merged again (peft leaves its layers unmerged). That costs one
+    copy of the merged weights while the block runs. Inside the block `merge_task` refuses
+    (its delta would reach the bare base) and ``unmerge(model)`` drops the put-aside merge,
+    so the model leaves the block unmerged.
+
+    1+N: each adapter set of a ``OnePlusN`` and its ``serving_model()`` are models with
+    adapters, so the block works on them; a OnePlusN already answers a request that names
+    no task with its central model.
+    """
+    record = injected(model, "disable_adapters")
+    router = record.router
+    router.disabled += 1
+    try:
+        if router.disabled == 1:    # the outermost block runs the bare W0
+            with torch.no_grad():
+                for layer in adapter_layers(model).values():
+                    if layer.merged_task is not None:
+                        record.put_aside.append((layer, layer.merged_task,
+                                                 layer.base_layer.weight.detach().clone()))
+                        layer.unmerge()
+        yield model
+    finally:
+        router.disabled -= 1
+        if not router.disabled:     # the outermost block puts the merges back, bit for bit
+            with torch.no_grad():
+                for layer, task, weight in record.put_aside:
+                    layer.base_layer.weight.copy_(weight)
+                    layer.merged_task = task
+            record.put_aside.clear()
 
 
 def _saved_modules(model: nn.Module) -> dict[str, nn.Module]:

@@ -9,8 +9,10 @@ For a sample of task t (docs/design.md, "The layer family and its equation"):
 LoRA, independent LoRAs and MoE-LoRA are special cases (see `AdapterConfig`). As g_t
 depends on the task id only, each sample's adapter is one plain LoRA B_t A_t of rank
 |S_t|*r_e with the gate and the scaling folded into B_t (`CGCLoRALinear.task_lora`):
-a mixed-task batch is two batched products through them, never a loop over experts.
-Training gathers them with autograd; serving keeps them while ids and weights stay.
+a mixed-task batch is two batched products through them, never a loop over experts
+(`CGCLoRALinear.forward`; `reference_forward` is the loop, for reading and checking).
+Training gathers them with autograd; serving keeps them while ids and weights stay
+(`cgc_edu.adapters.serving`).
 
 The frozen layer is an ``nn.Linear`` (weight (d_out, d_in)) or transformers' ``Conv1D``
 (GPT-2; weight stored transposed, (d_in, d_out): peft's ``fan_in_fan_out``). Half-precision
@@ -27,17 +29,8 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from torch.nn.modules import module as _hooks  # the global hook registries (see _no_hooks)
-
 from .config import AdapterConfig
-
-
-def _no_hooks(module: nn.Module) -> bool:
-    """True when calling ``module`` would run its ``forward`` and nothing else."""
-    return not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks or _hooks._global_forward_hooks
-                or _hooks._global_forward_pre_hooks or _hooks._global_backward_hooks
-                or _hooks._global_backward_pre_hooks)
+from .serving import ServingCache, call, serve
 
 
 def _select(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -129,28 +122,6 @@ class TaskGate(nn.Module):
         # .float() is a no-op on float32 parameters: the float32 path is unchanged bit for bit.
         logits = _select(self.task_embedding, task_ids).float() @ self.weight.float().T
         return torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
-
-
-class ServingCache:
-    """One value kept for one set of source tensors: a layer's per-sample LoRAs over
-    the decode steps of one `generate` call, or 1+N's serving bank and hot copy. `get`
-    returns it only for the very same sources (held here, so that their ids cannot be
-    reused) and an equal key (`CGCLoRALinear.adapter_state`); a key of None never
-    matches."""
-
-    __slots__ = ("sources", "key", "value")
-
-    def __init__(self):
-        self.sources, self.key, self.value = (), None, None
-
-    def get(self, sources: tuple, key):
-        if (key is not None and len(sources) == len(self.sources) and key == self.key
-                and all(a is b for a, b in zip(sources, self.sources))):
-            return self.value
-        return None
-
-    def put(self, sources: tuple, key, value) -> None:
-        self.sources, self.key, self.value = sources, key, value
 
 
 class CGCLoRALinear(nn.Module):
@@ -282,98 +253,38 @@ class CGCLoRALinear(nn.Module):
         A_t, Bt_t = self.task_lora(self.check_task_ids(torch.tensor([int(task_id)])))
         return Bt_t[0].T @ A_t[0]
 
-    def adapter_output(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        """Training: B_t A_t dropout(x) for x (batch, ..., d_in), each sample through
-        its task's LoRA (`task_lora`): two batched products, the cost of one LoRA of
-        rank |S_t| r_e however many tasks the bank serves."""
-        A_t, Bt_t = self.task_lora(task_ids)
-        h = self.dropout(x) if self.training else x
-        h = h.reshape(x.shape[0], -1, self.in_features).transpose(1, 2)
-        h = torch.bmm(A_t, h).transpose(1, 2)        # as `_serve` does: the same bits
-        return torch.bmm(h, Bt_t).reshape(*x.shape[:-1], self.out_features)
-
-    def adapter_state(self) -> Optional[tuple[tuple, tuple]]:
-        """(tensors, key): the tensors `task_lora` reads (A, B, the gate's) and a key
-        of the rest it depends on: their version counters (bumped by every in-place
-        change), data pointers (moved by ``model.to(...)``) and the scaling. None
-        where that cannot be told: a hook on the gate (`override_gate`) may change
-        its weights, inference tensors keep no version counter. The same tensors (by
-        identity) and an equal key: the same LoRA. 1+N's kept models use it too."""
-        gate = self._modules["gate"]
-        if not _no_hooks(gate):
-            return None
-        tensors = (*self._parameters.values(), *gate._parameters.values())
-        try:
-            key = (self.scaling, *[(t._version, t.data_ptr()) for t in tensors])
-        except RuntimeError:
-            return None
-        return tensors, key
-
-    def _kept_lora(self, task_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`task_lora`, kept in a `ServingCache` while the very same ids tensor comes
-        back (generate routes one tensor to every decode step) and `adapter_state`
-        is unchanged."""
-        state = self.adapter_state()
-        try:
-            ids_version = task_ids._version
-        except RuntimeError:
-            state = None
-        if state is None:
-            return self.task_lora(task_ids)
-        sources, key = (task_ids, *state[0]), (ids_version, *state[1])
-        kept = self._serving_cache.get(sources, key)
-        if kept is None:
-            kept = self.task_lora(task_ids)
-            self._serving_cache.put(sources, key, kept)
-        return kept
-
     def forward(self, x: torch.Tensor, task_ids: Optional[torch.Tensor] = None):
-        base = self.base_layer
-        # What nn.Module.__call__ does itself when a module has no hooks, minus two
-        # Python frames: 28 adapted projections per decode step make that visible.
-        result = base.forward(x) if _no_hooks(base) else base(x)
-        if self.merged_task is not None:
-            if task_ids is not None:  # routed ids: the router checked them already
-                self._check_merged(task_ids)
+        """y = W0 x + b + (alpha / r) sum_e g_t,e B_e A_e dropout(x), t each sample's task."""
+        result = call(self.base_layer, x)                   # W0 x + b
+        if self.router is not None and self.router.disabled: return result  # disable_adapters
+        if self.merged_task is not None:                    # dW_t is in W0 already
+            if task_ids is not None:                        # (routed ids were checked)
+                check_merged(self.merged_task, task_ids, self.module_name)
             return result
-        ids = self._task_ids(task_ids, x.shape[0])
+        ids = self._task_ids(task_ids, x.shape[0])          # t, one per sample
         if not torch.is_grad_enabled() and not self.training:
-            return self._serve(x, ids, result)
-        # In place: the base's output is not saved for its own backward.
-        out = self.adapter_output(x.to(self.lora_A.dtype), ids)
-        return result.add_(out.to(result.dtype))
+            return serve(self, x, ids, result)              # the same, kept between decode steps
+        A_t, Bt_t = self.task_lora(ids)                     # each sample's B_t A_t = dW_t
+        h = self.dropout(x.to(A_t.dtype)).reshape(x.shape[0], -1, self.in_features)
+        h = torch.bmm(A_t, h.transpose(1, 2)).transpose(1, 2)          # A_t x
+        out = torch.bmm(h, Bt_t).reshape(*x.shape[:-1], self.out_features)  # B_t A_t x
+        return result.add_(out.to(result.dtype))   # in place: W0 x is not saved for backward
 
-    def _serve(self, x: torch.Tensor, task_ids: torch.Tensor, result: torch.Tensor):
-        """Serving: result += B_t A_t x, each sample's LoRA kept (`_kept_lora`). A
-        decode step of a small model is per-op overhead, not arithmetic: two products,
-        the second accumulated into the base's output in place (``baddbmm_``)."""
-        A_t, Bt_t = self._kept_lora(task_ids)
-        batch, d_out = x.shape[0], self.out_features
-        if batch == 1 and result.dtype == A_t.dtype:
-            # One request (the latency case): plain matrix products on kept 2-D views, a
-            # third fewer ops than the batched form (bench_serving's lone request).
-            single = self.__dict__.get("_single")
-            if single is None or single[0] is not A_t:
-                single = self.__dict__["_single"] = (A_t, A_t[0].t(), Bt_t[0])
-            h = torch.mm(x.to(A_t.dtype).reshape(-1, self.in_features), single[1])
-            result.view(-1, d_out).addmm_(h, single[2])
-            return result
-        # (A_t x^T)^T: with few rows per sample BLAS runs the batched product several
-        # times faster in this orientation (benchmarks/bench_serving.py).
-        x = x.to(A_t.dtype).reshape(batch, -1, self.in_features)
-        h = torch.bmm(A_t, x.transpose(1, 2)).transpose(1, 2)
-        if result.dtype == A_t.dtype:
-            result.view(batch, -1, d_out).baddbmm_(h, Bt_t)
-            return result
-        return result.add_(torch.bmm(h, Bt_t).view(result.shape).to(result.dtype))
+    def reference_forward(self, x: torch.Tensor, task_ids=None) -> torch.Tensor:
+        """The equation term by term, a loop over the experts (slow; for reading and
+        checking): y = W0 x + b + (alpha / r) sum_e g_t,e B_e A_e dropout(x). `forward`
+        gives the same through `task_lora`'s two batched products."""
+        ids = self.check_task_ids(task_ids, x.shape[0])
+        ids = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if ids is None else ids
+        g = self.gate(ids).to(self.lora_A.dtype)                   # (batch, E), zero outside S_t
+        h = self.dropout(x.to(self.lora_A.dtype))
+        y = self.base_layer(x).to(self.lora_A.dtype)
+        for e in range(self.n_experts):
+            g_e = g[:, e].reshape(-1, *[1] * (x.dim() - 1))        # one weight per sample
+            y = y + self.scaling * g_e * (h @ self.lora_A[e].T @ self.lora_B[e].T)
+        return y.to(x.dtype)
 
     # ------------------------------------------------------------------ merging
-    def _check_merged(self, task_ids) -> None:
-        check_merged(self.merged_task, task_ids, self.module_name)
-
-    def _add_to_base(self, delta: torch.Tensor, sign: int) -> None:
-        add_delta(self.base_layer.weight, delta, sign, self.fan_in_fan_out)
-
     @torch.no_grad()
     def merge(self, task_id: int) -> None:
         """Fold task ``task_id``'s adapter into W0: the layer then runs at the base layer's speed."""
@@ -382,7 +293,7 @@ class CGCLoRALinear(nn.Module):
         if self.merged_task is not None:
             raise ValueError(f"{self.module_name}: task {self.merged_task} is already merged; "
                              "call unmerge(model) first.")
-        self._add_to_base(self.delta_weight(task_id), +1)
+        add_delta(self.base_layer.weight, self.delta_weight(task_id), +1, self.fan_in_fan_out)
         self.merged_task = int(task_id)
 
     @torch.no_grad()
@@ -391,5 +302,5 @@ class CGCLoRALinear(nn.Module):
         (in bfloat16 each merge + unmerge may move a weight by one unit in its last place)."""
         if self.merged_task is None:
             return
-        self._add_to_base(self.delta_weight(self.merged_task), -1)
+        add_delta(self.base_layer.weight, self.delta_weight(self.merged_task), -1, self.fan_in_fan_out)
         self.merged_task = None

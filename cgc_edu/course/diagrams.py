@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from ..adapters.config import AdapterConfig
+from ..methods import method_of
 from .plots import METHOD_COLORS, PART_COLORS
 
 #: The widest figure the book's column shows without scaling (inches, at dpi 100).
@@ -121,23 +122,6 @@ def lora_diagram(rank: int = 4, alpha: float = 8.0, d_in: Optional[int] = None,
 
 
 # ------------------------------------------------------------------ CGC-LoRA
-def method_of(config: AdapterConfig) -> str:
-    """The course's name for the point of the layer family a config is (see docs/design.md).
-
-    Taught in: notebooks/05_cgc_lora.ipynb.
-    """
-    c = config
-    if c.n_specific == 0:
-        name = "LoRA" if c.n_common == 1 else "MoE-LoRA"
-    elif c.n_common == 0:
-        name = "independent LoRAs" if c.n_specific == 1 else "CGC-LoRA, no common experts"
-    else:
-        name = "CGC-LoRA"
-    if c.gate == "uniform" and c.experts_per_task > 1:
-        name += ", uniform gate"
-    return name
-
-
 def _expert_groups(config: AdapterConfig, names: Sequence[str]):
     """[(kind, label, [expert ids])]: the common block, then one block per task."""
     groups = []
@@ -344,5 +328,5 @@ def one_plus_n_diagram(clusters, request: Optional[str] = None, ax=None):
     return fig
 
 
-__all__ = ["MAX_WIDTH", "lora_diagram", "cgc_lora_diagram", "one_plus_n_diagram", "method_of",
+__all__ = ["MAX_WIDTH", "lora_diagram", "cgc_lora_diagram", "one_plus_n_diagram",
            "drawn_parts"]

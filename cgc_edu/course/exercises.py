@@ -26,6 +26,7 @@ from ..adapters.layer import CGCLoRALinear
 from ..data.synthetic import make_correlated_tasks
 from ..data.tinytasks import TASKS, make_tiny_tasks
 from ..framework.affinity import adjusted_rand_index, cluster_tasks, prior_clusters
+from ..methods import method_of
 from ..moe import MoELayer, load_balancing_loss, top_k_gating
 from ..models.central import load_central_model
 from ..mtl import CGC, MMoE, ExtractionLayer
@@ -33,7 +34,6 @@ from ..study.map_report import compare, read_map, verdicts
 from ..study.statistics import load_results, paired_comparison, summary
 from ..train.finetune import chat_format, method_config
 from .counterfactual import override_weights
-from .diagrams import method_of
 from .plots import common_share_table
 
 #: chapter -> exercise number -> check(answer, *context) -> (right, why)

@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle
 from scipy.cluster import hierarchy
 from scipy.cluster.hierarchy import dendrogram
 
-from ..adapters.config import method_name
+from ..methods import MTL_MODELS, METHODS, method_name
 from ..framework.affinity import task_linkage
 from ..study.statistics import per_seed_average
 from .recording import GateRecording
@@ -36,20 +36,12 @@ _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.(.+)$")
 # analogue in chapter 03 share a colour: one shared part (LoRA, shared-bottom) is blue, private
 # parts (independent LoRAs) orange, gated shared experts (MoE-LoRA, MMoE) green, common plus
 # specific experts (CGC-LoRA, CGC) vermillion.
-# Keys are the methods' one names (the study's, `cgc_edu.adapters.method_name`), then
-# chapter 03's models.
-METHOD_COLORS = {
-    "central": "#7f7f7f", "integrated": "#0072B2", "separate": "#E69F00",
-    "moe_lora": "#009E73", "cgc_lora": "#D55E00", "one_plus_n": "#CC79A7",
-    "cgc_uniform": "#56B4E9",
-    "shared_bottom": "#0072B2", "mmoe": "#009E73", "cgc": "#D55E00", "ple": "#CC79A7",
-}
-METHOD_NAMES = {
-    "central": "central model", "integrated": "LoRA", "separate": "independent LoRAs",
-    "moe_lora": "MoE-LoRA", "cgc_lora": "CGC-LoRA", "one_plus_n": "1+N",
-    "cgc_uniform": "CGC-LoRA, uniform gate", "shared_bottom": "shared-bottom",
-    "mmoe": "MMoE", "cgc": "CGC", "ple": "PLE",
-}
+#: Colours and display names, by key: the methods' (`cgc_edu.methods`, the one table),
+#: then chapter 03's models (`cgc_edu.methods.MTL_MODELS`).
+METHOD_COLORS = {**{k: m.color for k, m in METHODS.items()},
+                 **{k: color for k, (_, color) in MTL_MODELS.items()}}
+METHOD_NAMES = {**{k: m.short for k, m in METHODS.items()},
+                **{k: name for k, (name, _) in MTL_MODELS.items()}}
 #: One colour per task (and per cluster of tasks), a palette apart from the methods' so that
 #: a figure of tasks never reads as a figure of methods (Paul Tol's "muted", colour-blind safe).
 TASK_COLORS = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677",

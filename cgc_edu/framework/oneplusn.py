@@ -29,11 +29,12 @@ from torch import nn
 
 from ..adapters.config import AdapterConfig
 from ..adapters.injection import adapter_layers, add_adapters, merged_copy
-from ..adapters.layer import ServingCache, add_delta
+from ..adapters.layer import add_delta
+from ..adapters.serving import ServingCache
+from ..adapters.serving import adapter_state as layer_state
 from ..adapters.saving import export_peft_lora, load_adapters, read_adapter_config, save_adapters
 from ..data.tinytasks import build_tokenizer
-from ..train.loop import evaluate as evaluate_model
-from ..train.loop import greedy_decode
+from ..train.loop import greedy_decode, score_items
 from ..train.loop import train as train_adapters
 from ..utils import PLAIN_TORCH, read_manifest, training_seed
 from .affinity import subset_tasks, task_order
@@ -53,9 +54,9 @@ def _shared_view(base: nn.Module) -> nn.Module:
 
 
 def adapter_state(layers) -> Optional[tuple[tuple, tuple]]:
-    """(tensors, key) of several adapted layers together (`CGCLoRALinear.
+    """(tensors, key) of several adapted layers together (`cgc_edu.adapters.serving.
     adapter_state`), for a `ServingCache`; None when one cannot tell (a gate hook)."""
-    states = [layer.adapter_state() for layer in layers]
+    states = [layer_state(layer) for layer in layers]
     if any(state is None for state in states):
         return None
     return (tuple(t for tensors, _ in states for t in tensors),
@@ -357,25 +358,29 @@ class OnePlusN:
             self._served_cache.put(*state, served)
         return served
 
+    def score_items(self, dataset, batch_size: int = 256) -> pd.DataFrame:
+        """Every item answered by its cluster's set and scored, as `cgc_edu.train.loop.score_items`
+        (cluster by cluster; column ``cluster`` names the set).
+        """
+        present = set(dataset["task"])
+        for t in sorted(present):
+            self.route(t)
+        frames = [score_items(self.sets[cluster], subset_tasks(dataset, mine), self.tokenizer,
+                              batch_size=batch_size).assign(cluster=cluster)
+                  for cluster, tasks in self.clusters.items()
+                  for mine in [[t for t in tasks if t in present]] if mine]
+        return pd.concat(frames, ignore_index=True)
+
     def evaluate(self, dataset, batch_size: int = 256) -> pd.DataFrame:
         """Exact match per task (and "average"), like `cgc_edu.train.evaluate`, each task
         answered by its cluster's set; column ``cluster`` names it.
 
         Taught in: notebooks/06_one_plus_n.ipynb.
         """
-
-        present = set(dataset["task"])
-        for t in sorted(present):
-            self.route(t)
-        frames = []
-        for cluster, tasks in self.clusters.items():
-            mine = [t for t in tasks if t in present]
-            if not mine:
-                continue
-            table = evaluate_model(self.sets[cluster], subset_tasks(dataset, mine), self.tokenizer,
-                                   batch_size=batch_size, task_names=mine).drop(index="average")
-            frames.append(table.assign(cluster=cluster))
-        table = pd.concat(frames).reindex([t for t in task_order(dataset)])
+        items = self.score_items(dataset, batch_size)
+        table = items.groupby("task").agg(exact_match=("exact_match", "mean"),
+                                          n=("exact_match", "size"), cluster=("cluster", "first"))
+        table = table.reindex([t for t in task_order(dataset)])
         table.loc["average"] = [table["exact_match"].mean(), int(table["n"].sum()), ""]
         table["n"] = table["n"].astype(int)
         table.index.name = "task"

@@ -32,7 +32,8 @@ from typing import Optional, Sequence
 
 from ..data.suites import suite
 from .map_report import write_map
-from .methods import METHODS, SEEDS, Settings, check_methods
+from ..methods import METHODS
+from .methods import SEEDS, Settings, check_methods
 from .runner import _key, _run_file, choose_lr, run_jobs, stored_config
 
 COMMAND = "python -m cgc_edu.study.map"
@@ -41,23 +42,9 @@ DEFAULT_STEPS = 600     # half the study's 1200: the whole map fits a few core-h
 SETTINGS = ("named", "anonymous")
 
 
-def _method(kind: str = "adapters", **traits) -> str:
-    """The name in `METHODS` of the one baseline or ablation with these traits: the map
-    is defined by what its methods are, so a renamed method stays in it."""
-    hits = [n for n, m in METHODS.items() if m.kind == kind and m.family != "sweep"
-            and all(getattr(m, k) == v for k, v in traits.items())]
-    if len(hits) != 1:
-        raise LookupError(f"METHODS holds {len(hits)} methods of kind {kind} "
-                          f"with {traits}")
-    return hits[0]
-
-
 #: one shared LoRA, a LoRA per task, MoE-LoRA, CGC-LoRA, CGC-LoRA with a uniform gate
-MAP_METHODS = (_method(n_common=1, n_specific=0), _method("separate"),
-               _method(n_common=4, n_specific=0, gate="task"),
-               _method(n_common=4, n_specific=1, gate="task"),
-               _method(n_common=4, n_specific=1, gate="uniform"))
-CGC = MAP_METHODS[3]
+MAP_METHODS = ("integrated", "separate", "moe_lora", "cgc_lora", "cgc_uniform")
+CGC = "cgc_lora"
 #: budgets per suite. Every map method splits them: on TinyTasks (8 tasks) CGC-LoRA's
 #: 4 + 8 experts need a multiple of 12; on 26 tasks its 4 + 26 experts a multiple of 30
 #: and MoE-LoRA's 4 one of 4, so of 60.

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .methods import METHODS
+from ..methods import METHODS
 from .statistics import paired_comparison
 
 def rule(n_seeds) -> str:
@@ -53,7 +53,7 @@ SEED_COLUMNS = ["cell", "suite", "setting", "rank", "method", "seed", "lr", "ave
 
 
 def _short(method: str) -> str:
-    return METHODS[method].label.split(" (")[0]
+    return METHODS[method].short
 
 
 def seed_table(cells: Sequence[dict]) -> pd.DataFrame:

@@ -44,7 +44,8 @@ from ..train.loop import evaluate, general_probe, train
 from ..utils import seed_everything, training_seed
 
 COMMAND = "python -m cgc_edu.study.real_model"
-METHODS = ("integrated", "cgc_lora", "one_plus_n")
+#: the methods it compares (rows of `cgc_edu.methods.METHODS`)
+STUDIED = ("integrated", "cgc_lora", "one_plus_n")
 DEFAULTS = {"steps": 100, "lr": 2e-3, "batch_size": 8, "n_test": 12}
 
 
@@ -110,13 +111,13 @@ def tables(records: Sequence[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return scores, probe
 
 
-def run_study(out: Path, seeds: Sequence[int], methods: Sequence[str] = METHODS,
+def run_study(out: Path, seeds: Sequence[int], methods: Sequence[str] = STUDIED,
               settings: Optional[dict] = None) -> list[dict]:
     """Every method on every seed, stored one JSON per run; returns every record."""
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in STUDIED]
     if unknown:
         raise ValueError(f"real_model: unknown method(s) {unknown}; choose among "
-                         f"{list(METHODS)}")
+                         f"{list(STUDIED)}")
     settings = {**DEFAULTS, **(settings or {})}
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -143,7 +144,7 @@ def run_study(out: Path, seeds: Sequence[int], methods: Sequence[str] = METHODS,
 def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(STUDIED))
     for key, value in DEFAULTS.items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
     parser.add_argument("--out", type=Path, default=Path("results") / "real_model")

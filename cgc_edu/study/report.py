@@ -17,7 +17,8 @@ import torch
 
 from ..framework.oneplusn import base_fingerprint
 from ..models.central import load_central_model
-from .methods import ANONYMOUS, METHODS, SWEEP, method_labels
+from ..methods import METHODS
+from .methods import ANONYMOUS, SWEEP, method_labels
 from .statistics import (
     COLLAPSE,
     affinity_table,

@@ -58,19 +58,18 @@ from ..framework.affinity import (
 )
 from ..framework.oneplusn import OnePlusN
 from ..models.central import load_central_model
-from ..train.loop import evaluate, train
+from ..train.loop import Recipe, evaluate, score_items, train
+from ..methods import METHODS, expert_rank
 from ..utils import seed_everything, training_seed
 from .methods import (
     AFFINITY_WARMUPS,
     ANONYMOUS,
     CLUSTERINGS,
     LR_GRID,
-    METHODS,
     PROMPT_SETTINGS,
     SEEDS,
     Settings,
     check_methods,
-    expert_rank,
 )
 from .report import write_report
 from .statistics import load_results, runs_table, within_spread
@@ -80,20 +79,33 @@ DEFAULT_OUT = Path("results")          # relative to the caller's working direct
 
 
 # -------------------------------------------------------------- one run
-def _fit(model, rows, tok, steps, lr, batch_size, seed, val_rows, points, task_names=None,
-         task_sampling="data"):
-    """Train; return the validation curve [(share of the steps, {task: exact match})]."""
+def _fit(model, rows, tok, recipe: Recipe, val_rows, points: int, best: bool = False,
+         task_names=None):
+    """Train by ``recipe``; return the validation curve [(share of the steps, {task: exact
+    match})]. With ``best`` the model ends at its best validation point (early stopping's
+    checkpoint: the trainable weights of the point with the highest average, the first on
+    ties); the curve says which (``"_best": 1`` on that point)."""
 
+    steps = recipe.steps
     every = max(1, steps // max(points, 1))
-    curve = []
+    curve, kept = [], {}
 
     def record(step, m):
         if points and step > 0 and (step % every == 0 or step == steps) and (not curve or curve[-1][0] != step / steps):
             table = evaluate(m, val_rows, tok, task_names=task_names).drop(index="average")
             curve.append((round(step / steps, 4), table["exact_match"].to_dict()))
+            score = float(table["exact_match"].mean())
+            if best and score > kept.get("score", -1.0):
+                kept.update(score=score, point=len(curve) - 1,
+                            state={n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad})
 
-    losses = train(model, rows, tok, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                   callback=record, callback_every=every, progress=False, task_sampling=task_sampling)
+    losses = train(model, rows, tok, recipe, callback=record, callback_every=every, progress=False)
+    if kept:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in kept["state"]:
+                    param.copy_(kept["state"][name])
+        curve[kept["point"]][1]["_best"] = 1
     # the training loss at the same points (mean of the steps since the previous point)
     for i, (share, scores) in enumerate(curve):
         end = round(share * steps)
@@ -118,6 +130,12 @@ def _merge_curves(parts):
         last.update(merged[s])
         out.append((s, dict(last)))
     return out
+
+
+def _per_task(items: pd.DataFrame, tasks) -> pd.DataFrame:
+    """Items scored (`score_items`) as exact match and count per task, in ``tasks``' order."""
+    table = items.groupby("task")["exact_match"].agg(exact_match="mean", n="size")
+    return table.reindex([t for t in tasks if t in table.index])
 
 
 def _share(part, rows, settings) -> float:
@@ -150,31 +168,33 @@ def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) 
     n_tasks = len(tasks)
     start = time.perf_counter()
     extra: dict = {}
-    fit = dict(batch_size=settings.batch_size, seed=seed, points=settings.curve_points,
-               task_sampling=settings.task_sampling)
+    recipe = Recipe(steps=settings.steps, lr=lr, batch_size=settings.batch_size, seed=seed,
+                    task_sampling=settings.task_sampling, warmup=settings.warmup, clip=settings.clip)
+    fit = dict(points=settings.curve_points, best=settings.best_checkpoint)
+
+    def lora_alpha(rank):   # the scaling: alpha / r (2 unless alpha is set), or alpha / sqrt(r)
+        return 2.0 * rank if settings.alpha is None else settings.alpha
     if spec.kind == "central":
         params, curve = 0, []
-        scorer = lambda split: evaluate(base, split, tok)
+        scorer = lambda split: score_items(base, split, tok)
     elif spec.kind == "separate":
-        rank = spec.task_rank(settings.rank, n_tasks)
+        rank = spec.task_rank(settings.rank, n_tasks, settings.budget)
         models, parts, params = {}, [], 0
         for task in tasks:
             with torch.random.fork_rng():
                 torch.manual_seed(training_seed(seed))
-                model = add_adapters(load_central_model(settings.base),
-                                     AdapterConfig.lora(rank=rank, alpha=2.0 * rank))
+                model = add_adapters(load_central_model(settings.base), AdapterConfig.lora(
+                    rank=rank, alpha=lora_alpha(rank), use_rslora=settings.rslora))
             mine = subset_tasks(train_rows, [task])
             steps = max(settings.min_separate_steps, round(settings.steps * _share(mine, train_rows, settings)))
-            parts.append(_fit(model, mine, tok, steps, lr, val_rows=subset_tasks(val_rows, [task]),
-                              task_names=[task], **fit))
+            parts.append(_fit(model, mine, tok, replace(recipe, steps=steps),
+                              val_rows=subset_tasks(val_rows, [task]), task_names=[task], **fit))
             models[task] = model
             params += trainable_parameters(model)
         curve = _merge_curves(parts)
 
         def scorer(split):
-            frames = [evaluate(models[t], subset_tasks(split, [t]), tok, task_names=[t]).drop(index="average")
-                      for t in tasks]
-            return pd.concat(frames)
+            return pd.concat([score_items(models[t], subset_tasks(split, [t]), tok) for t in tasks])
     elif spec.kind == "one_plus_n":
         designed = prior_clusters(train_rows)
         if method == "one_plus_n_designed":
@@ -184,37 +204,42 @@ def run_one(method: str, seed: int, lr: float, settings: Settings = Settings()) 
                                             warmup_steps=settings.affinity_warmup, seed=seed)
         r_e = expert_rank(settings.rank, n_tasks)
         per_task = r_e * (spec.n_common + spec.n_specific)
-        configs = {c: AdapterConfig(rank=per_task, alpha=2.0 * per_task, n_common=spec.n_common,
-                                    n_specific=spec.n_specific, n_tasks=len(t), budget="per_task")
+        configs = {c: AdapterConfig(rank=per_task, alpha=lora_alpha(per_task), n_common=spec.n_common,
+                                    n_specific=spec.n_specific, n_tasks=len(t), budget="per_task",
+                                    use_rslora=settings.rslora)
                    for c, t in clusters.items()}
         fw = OnePlusN(base, clusters, configs, tokenizer=tok, seed=seed)
         parts = []
         for cluster, members in clusters.items():   # the joint run's steps, shared (`_share`)
             mine = subset_tasks(train_rows, members)
             steps = max(1, round(settings.steps * _share(mine, train_rows, settings)))
-            parts.append(_fit(fw.sets[cluster], mine, tok, steps, lr, val_rows=subset_tasks(val_rows, members),
-                              task_names=members, **fit))
+            parts.append(_fit(fw.sets[cluster], mine, tok, replace(recipe, steps=steps),
+                              val_rows=subset_tasks(val_rows, members), task_names=members, **fit))
         curve = _merge_curves(parts)
         params = sum(trainable_parameters(s) for s in fw.sets.values())
-        scorer = lambda split: fw.evaluate(split).drop(columns="cluster")
+        scorer = fw.score_items
         extra = {"clusters": clusters, "ari": adjusted_rand_index(clusters, designed)}
     else:
-        model = add_adapters(base, spec.config(settings.rank, n_tasks))
-        curve = _fit(model, train_rows, tok, settings.steps, lr, val_rows=val_rows, **fit)
+        model = add_adapters(base, spec.config(settings.rank, n_tasks, settings.budget,
+                                               lora_alpha(settings.rank), settings.rslora))
+        curve = _fit(model, train_rows, tok, recipe, val_rows=val_rows, **fit)
         params = trainable_parameters(model)
-        scorer = lambda split: evaluate(model, split, tok)
+        scorer = lambda split: score_items(model, split, tok)
     trained = time.perf_counter()
-    test = scorer(data["test"])
-    test = test.drop(index="average", errors="ignore")
-    validation = scorer(val_rows).drop(index="average", errors="ignore")
+    items = scorer(data["test"])
+    test = _per_task(items, tasks)
+    validation = _per_task(scorer(val_rows), tasks)
     done = time.perf_counter()
+    if settings.items:   # every test item's score, in the test split's order of each task
+        extra["items"] = {t: [int(v) for v in g] for t, g in items.groupby("task", sort=False)["exact_match"]}
     return {"method": method, "seed": seed, "lr": lr, "setting": settings.setting,
             "settings": asdict(settings), "tasks": tasks,
             "cluster_of": dict(zip(data["test"]["task"], data["test"]["cluster"])),
             "low_data": sorted({t for t, low in zip(data["test"]["task"], data["test"]["low_data"]) if low}),
             "test": test["exact_match"].to_dict(), "n_test": test["n"].astype(int).to_dict(),
             "validation": validation["exact_match"].to_dict(), "curve": curve,
-            "trainable_params": int(params), "task_rank": spec.task_rank(settings.rank, n_tasks),
+            "trainable_params": int(params),
+            "task_rank": spec.task_rank(settings.rank, n_tasks, settings.budget),
             "train_seconds": round(trained - start, 2), "eval_seconds": round(done - trained, 2), **extra}
 
 
@@ -269,6 +294,9 @@ def _job(job):
 #: Settings fields only some runs depend on: the affinity 1+N clusters by matters to the runs
 #: that measure clusters (and to the affinity study), not to the others.
 _AFFINITY_FIELDS = ("affinity", "affinity_warmup")
+#: the fair protocol's knobs, at the values every run had before they existed
+_FIRST_RECIPE = {k: Settings.__dataclass_fields__[k].default for k in
+                 ("budget", "alpha", "rslora", "warmup", "clip", "best_checkpoint", "items")}
 
 
 def _key(kind, settings, **kw):
@@ -280,6 +308,8 @@ def _key(kind, settings, **kw):
         skip.add("suite")
     if kind == "run" and kw.get("method") != "one_plus_n":
         skip.update(_AFFINITY_FIELDS)
+    # the protocol's knobs at the first recipe's values: a run stored before they existed keeps its key
+    skip.update(k for k, v in _FIRST_RECIPE.items() if getattr(settings, k) == v)
     fields = {k: v for k, v in asdict(replace(settings, threads=1)).items() if k not in skip}
     return {"kind": kind, "settings": fields, **kw, "setting": settings.setting}
 

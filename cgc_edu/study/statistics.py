@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from ..adapters.config import method_name
-from .methods import METHODS
+from ..methods import METHODS, method_name
 
 DEFAULT_OUT = Path("results")
 # the comparisons the study makes: (method, baseline)

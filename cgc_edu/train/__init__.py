@@ -4,6 +4,6 @@ data-parallel training (`distributed`).
 
 Taught in: notebooks/04_moe_lora.ipynb.
 """
-from .loop import evaluate, greedy_decode, model_device, train
+from .loop import Recipe, evaluate, greedy_decode, model_device, score_items, train
 
-__all__ = ["evaluate", "greedy_decode", "model_device", "train"]
+__all__ = ["Recipe", "evaluate", "greedy_decode", "model_device", "score_items", "train"]

@@ -45,14 +45,16 @@ import pandas as pd
 import torch
 from datasets import Dataset
 
-from ..adapters.config import AdapterConfig, method_name
+import inspect
+
+from ..adapters.config import AdapterConfig
+from ..methods import METHODS, PRESETS, method_name
 from ..adapters.injection import add_adapters
 from ..adapters.saving import export_peft_lora, save_adapters
 from ..utils import PLAIN_TORCH, no_progress_bars, seed_everything
 from .loop import evaluate, train
 
-#: The presets finetune trains, by the methods' one names (older names: `method_name`).
-PRESETS = ("integrated", "separate", "moe_lora", "cgc_lora")
+#: finetune trains the methods an `AdapterConfig` preset builds (`cgc_edu.methods.PRESETS`).
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -322,10 +324,10 @@ def load_model_and_tokenizer(name_or_path: str, device=None, dtype=None):
     return model.eval(), tokenizer
 
 
-def method_config(method: str, n_tasks: int, rank: int = 8, alpha: float = 16.0,
+def method_config(name: str, n_tasks: int, rank: int = 8, alpha: float = 16.0,
                   n_common: int = 2, n_specific: int = 2, n_experts: int = 4,
                   dropout: float = 0.0, target_modules: Optional[Sequence[str]] = None) -> AdapterConfig:
-    """The ``AdapterConfig`` preset of ``method`` (one of ``PRESETS``, or an older name:
+    """The ``AdapterConfig`` preset of method ``name`` (one of ``PRESETS``, or an older name:
     "lora", "independent") for ``n_tasks`` tasks.
 
     The defaults (rank 8, 2 common + 2 specific experts for CGC-LoRA, 4 for MoE-LoRA) divide
@@ -333,18 +335,14 @@ def method_config(method: str, n_tasks: int, rank: int = 8, alpha: float = 16.0,
 
     Taught in: notebooks/09_your_model.ipynb
     """
-    common = dict(rank=rank, alpha=alpha, n_tasks=n_tasks, dropout=dropout,
-                  target_modules=list(target_modules) if target_modules else None)
-    method = method_name(method)
-    if method == "integrated":
-        return AdapterConfig.lora(**common)
-    if method == "separate":
-        return AdapterConfig.independent(**common)
-    if method == "moe_lora":
-        return AdapterConfig.moe_lora(n_experts=n_experts, **common)
-    if method == "cgc_lora":
-        return AdapterConfig.cgc_lora(n_common=n_common, n_specific=n_specific, **common)
-    raise ValueError(f"unknown method {method!r}; choose one of {list(PRESETS)}")
+    spec = METHODS.get(method_name(name))
+    if spec is None or spec.preset is None:
+        raise ValueError(f"unknown method {name!r}; choose one of {list(PRESETS)}")
+    preset = getattr(AdapterConfig, spec.preset)
+    sizes = dict(n_common=n_common, n_specific=n_specific, n_experts=n_experts)
+    return preset(rank=rank, alpha=alpha, n_tasks=n_tasks, dropout=dropout,
+                  target_modules=list(target_modules) if target_modules else None,
+                  **{k: v for k, v in sizes.items() if k in inspect.signature(preset).parameters})
 
 
 @dataclass

@@ -13,6 +13,7 @@ Taught in: notebooks/04_moe_lora.ipynb
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
 import pandas as pd
@@ -80,53 +81,93 @@ def _uniform_draw(rows, batch_size, order):
         yield [batch[j] for j in perm]
 
 
-def train(model, dataset, tokenizer, steps: int = 300, lr: float = 3e-3, batch_size: int = 32,
-          seed: int = 0, callback: Optional[Callable] = None, callback_every: int = 10,
-          progress: bool = True, weight_decay: float = 0.0,
-          gate_lr: Optional[float] = None, task_sampling: str = "data") -> list[float]:
-    """Train the model's trainable parameters (its adapters) for ``steps`` AdamW steps.
+@dataclass(frozen=True)
+class Recipe:
+    """How `train` trains: every knob of the loop, checked once, here.
 
-    With ``task_sampling="data"`` batches are drawn by reshuffling ``dataset`` each epoch
-    (tasks mix in proportion to their data, so a low-data task is seen rarely); with
-    ``"uniform"`` every task fills an equal share of each batch (each task's rows reshuffled
-    when they run out), so a task with 50 rows trains as often as one with 2000 -- the
-    usual multi-task recipe when a small task should borrow from its neighbours. The
-    loss is on the target only. The learning rate decays linearly to zero.
-    ``callback(step, model)`` is
-    called before the first step (step 0), every ``callback_every`` steps and after the
-    last one; a ``GateRecorder`` is such a callback. ``gate_lr`` gives the task gates their
-    own learning rate (they have few parameters and start neutral, so a larger step lets
-    them commit to a mixture early); by default they share ``lr``. Returns the loss of
-    every step. The model's train/eval mode is what it was before.
+    ``steps`` AdamW steps at peak rate ``lr`` on batches of ``batch_size``; ``seed`` draws
+    the batch order (and, with the adapters' initialisation, a run). ``warmup``: the share
+    of the steps over which the rate rises linearly from 0 to ``lr``; after it the rate
+    decays linearly to 0. ``clip``: the largest gradient norm (None: no clipping).
+    ``task_sampling``: "data" (batches reshuffle the rows each epoch, so tasks mix in
+    proportion to their data) or "uniform" (every task an equal share of each batch: a task
+    with 50 rows trains as often as one with 2000). ``gate_lr``: the task gates' own rate
+    (None: ``lr``). The defaults are the notebooks' short recipe; `cgc_edu.study.protocol`
+    passes the fair one (warm-up, clipping).
+    """
+
+    steps: int = 300
+    lr: float = 3e-3
+    batch_size: int = 32
+    seed: int = 0
+    weight_decay: float = 0.0
+    gate_lr: Optional[float] = None
+    task_sampling: str = "data"
+    warmup: float = 0.0
+    clip: Optional[float] = None
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r}: must be a positive integer")
+        if self.task_sampling not in ("data", "uniform"):
+            raise ValueError(f"task_sampling={self.task_sampling!r}: choose 'data' (tasks in "
+                             "proportion to their rows) or 'uniform' (every task equally often)")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup={self.warmup!r}: a share of the steps in [0, 1), e.g. 0.06")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip={self.clip!r}: a positive gradient norm, e.g. 1.0, or None")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r}: the learning rate must be positive, e.g. 3e-3")
+
+    def rate(self, step: int) -> float:
+        """The multiplier of ``lr`` at ``step`` (0-based): linear warm-up, then linear decay."""
+        rise = round(self.warmup * self.steps)
+        if step < rise:
+            return (step + 1) / (rise + 1)
+        return 1.0 - (step - rise) / (self.steps - rise)
+
+
+def train(model, dataset, tokenizer, recipe: Optional[Recipe] = None,
+          callback: Optional[Callable] = None, callback_every: int = 10,
+          progress: bool = True, **knobs) -> list[float]:
+    """Train the model's trainable parameters (its adapters) by ``recipe`` (a `Recipe`; its
+    fields may also be given as keywords: ``train(model, data, tok, steps=200, lr=3e-3)``).
+
+    The loss is on the target only. ``callback(step, model)`` is called before the first
+    step (step 0), every ``callback_every`` steps and after the last one; a
+    ``GateRecorder`` is such a callback. Returns the loss of every step. The model's
+    train/eval mode is what it was before.
 
     Taught in: notebooks/04_moe_lora.ipynb
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r}: train for at least one step")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: must be a positive integer")
+    unknown = sorted(set(knobs) - set(Recipe.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"train() got unknown knob(s) {unknown}; a Recipe has "
+                        f"{list(Recipe.__dataclass_fields__)}")
+    recipe = replace(recipe or Recipe(), **knobs)
     if not isinstance(callback_every, int) or callback_every < 1:
         raise ValueError(f"callback_every={callback_every!r}: must be a positive integer")
-    if task_sampling not in ("data", "uniform"):
-        raise ValueError(f"task_sampling={task_sampling!r}: choose 'data' (tasks in proportion "
-                         "to their rows) or 'uniform' (every task equally often)")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters; add adapters first "
                          "(cgc_edu.add_adapters(model, config))")
     rows = _rows(dataset)
-    seed_everything(seed)
+    steps, batch_size = recipe.steps, recipe.batch_size
+    seed_everything(recipe.seed)
     collate = TinyTasksCollator(tokenizer, device=model_device(model))
     routed = bool(adapter_layers(model))
     gate_ids = {id(p) for m in model.modules() if isinstance(m, TaskGate)
-                for p in m.parameters() if p.requires_grad} if gate_lr is not None else set()
+                for p in m.parameters() if p.requires_grad} if recipe.gate_lr is not None else set()
     groups = [{"params": [p for p in params if id(p) not in gate_ids]},
-              {"params": [p for p in params if id(p) in gate_ids], "lr": gate_lr}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
-    order = torch.Generator().manual_seed(training_seed(seed))
+              {"params": [p for p in params if id(p) in gate_ids], "lr": recipe.gate_lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=recipe.lr,
+                            weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, recipe.rate)
+    order = torch.Generator().manual_seed(training_seed(recipe.seed))
     queue: list[int] = []
-    draw = _uniform_draw(rows, batch_size, order) if task_sampling == "uniform" else None
+    draw = _uniform_draw(rows, batch_size, order) if recipe.task_sampling == "uniform" else None
     losses = []
     was_training = model.training   # restored at the end: the caller keeps its mode
     model.train()
@@ -144,6 +185,8 @@ def train(model, dataset, tokenizer, steps: int = 300, lr: float = 3e-3, batch_s
         task_ids = batch.pop("task_ids")
         loss = model(**batch, **({"task_ids": task_ids} if routed else {})).loss
         loss.backward()
+        if recipe.clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, recipe.clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -184,6 +227,22 @@ def greedy_decode(model, tokenizer, prompts: Sequence[str], task_ids=None,
     return answers
 
 
+def score_items(model, dataset, tokenizer, batch_size: int = 256) -> pd.DataFrame:
+    """Every row's greedy answer scored: a DataFrame with one row per item, in the
+    dataset's order, columns ``task``, ``task_id``, ``answer`` and ``exact_match`` (1.0 or
+    0.0). Comparisons pair methods item by item on it; `evaluate` averages it per task.
+    """
+    rows = _rows(dataset)
+    longest = max(len(r["target"]) for r in rows)
+    answers = greedy_decode(model, tokenizer, [r["prompt"] for r in rows],
+                            task_ids=[int(r["task_id"]) for r in rows],
+                            max_new_tokens=longest + 1, batch_size=batch_size)
+    return pd.DataFrame({
+        "task": [r.get("task", str(r["task_id"])) for r in rows],
+        "task_id": [int(r["task_id"]) for r in rows], "answer": answers,
+        "exact_match": [float(a == r["target"]) for a, r in zip(answers, rows)]})
+
+
 def evaluate(model, dataset, tokenizer, batch_size: int = 256,
              task_names: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """Exact match of greedy answers, per task, plus an "average" row (mean over tasks).
@@ -192,15 +251,7 @@ def evaluate(model, dataset, tokenizer, batch_size: int = 256,
 
     Taught in: notebooks/04_moe_lora.ipynb
     """
-    rows = _rows(dataset)
-    longest = max(len(r["target"]) for r in rows)
-    answers = greedy_decode(model, tokenizer, [r["prompt"] for r in rows],
-                            task_ids=[int(r["task_id"]) for r in rows],
-                            max_new_tokens=longest + 1, batch_size=batch_size)
-    frame = pd.DataFrame({
-        "task": [r.get("task", str(r["task_id"])) for r in rows],
-        "task_id": [int(r["task_id"]) for r in rows],
-        "exact_match": [float(a == r["target"]) for a, r in zip(answers, rows)]})
+    frame = score_items(model, dataset, tokenizer, batch_size)
     table = (frame.groupby(["task_id", "task"], sort=True)["exact_match"]
              .agg(exact_match="mean", n="size").reset_index(level=0, drop=True))
     if task_names is not None:
