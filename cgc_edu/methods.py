@@ -11,7 +11,8 @@ sit around it (no adapter, one model per task, one CGC-LoRA set per cluster). Ea
 * ``color``: its colour in every figure (Okabe-Ito, colour-blind safe);
 * ``kind``: "central" (no adapter), "adapters" (one bank for all tasks), "separate" (one LoRA
   per task, each trained alone), "one_plus_n" (one CGC-LoRA bank per cluster) or "peft"
-  (peft's own LoRAs, one per task, per cluster or for all, served with ``adapter_names``);
+  (peft's own LoRAs, one per ``per``: "task", "cluster" or "all", served with
+  ``adapter_names``);
 * ``preset``: the `AdapterConfig` preset that builds it (``finetune --method`` offers these);
 * the study's defaults: ``n_common``, ``n_specific``, ``gate``, its ``family`` ("baseline",
   "ablation" or "sweep"), whether its learning rate is ``tuned`` (else it takes that of
@@ -47,6 +48,7 @@ class Method:
     tuned: bool = False
     lr_from: str = "cgc_lora"
     lr: float = 1.2e-2
+    per: Optional[str] = None
     preset: Optional[str] = None
     aliases: tuple = ()
 
@@ -120,11 +122,12 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("cgc_c8_s2", "CGC-LoRA 8 common + 2 specific", "CGC-LoRA 8 + 2", "#a6611a",
            family="sweep", n_common=8, n_specific=2),
     Method("peft_task", "peft: one LoRA per task, served with adapter_names",
-           "peft LoRA per task", "#b15928", kind="peft", tuned=True, lr=6e-3),
+           "peft LoRA per task", "#b15928", kind="peft", tuned=True, lr=6e-3, per="task"),
     Method("peft_cluster", "peft: one LoRA per cluster, served with adapter_names",
-           "peft LoRA per cluster", "#6a3d9a", kind="peft", tuned=True, lr=6e-3),
+           "peft LoRA per cluster", "#6a3d9a", kind="peft", tuned=True, lr=6e-3,
+           per="cluster"),
     Method("peft_all", "peft: one LoRA for every task", "peft LoRA for all", "#1f78b4",
-           kind="peft", tuned=True, lr=3e-3),
+           kind="peft", tuned=True, lr=3e-3, per="all"),
     Method("cgc_c16_s1", "CGC-LoRA 16 common + 1 specific", "CGC-LoRA 16 + 1", "#dfc27d",
            family="sweep", n_common=16, n_specific=1),
 ]}

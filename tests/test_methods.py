@@ -57,6 +57,7 @@ def test_every_row_is_complete_and_its_colour_its_own():
         assert m.kind in ("central", "adapters", "separate", "one_plus_n", "peft")
         assert m.family in ("baseline", "ablation", "sweep")
         assert m.lr_from in METHODS
+        assert (m.per in ("task", "cluster", "all")) == (m.kind == "peft")
     colours = [m.color.lower() for m in METHODS.values()]
     assert len(set(colours)) == len(colours)
 

@@ -22,3 +22,6 @@ from .tinytasks import (
 __all__ = ["CHARACTERS", "LETTERS", "SPECIAL_TOKENS", "TASK_NAMES", "TASKS", "TaskSpec",
            "TinyTasksCollator", "build_tokenizer", "format_prompt", "make_tiny_tasks",
            "task_names"]
+from .general_text import general_text, prose_paragraphs
+
+__all__ += ["general_text", "prose_paragraphs"]

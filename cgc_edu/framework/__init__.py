@@ -20,3 +20,6 @@ from .oneplusn import OnePlusN, base_fingerprint, unique_parameter_bytes
 __all__ = ["OnePlusN", "adjusted_rand_index", "base_fingerprint", "cluster_tasks",
            "clustering_agreement", "measured_clusters", "prior_clusters", "subset_tasks",
            "task_affinity", "task_linkage", "task_order", "unique_parameter_bytes"]
+from .task_router import NO_TASK, TaskClassifier, prompt_features
+
+__all__ += ["NO_TASK", "TaskClassifier", "prompt_features"]

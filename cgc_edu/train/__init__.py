@@ -7,3 +7,6 @@ Taught in: notebooks/04_moe_lora.ipynb.
 from .loop import Recipe, evaluate, greedy_decode, model_device, score_items, train
 
 __all__ = ["Recipe", "evaluate", "greedy_decode", "model_device", "score_items", "train"]
+from .forgetting import text_loss
+
+__all__ += ["text_loss"]
