@@ -280,3 +280,19 @@ def test_the_map_command_refuses_bad_options(tmp_path):
         fair_map.main(["--methods", "dora", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="--seeds 'a,b'"):
         fair_map.main(["--seeds", "a,b", "--out", str(tmp_path)])
+
+
+def test_the_ablations_run_last_in_the_studys_cell_and_are_judged_against_cgc_lora(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "_job", _fake_run)
+    for m in fair_map.ABLATIONS:
+        LEVEL.setdefault(m, 0.7)
+    _fake_run.calls = []
+    fair_map.main(["--cells", "tinytasks_named_r24", "--methods", "cgc_lora,integrated", "--ablations",
+                   "--out", str(tmp_path), "--no-progress"])
+    order = [m for m, _, _ in _fake_run.calls]
+    first_ablation = min(order.index(m) for m in fair_map.ABLATIONS)
+    assert all(m in ("cgc_lora", "integrated") for m in order[:first_ablation])
+    comparisons = pd.read_csv(tmp_path / "map.csv")
+    versus = comparisons[comparisons["method"].isin(fair_map.ABLATIONS)]
+    assert sorted(versus["method"]) == sorted(fair_map.ABLATIONS) and set(versus["baseline"]) == {"cgc_lora"}
+    assert len(comparisons) == 1 + len(fair_map.ABLATIONS)

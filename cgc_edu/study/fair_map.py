@@ -42,6 +42,9 @@ from .runner import _key, _run_file, run_jobs
 COMMAND = "python -m cgc_edu.study.fair_map"
 DEFAULT_OUT = Path("results/fair_map")
 METHODS_MAPPED = ("integrated", "separate", "moe_lora", "cgc_lora", "cgc_uniform")
+#: chapter 07's ablations, each with its own tuned rate, in the study's cell (TinyTasks,
+#: named prompts, budget 24): no common experts, 8 + 2 and 16 + 1 experts, 1+N
+ABLATIONS = ("cgc_no_common", "cgc_c8_s2", "cgc_c16_s1", "one_plus_n")
 AXES = {"r": "params", "t": "per_task"}
 HIDDEN = 128   # the central model's projections' width: no budget at or above it
 
@@ -190,7 +193,9 @@ def tables(cells: Sequence[dict], protocol: Protocol) -> dict[str, pd.DataFrame]
         by = {}
         for r in c["runs"]:
             by.setdefault(r["method"], {})[r["seed"]] = [v for t in r["tasks"] for v in r["items"][t]]
-        for a, b in combinations([m for m in METHODS_MAPPED if m in by], 2):
+        pairs = list(combinations([m for m in METHODS_MAPPED if m in by], 2))
+        pairs += [(a, "cgc_lora") for a in ABLATIONS if a in by and "cgc_lora" in by]
+        for a, b in pairs:
             if len(set(by[a]) & set(by[b])) >= 2:
                 row = compare(by[a], by[b], protocol.level)
                 row.pop("seed_differences")
@@ -251,6 +256,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--base", help="central model folder (default: the shipped one)")
     add("--out", type=Path, default=DEFAULT_OUT)
     add("--report-only", action="store_true", help="train nothing: report what is stored")
+    add("--ablations", action="store_true",
+        help=f"then chapter 07's ablations ({', '.join(ABLATIONS)}) in {CELLS[0].name}")
     add("--no-progress", action="store_true")
     return parser
 
@@ -287,12 +294,19 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     def report():
         stored = [run_cell(c, args.out, train=False, **common) for c in reported]
+        ablations = run_cell(CELLS[0], args.out, train=False, **{**common, "methods": ABLATIONS})
+        first = stored[reported.index(CELLS[0])]    # one cell: the map's methods and the ablations
+        first.update(grid=first["grid"] + ablations["grid"], runs=first["runs"] + ablations["runs"],
+                     lr={**first["lr"], **ablations["lr"]})
         return write_report(stored, args.out, protocol, config)
 
     for cell in ([] if args.report_only else cells):
         run_cell(cell, args.out, **common)
         call["wall_seconds"] = round(time.perf_counter() - start, 1)
         report()          # after each cell: an interrupted map keeps what it has
+    if args.ablations and not args.report_only:   # last: the map's cells come first
+        run_cell(CELLS[0], args.out, **{**common, "methods": ABLATIONS})
+        call["wall_seconds"] = round(time.perf_counter() - start, 1)
     return report()
 
 
