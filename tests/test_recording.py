@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from cgc_edu import AdapterConfig, adapter_layers
-from cgc_edu.course.recording import GateRecorder, GateRecording, load_recording
+from cgc_edu.course.recording import GateRecorder, GateRecording
 from cgc_edu.utils import seed_everything
 from fixtures.gate_data import TASKS, TinyBlocks, synthetic_recording, tiny_model
 
@@ -99,7 +99,7 @@ def test_save_and_load_round_trip(tmp_path):
         _scramble_gates(model, step)
         recorder.record(step)
     path = recorder.save(tmp_path / "gates.npz")
-    loaded = load_recording(path)
+    loaded = GateRecording.load(path)
     original = recorder.recording
     np.testing.assert_array_equal(loaded.gates, original.gates)
     np.testing.assert_array_equal(loaded.steps, original.steps)

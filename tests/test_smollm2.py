@@ -15,7 +15,7 @@ from cgc_edu.data.english import (ENGLISH_TASK_NAMES, GENERAL_PROBE, english_clu
 from cgc_edu.models import smollm2
 from cgc_edu.train import train
 from cgc_edu.train.finetune import chat_format
-from cgc_edu.train.loop import general_probe
+from cgc_edu.train.forgetting import general_probe
 from cgc_edu.utils import relative_difference
 
 needs_wheel = pytest.mark.skipif(

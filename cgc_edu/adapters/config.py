@@ -12,7 +12,6 @@ Taught in: notebooks/04_moe_lora.ipynb and notebooks/05_cgc_lora.ipynb.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Sequence
@@ -340,9 +339,6 @@ class AdapterConfig:
         if unknown:
             raise ValueError(f"AdapterConfig.from_dict: unknown fields {unknown}; known fields are {sorted(known)}.")
         return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
 def adapter_parameter_count(config: AdapterConfig, d_in: int, d_out: int) -> dict:

@@ -47,10 +47,6 @@ FORMAT = "cgc_edu-adapters"
 SAVED_PREFIX = "modules_to_save."
 
 
-def _model_config(model: nn.Module, caller: str) -> AdapterConfig:
-    return injected(model, caller).config  # raises the "no adapters" error
-
-
 def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every adapter and gate tensor by a stable name; a shared gate is stored once."""
     tensors, config = {}, injected(model, "save_adapters").config
@@ -73,7 +69,7 @@ def save_adapters(model: nn.Module, path: Union[str, Path]) -> Path:
 
     Taught in: notebooks/05_cgc_lora.ipynb.
     """
-    config = _model_config(model, "save_adapters")
+    config = injected(model, "save_adapters").config   # raises the "no adapters" error
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     layers = adapter_layers(model)
@@ -228,7 +224,7 @@ def export_peft_lora(model: nn.Module, task_id: int, path: Union[str, Path],
     """
     from peft import LoraConfig  # imported here: peft is only needed for export
 
-    _model_config(model, "export_peft_lora")
+    injected(model, "export_peft_lora")   # raises the "no adapters" error
     layers = adapter_layers(model)
     ids = next(iter(layers.values())).check_task_ids(torch.tensor([int(task_id)]))
     tensors = {}

@@ -224,12 +224,6 @@ class GateRecorder:
         return self.recording.save(path)
 
 
-def load_recording(path) -> GateRecording:
-    """Read a recording saved with `GateRecorder.save` / `GateRecording.save`.
-    """
-    return GateRecording.load(path)
-
-
 def _index(kind: str, key, names: list) -> int:
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         if -len(names) <= key < len(names):

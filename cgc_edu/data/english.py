@@ -11,7 +11,7 @@ offline from the small tables below, deterministically from a seed.
 
 `GENERAL_PROBE` holds questions outside every task that the bare SmolLM2-135M-Instruct
 answers right through its chat template (each checked by the tests):
-`cgc_edu.train.loop.general_probe` scores a model on them the same way before and after fine-tuning, to see whether the "1"
+`cgc_edu.train.forgetting.general_probe` scores a model on them the same way before and after fine-tuning, to see whether the "1"
 of 1+N keeps its general skills.
 
 Taught in: notebooks/10_real_model.ipynb

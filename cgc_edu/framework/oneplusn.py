@@ -209,12 +209,6 @@ class OnePlusN:
         except (KeyError, TypeError):
             raise KeyError(f"OnePlusN: unknown task {task!r}; known tasks are {self.tasks}.") from None
 
-    def adapter_set(self, task_or_cluster: str) -> nn.Module:
-        """The adapted model (a view over the shared base) of a cluster, or of a task's cluster."""
-        if task_or_cluster in self.sets:
-            return self.sets[task_or_cluster]
-        return self.sets[self.route(task_or_cluster)[0]]
-
     # ----------------------------------------------------------- train / use
     def train(self, dataset, steps: int = 300, progress: bool = True, **train_kwargs) -> dict[str, list[float]]:
         """Train the N adapter sets cluster by cluster on their tasks' rows of ``dataset``.

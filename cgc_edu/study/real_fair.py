@@ -54,8 +54,8 @@ from ..framework.task_router import TaskClassifier
 from ..methods import METHODS
 from ..models.smollm2 import load_smollm2
 from ..train.finetune import DataError, chat_format, load_task_data
-from ..train.forgetting import text_loss
-from ..train.loop import Recipe, general_probe, score_items
+from ..train.forgetting import general_probe, text_loss
+from ..train.loop import Recipe, score_items
 from ..utils import seed_everything, training_seed
 from .protocol import Protocol, choose, compare, judge
 from .runner import _fit

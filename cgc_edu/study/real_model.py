@@ -12,7 +12,7 @@ low-data tasks), through the model's chat template:
   experts each); a request that names no task goes to the untouched central model.
 
 Each run records every task's exact match on held-out words and the general probe
-(`cgc_edu.train.loop.general_probe`: questions outside every task) answered by the model a
+(`cgc_edu.train.forgetting.general_probe`: questions outside every task) answered by the model a
 request without a task would reach. One JSON per method and seed in ``OUT/runs/``
 (resumable: a stored run is read back), then ``OUT/results.csv``, ``OUT/probe.csv`` and
 ``OUT/config.json``.
@@ -40,7 +40,8 @@ from ..data.english import ENGLISH_TASK_NAMES, english_clusters, make_english_ta
 from ..framework.oneplusn import OnePlusN
 from ..models.smollm2 import load_smollm2
 from ..train.finetune import chat_format
-from ..train.loop import evaluate, general_probe, train
+from ..train.forgetting import general_probe
+from ..train.loop import evaluate, train
 from ..utils import seed_everything, training_seed
 
 COMMAND = "python -m cgc_edu.study.real_model"

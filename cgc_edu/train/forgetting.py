@@ -1,19 +1,22 @@
-"""Forgetting: the loss of a causal language model on general text, before and after tuning.
+"""Forgetting: what fine-tuning costs a model outside its tasks.
 
-peft's method comparison measures what fine-tuning costs a model outside its tasks as the
-rise of its loss on held-out general text (``text_loss`` after minus before: "forgetting").
-The text should come from outside every task, e.g. `cgc_edu.data.general_text.general_text`.
+Two measures: `general_probe` asks questions outside every task (the bare model answers
+them right) and scores each answer; `text_loss` is the loss on held-out general text.
+peft's method comparison calls the rise of that loss after tuning "forgetting". The text
+should come from outside every task, e.g. `cgc_edu.data.general_text.general_text`.
 """
 from __future__ import annotations
 
 import contextlib
 from typing import Optional, Sequence
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from ..adapters.injection import has_adapters, task_context
-from .loop import model_device
+from ..data.english import GENERAL_PROBE, probe_prompts, score_probe
+from .loop import greedy_decode, model_device
 
 
 @torch.no_grad()
@@ -63,3 +66,20 @@ def text_loss(model, tokenizer, texts: Sequence[str], batch_size: int = 8, max_l
         raise ValueError("text_loss: no text has two tokens or more, so nothing is predicted; "
                          "pass longer texts (or a larger max_length)")
     return total / count
+
+
+def general_probe(model, tokenizer, max_new_tokens: int = 24, task_ids=None,
+                  system: Optional[str] = None) -> pd.DataFrame:
+    """Ask ``model`` every question of `cgc_edu.data.english.GENERAL_PROBE` (chat template,
+    greedy) and score each answer: does it hold the right word?
+
+    ``task_ids`` routes an adapted model that needs them (one id for every question);
+    without, the model is called as it is: a bare model, an adapter that needs no task, or
+    1+N's central model for a request that names no task.
+
+    Taught in: notebooks/10_real_model.ipynb
+    """
+    ids = None if task_ids is None else [int(task_ids)] * len(GENERAL_PROBE)
+    answers = greedy_decode(model, tokenizer, probe_prompts(tokenizer, system), task_ids=ids,
+                            max_new_tokens=max_new_tokens, batch_size=len(GENERAL_PROBE))
+    return score_probe([a.strip() for a in answers])

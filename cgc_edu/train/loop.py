@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 
 from ..adapters.injection import adapter_layers, has_adapters, task_context
 from ..adapters.layer import TaskGate
-from ..data.english import GENERAL_PROBE, probe_prompts, score_probe
 from ..data.tinytasks import TinyTasksCollator
 from ..utils import seed_everything, training_seed
 
@@ -260,20 +259,3 @@ def evaluate(model, dataset, tokenizer, batch_size: int = 256,
     table["n"] = table["n"].astype(int)
     table.index.name = "task"
     return table
-
-
-def general_probe(model, tokenizer, max_new_tokens: int = 24, task_ids=None,
-                  system: Optional[str] = None) -> pd.DataFrame:
-    """Ask ``model`` every question of `cgc_edu.data.english.GENERAL_PROBE` (chat template,
-    greedy) and score each answer: does it hold the right word?
-
-    ``task_ids`` routes an adapted model that needs them (one id for every question);
-    without, the model is called as it is: a bare model, an adapter that needs no task, or
-    1+N's central model for a request that names no task.
-
-    Taught in: notebooks/10_real_model.ipynb
-    """
-    ids = None if task_ids is None else [int(task_ids)] * len(GENERAL_PROBE)
-    answers = greedy_decode(model, tokenizer, probe_prompts(tokenizer, system), task_ids=ids,
-                            max_new_tokens=max_new_tokens, batch_size=len(GENERAL_PROBE))
-    return score_probe([a.strip() for a in answers])
