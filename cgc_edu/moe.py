@@ -105,8 +105,10 @@ def load_balancing_loss(probs: torch.Tensor, indices: torch.Tensor) -> torch.Ten
     f_e = fraction of the token->expert assignments that went to expert e (counted over the
     top-k choices, so it sums to one; not differentiable), P_e = mean router probability of
     expert e over the tokens (differentiable, so the gradient pushes probability away from
-    over-used experts). Fedus et al. 2022, eq. (4)-(6). Its minimum 1 is reached by uniform
-    routing (f_e = P_e = 1/E); routing everything to one confident expert gives E.
+    over-used experts). Fedus et al. 2022, eq. (4)-(6). Uniform routing (f_e = P_e = 1/E)
+    gives 1; routing everything to one confident expert gives E. It is also 1 whenever P is
+    uniform, whatever the load f, and an uneven load can even score below 1: the value does
+    not certify a balanced load (measure ``router_stats(...)["fraction"]``).
     Multiply by a small coefficient (Switch uses 0.01) before adding it to the task loss.
 
     Args:

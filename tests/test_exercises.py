@@ -23,25 +23,25 @@ RECORDING = synthetic_recording(tasks=["first", "last", "ends"])
 SPREAD_MAX, SPREAD_MIN, BEST, WORST, WINS, NOT_WINS = _stored()
 
 CASES = [  # chapter, exercise, right answer, wrong answer, a word the wrong answer's reason has
-    ("00", 1, ["reverse", "shift", "rotate", "reverse_tail"], ["reverse", "last"], "4 tasks"),
+    ("00", 1, 620, 800, "low-data tasks"),
     ("00", 2, "reverse:cab=", "cab=", "task's name"),
     ("01", 1, 4, 2, "cannot express"),
-    ("01", 2, (8.0, 2.0), (16 / 2 ** 0.5, 16 / 8 ** 0.5), "rsLoRA"),
+    ("01", 2, (16.0, 0.5), (16.0, 16 / 32 ** 0.5), "rsLoRA"),
     ("01", 3, 8 * (4 * 8192 + 3 * 15104), 4 * 4096 ** 2 + 3 * 4096 * 11008, "whole block"),
-    ("02", 1, (4, 1), (1, 4), "collapse"),
+    ("02", 1, (8, 1), (1, 8), "collapse"),
     ("02", 2, (0.625, 0.375, 0.0), (0.5, 0.3, 0.0), "raw probabilities"),
-    ("02", 3, 0.0, 0.01, "does not depend"),
-    ("03", 1, -0.46, -0.5, "np.corrcoef"),
+    ("02", 3, True, False, "ratio of their probabilities"),
+    ("03", 1, -0.63, -0.7, "np.corrcoef"),
     ("03", 2, 4, 6, "out of its reach"),
-    ("03", 3, "MMoE", "PLE", "same"),
+    ("03", 3, "each task alone", "shared-bottom", "no gradient"),
     ("04", 1, 64, 0, "the gate"),
     ("04", 2, "LoRA", "MoE-LoRA", "LoRA"),
     ("04", 3, False, True, "needs_task_ids"),
     ("05", 1, (3, [0, 1, 2]), (4, [0, 1, 2, 3]), "every S_t"),
     ("05", 2, 2 / 3, 0.5, "never changes"),
     ("05", 3, (10, 2560), (30, 7680), "multiple of 10"),
-    ("06", 1, ("extract", 1), ("extract", 5), "renumbers"),
-    ("06", 2, 6, 12, "|S_t|"),
+    ("06", 1, ("extract", 3), ("extract", 7), "renumbers"),
+    ("06", 2, 8, 12, "|S_t|"),
     ("06", 3, (1, 8), (2, 8), "share one base"),
     ("07", 1, SPREAD_MAX, SPREAD_MIN, "largest std"),
     ("07", 2, BEST, WORST, "best average"),
@@ -77,10 +77,10 @@ def test_every_chapter_has_checks_and_questions(capsys):
     for chapter in ["00", "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11"]:
         questions = Checks(chapter).questions()
         assert len(questions) >= (1 if chapter == "10" else 2) and all(q.endswith(("?", ")", ".")) for q in questions.values())
-    assert "1. Which tasks" in capsys.readouterr().out
+    assert "1. make_tiny_tasks(seed=0" in capsys.readouterr().out
     assert Checks(5).chapter == "05"
-    with pytest.raises(ValueError, match="no exercises for chapter '12'"):
-        Checks("12")
+    with pytest.raises(ValueError, match="no exercises for chapter '13'"):
+        Checks("13")
     with pytest.raises(AttributeError, match="exercises \\[1, 2, 3\\], not 7"):
         Checks("07").ex7
 
@@ -203,6 +203,18 @@ def _recorder(keep_hooks=False):
     return record
 
 
+def _paired_record(results, a, b):
+    average = results.groupby(["method", "seed"])["exact_match"].mean()
+    diff = (average[a] - average[b]).dropna()
+    return int((diff > 1e-9).sum()), int((diff < -1e-9).sum())
+
+
+def _paired_by_row(results, a, b):     # the mistake: task rows compared, not seed averages
+    rows = results.set_index(["method", "seed", "task"])["exact_match"]
+    diff = (rows[a] - rows[b]).dropna()
+    return int((diff > 1e-9).sum()), int((diff < -1e-9).sum())
+
+
 def _broken(*args):
     raise KeyError("oops")
 
@@ -223,6 +235,8 @@ BUILDS = [  # chapter, exercise, right function, (wrong function, a word of its 
     ("06", 4, _clusters, [(lambda affinity, n: {"all": list(affinity.index)}, "squareform")]),
     ("08", 4, _recorder(), [(_recorder(keep_hooks=True), "still on the gates"),
                             (lambda model, batch: {}, "one entry per adapter layer")]),
+    ("12", 1, _paired_record, [(_paired_by_row, "Average each seed"),
+                               (lambda results, a, b: 5, "two ints")]),
 ]
 
 
@@ -270,3 +284,17 @@ def test_chapter_10_check_builds_the_chat_prompt(capsys):
     assert check.ex4(no_turn, tokenizer) is False
     assert "add_generation_prompt" in capsys.readouterr().out
     assert check.ex4(lambda tok, q: q, tokenizer) is False
+
+
+def test_chapter_02_check_wants_an_uneven_load_below_one(capsys):
+    """Exercise 5: a load of 3/4 or more on one expert at a Switch loss under 1."""
+    busy = torch.tensor([0.26, 0.74 / 3, 0.74 / 3, 0.74 / 3])
+    fooled = torch.stack([busy] * 8 + [torch.tensor([0.0, 1.0, 0.0, 0.0])] * 2)
+    check = Checks("02")
+    assert check.ex5(fooled) is True
+    assert check.ex5(torch.eye(4).repeat(4, 1)) is False       # balanced
+    assert "busiest expert" in capsys.readouterr().out.splitlines()[-1]
+    assert check.ex5(torch.eye(4)[[0] * 8 + [1] * 2]) is False  # uneven, but loss >= 1
+    assert "not below 1" in capsys.readouterr().out.splitlines()[-1]
+    assert check.ex5(torch.full((4, 4), 0.3)) is False
+    assert "summing to 1" in capsys.readouterr().out.splitlines()[-1]

@@ -274,7 +274,9 @@ def cgc_lora_diagram(config: AdapterConfig, task=0, task_names: Optional[Sequenc
 
 # ------------------------------------------------------------------ 1+N
 def one_plus_n_diagram(clusters, request: Optional[str] = None, ax=None):
-    """1+N serving: one frozen central model, N adapter sets, a router from task to set.
+    """1+N serving: one frozen central model, N adapter sets inside it, a router from task
+    to set. The sets are drawn inside the central model's box: their experts live in its
+    layers, beside each frozen W0, not in front of the model.
 
     ``clusters``: ``{cluster name: [task names]}`` (or a `cgc_edu.framework.OnePlusN`).
     ``request``: a task name whose route is drawn in bold (router -> its cluster's set).
@@ -295,31 +297,34 @@ def one_plus_n_diagram(clusters, request: Optional[str] = None, ax=None):
                            f"known tasks: {tasks}.")
         chosen = found[0]
     n = len(clusters)
-    height = max(2.6, 0.75 * n + 1.0)
-    fig, ax = _canvas(ax, (MAX_WIDTH, height), (0, 10), (0, n * 1.0 + 0.6))
-    top = n * 1.0 + 0.2
-    _box(ax, 0.1, top / 2 - 0.45, 1.6, 0.9, "request\n(prompt, task)", "white", "request",
+    top = n * 1.0 + 1.0                      # the sets' rows, and a header above them
+    fig, ax = _canvas(ax, (MAX_WIDTH, max(2.6, 0.75 * n + 1.3)), (0, 10), (0, top + 0.1))
+    mid = n / 2 + 0.2                          # the middle of the sets' rows
+    _box(ax, 0.05, mid - 0.45, 1.5, 0.9, "request\n(prompt, task)", "white", "request",
          fontsize=8)
-    _box(ax, 2.2, top / 2 - 0.6, 1.6, 1.2, "router\ntask → set,\nlocal task id",
+    _box(ax, 1.95, mid - 0.6, 1.55, 1.2, "router\ntask → set,\nlocal task id",
          PART_COLORS["router"], "router", text_color="white", fontsize=8)
-    _arrow(ax, (1.7, top / 2), (2.2, top / 2))
-    _box(ax, 7.4, 0.2, 1.4, top - 0.2, "the 1:\ncentral model\n(frozen,\nshared by\nevery set)",
-         PART_COLORS["frozen"], "central", fontsize=8)
+    _arrow(ax, (1.55, mid), (1.95, mid))
+    # The 1: the central model, drawn around the sets: their experts sit in its layers.
+    _box(ax, 3.9, 0.1, 5.1, top - 0.1, "", PART_COLORS["frozen"], "central")
+    ax.text(6.45, top - 0.32, "the 1: the central model (frozen, shared by every set)",
+            ha="center", va="center", fontsize=8, fontweight="bold", color=_TEXT)
+    ax.text(6.45, top - 0.62, "a set's experts sit in the model's layers, beside each $W_0$",
+            ha="center", va="center", fontsize=7, color=_TEXT)
     for i, (name, members) in enumerate(clusters.items()):
-        y = top - (i + 1) * 1.0 + 0.1
+        y = top - 0.8 - (i + 1) * 1.0 + 0.1       # row i of the sets, from the top
         bold = name == chosen
-        _box(ax, 4.3, y, 2.8, 0.8, "", "white", f"adapter set:{name}",
+        _box(ax, 4.25, y, 4.4, 0.8, "", "white", f"adapter set:{name}",
              edge=METHOD_COLORS["cgc_lora"], lw=2.2 if bold else 1.0)
-        ax.text(5.7, y + 0.6, f"{name}  (CGC-LoRA set)", ha="center", va="center", fontsize=8,
-                fontweight="bold" if bold else "normal", color=_TEXT)
-        listed = textwrap.wrap(", ".join(members), 44, max_lines=2, placeholder=" …")
-        ax.text(5.7, y + 0.28, "\n".join(listed), ha="center", va="center", fontsize=6.5,
+        ax.text(6.45, y + 0.57, f"{name}  (CGC-LoRA set)", ha="center", va="center",
+                fontsize=8, fontweight="bold" if bold else "normal", color=_TEXT)
+        listed = textwrap.wrap(", ".join(members), 64, max_lines=2, placeholder=" …")
+        ax.text(6.45, y + 0.25, "\n".join(listed), ha="center", va="center", fontsize=6.5,
                 color=_TEXT, linespacing=1.1)
-        _arrow(ax, (3.8, top / 2), (4.3, y + 0.4), lw=2.0 if bold else 0.8,
+        _arrow(ax, (3.5, mid), (4.25, y + 0.4), lw=2.0 if bold else 0.8,
                color="#222222" if bold else _MUTED, gid=f"route:{name}")
-        _arrow(ax, (7.1, y + 0.4), (7.4, y + 0.4), lw=0.8, head=False, gid=f"attach:{name}")
-    _arrow(ax, (8.8, top / 2), (9.4, top / 2))
-    ax.text(9.7, top / 2, "answer", ha="center", va="center", fontsize=8, rotation=90)
+    _arrow(ax, (9.0, mid), (9.9, mid))
+    ax.text(9.45, mid + 0.08, "answer", ha="center", va="bottom", fontsize=8, color=_TEXT)
     title = f"1+N: one central model + {n} adapter set{'s' if n != 1 else ''} for {len(tasks)} tasks"
     if chosen is not None:
         local = clusters[chosen].index(str(request))

@@ -100,16 +100,19 @@ class Checks:
 
 # ------------------------------------------------------------------ 00 tour
 @_check("00", 1)
-def _tour_clusters(answer):
-    """Which tasks share the cluster of `reverse`? Answer a list of task names (reverse too)."""
+def _tour_rows(answer):
+    """make_tiny_tasks(seed=0, n_train=100, n_low=10): how many training rows does the suite
+    hold in all?"""
 
-    cluster = next(t.cluster for t in TASKS if t.name == "reverse")
-    want = {t.name for t in TASKS if t.cluster == cluster}
-    got = set(answer) if isinstance(answer, (list, tuple, set)) else set()
-    if got == want:
-        return True, f"the '{cluster}' cluster is {sorted(want)}: they rewrite the whole word."
-    return False, (f"the '{cluster}' cluster (see make_tiny_tasks(...)['train']['cluster']) has "
-                   f"{len(want)} tasks; you named {sorted(got)}.")
+    rows = make_tiny_tasks(seed=0, n_train=100, n_low=10, n_validation=0, n_test=0)["train"]
+    want = len(rows)
+    counts = pd.Series(rows["task"]).value_counts()
+    low = sorted(counts.index[counts == 10])
+    if answer == want:
+        return True, (f"{want}: {len(TASKS) - len(low)} tasks with n_train = 100 rows and the "
+                      f"{len(low)} low-data tasks {low} with n_low = 10.")
+    return False, (f"not every task gets n_train rows: the low-data tasks {low} get n_low; "
+                   f"you said {answer!r}.")
 
 
 @_check("00", 2)
@@ -145,19 +148,20 @@ def _lora_rank(answer):
 
 @_check("01", 2)
 def _lora_scaling(answer):
-    """With alpha = 16 for every rank, what are the scalings at rank 2 and rank 8? Answer a
-    pair (s_2, s_8)."""
+    """With alpha = 16 for every rank, what are the scalings at rank 1 and rank 32? Answer a
+    pair (s_1, s_32)."""
 
     want = [CGCLoRALinear(nn.Linear(4, 4), AdapterConfig.lora(rank=r, alpha=16)).scaling
-            for r in (2, 8)]
+            for r in (1, 32)]
     if _close(answer, want):
         return True, (f"alpha/r = {want[0]:g} and {want[1]:g}: the higher rank gets the smaller "
-                      "factor, which offsets its update's r rank-one terms, so with Adam both "
-                      "updates grow at a comparable speed (rsLoRA's alpha/sqrt(r) shrinks it "
-                      "less; measure it with LoRAKnobs).")
-    if _close(answer, [16 / math.sqrt(2), 16 / math.sqrt(8)]):
+                      "factor, which offsets its update's r rank-one terms, so with Adam the "
+                      "updates grow at comparable speeds, not equal ones (rsLoRA's "
+                      "alpha/sqrt(r) shrinks it less; measure it with LoRAKnobs).")
+    if _close(answer, [16 / math.sqrt(1), 16 / math.sqrt(32)]):
         return False, "that is rsLoRA's alpha/sqrt(r); the library's LoRA scales by alpha/r."
-    return False, f"the scaling is alpha / r: for alpha = 16, {want[0]:g} at r=2 and {want[1]:g} at r=8."
+    return False, (f"the scaling is alpha / r: for alpha = 16, {want[0]:g} at r=1 and "
+                   f"{want[1]:g} at r=32.")
 
 
 @_check("01", 3)
@@ -178,10 +182,10 @@ def _lora_count(answer):
 # ------------------------------------------------------------------ 02 mixture of experts
 @_check("02", 1)
 def _moe_collapse(answer):
-    """With E = 4 experts, what is the Switch load-balancing loss when every token goes to
+    """With E = 8 experts, what is the Switch load-balancing loss when every token goes to
     expert 0 with probability 1, and when routing is perfectly uniform? Answer (collapsed, uniform)."""
 
-    E, n = 4, 8
+    E, n = 8, 16
     collapsed = load_balancing_loss(torch.eye(E)[[0] * n], torch.zeros(n, 1, dtype=torch.long))
     uniform = load_balancing_loss(torch.full((n, E), 1 / E), torch.arange(n).remainder(E)[:, None])
     want = [float(collapsed), float(uniform)]
@@ -205,32 +209,58 @@ def _moe_topk(answer):
 
 
 @_check("02", 3)
-def _moe_no_gradient(answer):
-    """With k = 1 and renormalize=True, how large is the gradient the task loss sends to the
-    router's weights? (A number.)"""
+def _moe_k2_gradient(answer):
+    """With k = 2 and renormalize=True, does the task loss still send the router's weights a
+    gradient? Answer True or False, then measure it on a MoELayer."""
 
     torch.manual_seed(0)
-    layer = MoELayer(4, n_experts=3, d_hidden=4, k=1, renormalize=True)
+    layer = MoELayer(4, n_experts=3, d_hidden=4, k=2, renormalize=True)
     layer(torch.randn(16, 4)).pow(2).mean().backward()
-    want = float(layer.router.proj.weight.grad.abs().max())
-    if abs(want) < 1e-6 and _close(answer, 0.0, 1e-6):
-        return True, ("zero (up to rounding): the one kept weight is renormalised to exactly 1, whatever the "
-                      "router says, so the loss does not depend on its probabilities. Switch "
-                      "keeps the raw probability (renormalize=False).")
-    return False, (f"measure it: it is {want:.1g}, zero up to rounding. With k = 1, p / p = 1 for every token, so the "
-                   "loss does not depend on the router at all.")
+    grad = float(layer.router.proj.weight.grad.abs().max())
+    want = grad > 1e-6
+    if answer is want:
+        return True, (f"{want}: the largest entry is {grad:.2g}. The two kept weights are "
+                      "p_i / (p_i + p_j), a ratio the router moves; only k = 1 makes it p / p = 1.")
+    return False, (f"measure it: the largest entry of layer.router.proj.weight.grad is {grad:.2g}. "
+                   "With two kept experts the weights are a ratio of their probabilities, "
+                   f"which the router changes, so the answer is {want}.")
+
+
+@_check("02", 5)
+def _moe_fool_the_loss(answer):
+    """Fool the balance loss: give router probabilities probs (tokens x 4, rows summing to 1)
+    whose top-1 choices send at least 3/4 of the tokens to one expert while the Switch loss
+    E sum_e f_e P_e is below 1."""
+
+    if not isinstance(answer, torch.Tensor) or answer.ndim != 2 or answer.shape[1] != 4:
+        return False, "answer a tensor of probabilities shaped (tokens, 4)."
+    probs = answer.detach().double()
+    if (probs < -1e-9).any() or (probs.sum(-1) - 1).abs().max() > 1e-6:
+        return False, "each row must be probabilities: non-negative and summing to 1."
+    choice = probs.argmax(-1, keepdim=True)
+    share = float(torch.bincount(choice[:, 0], minlength=4).max()) / len(probs)
+    loss = float(load_balancing_loss(probs, choice))
+    if share < 0.75:
+        return False, (f"the busiest expert gets {share:.0%} of the tokens' top-1 choices; "
+                       "send at least three quarters to one expert.")
+    if loss >= 1:
+        return False, (f"the loss is {loss:.3f}, not below 1: keep the busy expert's mean "
+                       "probability P low (its tokens choose it by a hair, the other tokens "
+                       "give it almost nothing).")
+    return True, (f"{share:.0%} of the tokens on one expert at loss {loss:.3f} < 1: the loss "
+                  "sees the load only through P, so its value does not certify a balance.")
 
 
 # ------------------------------------------------------------------ 03 multi-task learning
 @_check("03", 1)
 def _mtl_correlation(answer):
-    """The tasks of make_correlated_tasks(20_000, -0.5, in_features=20): what is their label
+    """The tasks of make_correlated_tasks(20_000, -0.7, in_features=20): what is their label
     correlation (to two decimals)?"""
 
-    y = make_correlated_tasks(20_000, -0.5, in_features=20)[1].numpy()
+    y = make_correlated_tasks(20_000, -0.7, in_features=20)[1].numpy()
     want = float(np.corrcoef(y.T)[0, 1])
     if _close(answer, want, 0.02):
-        return True, (f"{want:+.3f}: close to the cosine -0.5; the sine terms make it differ a "
+        return True, (f"{want:+.3f}: close to the cosine -0.7; the sine terms make it differ a "
                       "little (see the module doc of cgc_edu.data.synthetic).")
     return False, f"measure it with np.corrcoef(y.T)[0, 1]: it is {want:+.3f}."
 
@@ -249,21 +279,28 @@ def _mtl_cgc_gate(answer):
 
 
 @_check("03", 3)
-def _mtl_cgc_is_mmoe(answer):
-    """CGC with n_specific=0 is exactly which model of this chapter?"""
+def _mtl_cgc_alone(answer):
+    """CGC(20, 2, n_shared=0, n_specific=1, expert_hidden=8, tower_hidden=8) shares no expert.
+    Which arrangement of this chapter is it? (Read its gate weights, and find which
+    parameters task 0's loss sends a gradient to.)"""
 
     torch.manual_seed(0)
-    mmoe = MMoE(6, 2, n_experts=3, expert_hidden=4, tower_hidden=4)
-    cgc = CGC(6, 2, n_shared=3, n_specific=0, expert_hidden=4, tower_hidden=4)
-    cgc.extraction.shared_experts.load_state_dict(mmoe.experts.state_dict())
-    cgc.extraction.task_gates.load_state_dict(mmoe.gates.state_dict())
-    cgc.towers.load_state_dict(mmoe.towers.state_dict())
-    x = torch.randn(5, 6)
-    same = all(torch.allclose(a, b) for a, b in zip(cgc(x), mmoe(x)))
-    if same and _same_text(answer, "MMoE"):
-        return True, "MMoE: with no specific experts every gate mixes the same shared experts."
-    return False, ("build CGC(..., n_specific=0) with an MMoE's weights: the outputs are the "
-                   "same, so it is MMoE.")
+    model = CGC(20, 2, n_shared=0, n_specific=1, expert_hidden=8, tower_hidden=8)
+    x = torch.randn(8, 20)
+    ones = all(torch.allclose(w, torch.ones_like(w)) for w in model.gate_weights(x))
+    model(x)[0].pow(2).sum().backward()
+    task_1 = [*model.extraction.specific_experts[1].parameters(),
+              *model.towers[1].parameters()]
+    reached = any(p.grad is not None and bool(p.grad.abs().max() > 0) for p in task_1)
+    alone = ones and not reached
+    said = str(answer).lower()
+    if alone and any(word in said for word in ("alone", "separate", "independent")):
+        return True, ("each task alone: a gate over one expert always gives it weight 1, and "
+                      "task 0's loss reaches neither task 1's expert nor its tower: two "
+                      "separate networks in one module.")
+    return False, ("train it on task 0 only and look: every gate weight is 1 (one expert to "
+                   "mix) and task 1's expert and tower get no gradient from task 0's loss, "
+                   f"so nothing is shared (you said {answer!r}).")
 
 
 # ------------------------------------------------------------------ 04 MoE-LoRA
@@ -367,11 +404,11 @@ def _designed_clusters():
 
 @_check("06", 1)
 def _onen_route(answer):
-    """With the designed clusters (prior_clusters), where does a request for `last` go?
+    """With the designed clusters (prior_clusters), where does a request for `ends` go?
     Answer (cluster name, local task id)."""
     clusters = _designed_clusters()
-    cluster = next(c for c, tasks in clusters.items() if "last" in tasks)
-    want = (cluster, clusters[cluster].index("last"))
+    cluster = next(c for c, tasks in clusters.items() if "ends" in tasks)
+    want = (cluster, clusters[cluster].index("ends"))
     if tuple(answer) == want if isinstance(answer, (tuple, list)) else False:
         return True, f"{want}: the task's cluster, and its position inside that cluster."
     return False, (f"the router looks up the cluster ({cluster}: {clusters[cluster]}) and "
@@ -380,10 +417,10 @@ def _onen_route(answer):
 
 @_check("06", 2)
 def _onen_peft_rank(answer):
-    """A cluster of 4 tasks served with cgc_lora(rank=12, n_common=2, n_specific=1,
+    """A cluster of 3 tasks served with cgc_lora(rank=12, n_common=3, n_specific=1,
     budget="total"): what rank does export_peft give one task's LoRA?"""
 
-    config = AdapterConfig.cgc_lora(rank=12, alpha=24, n_tasks=4, n_common=2, n_specific=1,
+    config = AdapterConfig.cgc_lora(rank=12, alpha=24, n_tasks=3, n_common=3, n_specific=1,
                                     budget="total")
     want = config.experts_per_task * config.expert_rank
     if answer == want:
@@ -878,14 +915,45 @@ def _lab_recorder(answer):
     left = sum(len(layer.gate._forward_hooks) for layer in layers.values())
     if not isinstance(got, dict) or set(got) != set(layers):
         names = sorted(got)[:3] if isinstance(got, dict) else type(got).__name__
-        return False, (f"answer one entry per adapter layer ({len(layers)}, e.g. "
-                       f"{next(iter(layers))!r}); yours: {names}.")
+        return False, (f"answer one entry per adapter layer (the check's model adapts every "
+                       f"projection: {len(layers)}, e.g. {next(iter(layers))!r}); yours: "
+                       f"{names}.")
     for name, layer in layers.items():
         if not _tensor_close(got[name], layer.gate_weights(batch["task_ids"])):
             return False, f"{name}: not the weights the gate gives tasks [2, 0, 1]."
     if left:
         return False, f"right weights, but {left} hooks are still on the gates: remove them."
-    return True, f"all {len(layers)} layers' gates recorded in one forward, hooks removed."
+    return True, (f"the gates of all {len(layers)} adapted modules of the check's model (it "
+                  "adapts every projection) recorded in one forward, hooks removed.")
+
+
+@_check("12", 1)
+def _controls_paired_record(answer, results=None):
+    """Build the paired count: write paired_record(results, a, b) giving (wins, losses) of
+    method a against method b: each seed's average exact match over the tasks, a against b
+    on the same seed; the check compares it with statistics.paired_comparison on pairs of
+    the stored study."""
+
+    stored = load_results(Path(results) if results is not None else stored_results_folder())
+    pairs = [("named", "one_plus_n", "cgc_lora"), ("named", "cgc_uniform", "cgc_lora"),
+             ("named", "integrated", "separate"), ("anonymous", "cgc_lora", "integrated")]
+    for setting, a, b in pairs:
+        runs = stored[stored["setting"] == setting]
+        pair = paired_comparison(runs, a, b, n_boot=10)
+        want = (pair["wins"], pair["losses"])
+        got, why = _run_theirs(answer, runs.copy(), a, b)
+        if why:
+            return False, why
+        try:
+            got = (int(got[0]), int(got[1]))
+        except (TypeError, ValueError, IndexError):
+            return False, f"answer (wins, losses), two ints; yours returned {got!r}."
+        if got != want:
+            return False, (f"{a} against {b} ({setting} prompts): {want[0]} wins and "
+                           f"{want[1]} losses, yours {got}. Average each seed's exact match "
+                           "over the tasks first, then compare the two methods seed by seed.")
+    return True, (f"the same wins and losses as paired_comparison on {len(pairs)} pairs of "
+                  "the stored study.")
 
 
 @_check("10", 4)

@@ -374,18 +374,23 @@ def task_tree(affinity: pd.DataFrame, n_clusters: Optional[int] = None, method: 
     hierarchy.set_link_color_palette(list(TASK_COLORS))
     try:
         dendrogram(tree, labels=list(affinity.index), ax=ax, leaf_rotation=45,
-                   color_threshold=cut if cut is not None else 0,
+                   leaf_font_size=8, color_threshold=cut if cut is not None else 0,
                    above_threshold_color="0.55")
     finally:
         hierarchy.set_link_color_palette(None)
     if cut is not None:
         ax.axhline(cut, color="0.3", ls="--", lw=1)
-        ax.annotate(f"cut: {n_clusters} clusters", (ax.get_xlim()[1], cut), xytext=(-4, 3),
-                    textcoords="offset points", ha="right", fontsize=8, color="0.3")
-    ax.set_ylabel("distance (1 − affinity)" if on == "affinity" else "distance (1 − corr.)")
-    ax.set_xlabel("task")
+        # the label sits right of the axes, where no link can cross it
+        ax.annotate(f"cut:\n{n_clusters} clusters", (1.0, cut),
+                    xycoords=("axes fraction", "data"), xytext=(4, 0),
+                    textcoords="offset points", ha="left", va="center", fontsize=8,
+                    color="0.3")
+    ax.set_ylabel("distance (1 − affinity)" if on == "affinity" else "distance (1 − corr.)",
+                  fontsize=9)
+    ax.set_xlabel("task", fontsize=9)
+    ax.tick_params(axis="y", labelsize=8)      # no text larger than the title
     ax.set_ylim(0, None)
-    ax.set_title(f"{method}-linkage tree of the tasks (lower joins = more alike)", fontsize=9)
+    ax.set_title(f"{method}-linkage tree of the tasks (lower joins = more alike)", fontsize=10)
     return fig
 
 

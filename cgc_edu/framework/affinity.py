@@ -368,7 +368,7 @@ def measured_clusters(model: nn.Module, dataset, n_clusters: int, tokenizer=None
     alone hurts all the others). Returns ``(clusters, affinity)``; ``affinity_kwargs`` go to
     `task_affinity` (``warmup_steps``, ``seed``, ...).
 
-    Taught in: notebooks/12_appendix_controls.ipynb.
+    Taught in: notebooks/06_one_plus_n.ipynb, notebooks/12_appendix_controls.ipynb.
     """
     affinity = task_affinity(model, dataset, tokenizer, method=method, **affinity_kwargs)
     return cluster_tasks(affinity, n_clusters, linkage_method, on), affinity
