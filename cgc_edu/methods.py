@@ -80,7 +80,15 @@ class Method:
             if self.kind == "adapters":
                 self.config(rank, n_tasks, budget)   # a rank its experts cannot split fails here
             return rank
-        if self.kind == "separate" and budget == "params":
+        if self.kind == "peft":       # peft's LoRAs share the budget, one per unit
+            if self.per == "all":
+                return rank
+            if self.per == "cluster":
+                raise ValueError(f"{self.name}: the rank a task sees depends on the number of "
+                                 "clusters (each cluster's LoRA gets rank // n_clusters); "
+                                 "see cgc_edu.study.real_fair.PeftServed.")
+            budget = "params"
+        if self.kind in ("separate", "peft") and budget == "params":
             if rank < n_tasks:
                 raise ValueError(f"rank {rank} is below one rank per task for {n_tasks} "
                                  f"independent LoRAs; use a rank of at least {n_tasks}.")

@@ -29,7 +29,10 @@ def test_budgets_and_the_rank_a_task_sees():
     for name, method in METHODS.items():
         if method.kind == "adapters":   # one bank of the total budget: one LoRA of rank 24, gates aside
             assert count(add_adapters(LlamaForCausalLM(central_config()), method.config(24, 8))) == lora, name
-    ranks = {m: METHODS[m].task_rank(24, 8) for m in METHODS}
+    ranks = {m: METHODS[m].task_rank(24, 8) for m in METHODS if METHODS[m].kind != "peft"}
+    assert (METHODS["peft_all"].task_rank(24, 8), METHODS["peft_task"].task_rank(24, 8)) == (24, 3)
+    with pytest.raises(ValueError, match="number of clusters"):
+        METHODS["peft_cluster"].task_rank(24, 8)
     assert ranks == {"central": 0, "separate": 10, "integrated": 24, "moe_lora": 24, "cgc_lora": 10,
                      "one_plus_n": 6, "one_plus_n_designed": 6, "cgc_no_common": 3,
                      "cgc_uniform": 10, "cgc_c8_s2": 10, "cgc_c16_s1": 17}
