@@ -276,7 +276,7 @@ def test_the_map_command_tunes_reports_and_resumes(tmp_path, monkeypatch):
 
 
 def test_the_map_command_refuses_bad_options(tmp_path):
-    with pytest.raises(ValueError, match="'dora'.*not on the map"):
+    with pytest.raises(ValueError, match="'dora'.*not in the map"):
         fair_map.main(["--methods", "dora", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="--seeds 'a,b'"):
         fair_map.main(["--seeds", "a,b", "--out", str(tmp_path)])

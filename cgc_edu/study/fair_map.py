@@ -36,7 +36,8 @@ import pandas as pd
 from ..data.suites import suite
 from ..methods import METHODS
 from .methods import Settings
-from .protocol import Protocol, choose, collapsed, compare, flat_last_third, judge
+from .protocol import (Protocol, choose, collapsed, compare, flat_last_third, judge, parse_methods,
+                       parse_seeds)
 from .runner import _key, _run_file, run_jobs
 
 COMMAND = "python -m cgc_edu.study.fair_map"
@@ -265,15 +266,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = _parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in METHODS_MAPPED]
-    if unknown:
-        raise ValueError(f"--methods: {unknown} are not on the map; choose among {list(METHODS_MAPPED)}.")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s]
-    except ValueError:
-        raise ValueError(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2,3,4.") from None
-    protocol = replace(Protocol(), seeds=tuple(seeds))
+    methods = parse_methods(args.methods, METHODS_MAPPED, "the map")
+    protocol = replace(Protocol(), seeds=parse_seeds(args.seeds))
     if args.workers < 1:
         raise ValueError(f"--workers {args.workers}: at least 1, e.g. --workers 2.")
     cells = [parse_cell(c).check(methods) for c in args.cells.split(",")] if args.cells else \

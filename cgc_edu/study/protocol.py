@@ -106,6 +106,28 @@ def choose(scores: Mapping[float, float]) -> float:
     return max(scores, key=lambda r: (scores[r], -r))
 
 
+# --------------------------------------------------------------- the commands
+def parse_methods(text: str, known: Sequence[str], where: str) -> list[str]:
+    """A command's ``--methods`` (comma-separated), each among ``known`` (what ``where`` runs)."""
+    methods = [m for m in text.split(",") if m]
+    unknown = [m for m in methods if m not in known]
+    if unknown or not methods:
+        raise ValueError(f"--methods {text!r}: {unknown or 'none'} not in {where}; choose among "
+                         f"{list(known)}.")
+    return methods
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """A command's ``--seeds`` (comma-separated integers)."""
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s)
+    except ValueError:
+        seeds = ()
+    if not seeds:
+        raise ValueError(f"--seeds {text!r}: give integers separated by commas, e.g. 0,1,2,3,4.")
+    return seeds
+
+
 # -------------------------------------------------------------------- curves
 def flat_last_third(curve: Sequence, tolerance: float) -> bool:
     """Whether a run's validation average moved at most ``tolerance`` over the last third

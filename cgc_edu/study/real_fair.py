@@ -57,7 +57,7 @@ from ..train.finetune import DataError, chat_format, load_task_data
 from ..train.forgetting import general_probe, text_loss
 from ..train.loop import Recipe, score_items
 from ..utils import seed_everything, training_seed
-from .protocol import Protocol, choose, compare, judge
+from .protocol import Protocol, choose, compare, judge, parse_methods, parse_seeds
 from .runner import _fit
 
 COMMAND = "python -m cgc_edu.study.real_fair"
@@ -434,14 +434,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("results") / "real_fair")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in STUDIED]
-    if unknown:
-        raise ValueError(f"--methods: unknown {unknown}; choose among {list(STUDIED)}")
-    try:
-        seeds = tuple(int(s) for s in args.seeds.split(",") if s)
-    except ValueError:
-        raise ValueError(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2") from None
+    methods = parse_methods(args.methods, STUDIED, "the real-model study")
+    seeds = parse_seeds(args.seeds)
     settings = replace(defaults, data=args.data, **{n: getattr(args, n) for n in
                                                     ("steps", "grid_steps", "batch_size", "rank")})
     base, tokenizer = load_smollm2()
