@@ -10,7 +10,7 @@ from cgc_edu import (AdapterConfig, CGCLoRALinear, add_adapters, adapter_config,
                      remove_adapters, task_context, trainable_parameters, unmerge)
 from cgc_edu.adapters.saving import load_adapters, save_adapters
 
-from tiny_models import randomize, tiny_llama  # tests/tiny_models.py
+from tiny_models import assert_same_state, randomize, state, tiny_llama  # tests/tiny_models.py
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 
@@ -26,15 +26,6 @@ def inputs():
     return torch.randint(1, 40, (4, 9)), torch.tensor([0, 2, 1, 2])
 
 
-def state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_state(model, before):
-    after = model.state_dict()
-    assert set(after) == set(before)
-    for k, v in before.items():
-        assert torch.equal(after[k], v), k
 
 
 def test_fresh_adapters_give_base_outputs_exactly(inputs):

@@ -14,7 +14,7 @@ from cgc_edu import (AdapterConfig, adapter_layers, add_adapters, disable_adapte
 from cgc_edu.data import build_tokenizer
 from cgc_edu.models import load_central_model
 
-from tiny_models import randomize, tiny_framework  # tests/tiny_models.py
+from tiny_models import assert_same_state, randomize, state, tiny_framework  # tests/tiny_models.py
 
 CONFIG = AdapterConfig.cgc_lora(rank=6, n_tasks=3)
 SICK = "model.layers.2.mlp.down_proj"      # the module the safe-merge tests break
@@ -44,20 +44,9 @@ def logits(model, tokens, **kwargs):
         return model(tokens, **kwargs).logits
 
 
-def same_bits(a, b):
-    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
-
-
-def snapshot(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def assert_untouched(model, before):
     """Every tensor bit for bit as before (NaN included), and no task merged."""
-    after = model.state_dict()
-    assert set(after) == set(before)
-    for k, v in before.items():
-        assert same_bits(after[k], v), k
+    assert_same_state(model, before)
     assert all(layer.merged_task is None for layer in adapter_layers(model).values())
     assert model._cgc.router.merged_task is None
 
@@ -83,7 +72,7 @@ def test_inside_the_block_the_bare_base_answers_without_task_ids(pair, x):
 def test_adapters_come_back_untouched_when_the_block_raises(pair, x):
     _, model = pair
     tokens, ids = x
-    before, adapted = snapshot(model), logits(model, tokens, task_ids=ids)
+    before, adapted = state(model), logits(model, tokens, task_ids=ids)
     with pytest.raises(RuntimeError, match="boom"):
         with disable_adapters(model):
             logits(model, tokens)
@@ -122,7 +111,7 @@ def test_a_merged_model_runs_the_bare_w0_and_is_merged_again_after(pair, x):
     bare, model = pair
     tokens, _ = x
     merge_task(model, 1)
-    merged, before = logits(model, tokens), snapshot(model)
+    merged, before = logits(model, tokens), state(model)
     with disable_adapters(model):
         assert model._cgc.router.merged_task is None
         # the bare W0 (up to the rounding of one unmerge), not W0 + dW_1
@@ -194,7 +183,7 @@ def plant(model, where, value):
 def test_merge_refuses_non_finite_weights_and_changes_nothing(pair, x, where, value, says):
     _, model = pair
     plant(model, where, value)
-    before = snapshot(model)
+    before = state(model)
     for merge in (merge_task, merged_copy):
         with pytest.raises(ValueError, match=re.escape(f"{merge.__name__}: ") + ".*" +
                            re.escape(repr(SICK)) + ".*" + says) as info:
@@ -227,7 +216,7 @@ def test_merge_refuses_a_sum_that_overflows_w0_s_dtype():
     with torch.no_grad():
         layer.lora_B.mul_(100.0 / float(delta.view(-1)[i].abs()))      # |dW| reaches 100
         layer.base_layer.weight.view(-1)[i] = 65504.0 * torch.sign(layer.delta_weight(1).view(-1)[i])
-    before = snapshot(model)
+    before = state(model)
     with pytest.raises(ValueError, match=r"merge_task: W0 \+ dW_t of task 1 in module '0' overflows "
                                          r"to inf in W0's dtype torch.float16"):
         merge_task(model, 1)

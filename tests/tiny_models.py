@@ -97,3 +97,21 @@ def spy_on_generate(monkeypatch, model) -> dict:
 
     monkeypatch.setattr(model, "generate", generate)
     return seen
+
+
+def same_bits(a, b) -> bool:
+    """The same tensor bit for bit (NaN included, unlike torch.equal)."""
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+def state(model) -> dict:
+    """A copy of every tensor of ``model``'s state dict."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(model, before: dict) -> None:
+    """Every tensor of ``model`` bit for bit as in ``before`` (a `state`)."""
+    after = model.state_dict()
+    assert set(after) == set(before)
+    for k, v in before.items():
+        assert same_bits(after[k], v), k
