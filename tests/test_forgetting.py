@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from cgc_edu import AdapterConfig, add_adapters, disable_adapters
 from cgc_edu.data import build_tokenizer, make_tiny_tasks
-from cgc_edu.data.general_text import general_text, prose_paragraphs
+from cgc_edu.data.english import GENERAL_PROBE
+from cgc_edu.data.general_text import general_questions, general_text, prose_paragraphs
 from cgc_edu.models import load_central_model
 from cgc_edu.models.pretraining import corpus_line
 from cgc_edu.train import train
@@ -54,6 +55,30 @@ def test_general_text_bounds_and_errors():
             general_text(bad)
     with pytest.raises(ValueError, match="min_chars"):
         general_text(5, min_chars=300, max_chars=100)
+
+
+# ------------------------------------------------------- general_questions
+def test_general_questions_are_short_distinct_and_outside_the_probe():
+    questions = general_questions(80, seed=1)
+    assert questions == general_questions(80, seed=1) and questions != general_questions(80, seed=2)
+    assert len(set(questions)) == 80
+    assert all(q.endswith("?") and len(q) <= 80 for q in questions)
+    # taken in turn from each kind: the first eight hold two calendar questions of four kinds
+    calendar = [q.startswith(("What month", "What day", "How many days")) for q in questions[:8]]
+    assert calendar.count(True) == 2, questions[:8]
+
+
+def test_general_questions_pool_and_errors():
+    with pytest.raises(ValueError, match="ask for 1 to") as error:
+        general_questions(10**6)
+    size = int(str(error.value).split("there are ")[1].split()[0])
+    pool = general_questions(size, seed=0)
+    assert len(set(pool)) == size > 300
+    assert not {q.lower() for q, _ in GENERAL_PROBE} & {q.lower() for q in pool}
+    assert sorted(pool) == sorted(general_questions(size, seed=5))
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="n="):
+            general_questions(bad)
 
 
 # --------------------------------------------------------------- text_loss

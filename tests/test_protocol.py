@@ -296,3 +296,24 @@ def test_the_ablations_run_last_in_the_studys_cell_and_are_judged_against_cgc_lo
     versus = comparisons[comparisons["method"].isin(fair_map.ABLATIONS)]
     assert sorted(versus["method"]) == sorted(fair_map.ABLATIONS) and set(versus["baseline"]) == {"cgc_lora"}
     assert len(comparisons) == 1 + len(fair_map.ABLATIONS)
+
+
+def test_read_map_and_one_cells_verdicts_stand_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "_job", _fake_run)
+    _fake_run.calls = []
+    fair_map.main(["--cells", "tinytasks_named_r24", "--methods", "cgc_lora,integrated,separate",
+                   "--out", str(tmp_path), "--no-progress"])
+    stored = fair_map.read_map(tmp_path)
+    assert set(stored) == {"grid", "map_seeds", "items", "curves", "map", "config"}
+    # another cell's comparisons in the map raise its Holm family, not this cell's
+    other = stored["map"].assign(cell="elsewhere", p=1e-4)
+    stored["map"] = pd.concat([stored["map"], other, other], ignore_index=True)
+    mine = fair_map.cell_verdicts(stored, "tinytasks_named_r24")
+    assert len(mine) == 3 and set(mine["cell"]) == {"tinytasks_named_r24"}
+    by_hand = np.minimum(1, np.sort(mine["p"].to_numpy()) * np.array([3, 2, 1]))
+    by_hand = np.maximum.accumulate(by_hand)
+    np.testing.assert_allclose(np.sort(mine["p_holm"].to_numpy()), by_hand, rtol=1e-12)
+    with pytest.raises(ValueError, match="no comparisons of cell 'nowhere'"):
+        fair_map.cell_verdicts(stored, "nowhere")
+    with pytest.raises(FileNotFoundError, match="no map.csv"):
+        fair_map.read_map(tmp_path / "empty")

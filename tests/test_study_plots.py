@@ -76,3 +76,39 @@ def test_paired_differences_name_what_is_missing():
         paired_differences(results[results["method"] != "separate"], paired)
     with pytest.raises(ValueError, match="paired_table"):
         paired_differences(results, paired.iloc[:0])
+
+
+def test_verdict_intervals_draw_each_interval_in_its_verdicts_colour():
+    from cgc_edu.course.plots import VERDICT_COLORS, verdict_intervals
+    rows = pd.DataFrame({"method": ["moe_lora", "cgc_lora"], "baseline": ["cgc_lora", "separate"],
+                         "difference": [0.176, 0.01], "ci_low": [0.148, -0.05],
+                         "ci_high": [0.205, 0.07], "verdict": ["ahead", "inconclusive"]})
+    fig = verdict_intervals(rows, margin=0.02)
+    ax = fig.axes[0]
+    bars = [line for line in ax.lines if len(line.get_xdata()) == 2 and line.get_linewidth() == 3]
+    np.testing.assert_allclose(bars[0].get_xdata(), [14.8, 20.5])
+    assert bars[0].get_color() == VERDICT_COLORS["ahead"]
+    assert bars[1].get_color() == VERDICT_COLORS["inconclusive"]
+    assert [t.get_text() for t in ax.get_yticklabels()][::-1][0] == "MoE-LoRA − CGC-LoRA"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="unknown verdicts \\['better'\\]"):
+        verdict_intervals(rows.assign(verdict="better"), margin=0.02)
+    with pytest.raises(ValueError, match="\\['ci_low'\\]"):
+        verdict_intervals(rows.drop(columns="ci_low"), margin=0.02)
+
+
+def test_rate_grid_rings_the_chosen_rate():
+    from cgc_edu.course.plots import rate_grid
+    grid = pd.DataFrame({"method": ["cgc_lora"] * 3 + ["integrated"] * 3,
+                         "lr": [0.006, 0.012, 0.024, 0.0015, 0.003, 0.006],
+                         "validation": [0.5, 0.6, 0.55, 0.7, 0.8, 0.05],
+                         "chosen": [False, True, False, False, True, False]})
+    fig = rate_grid(grid)
+    ax = fig.axes[0]
+    rings = [line for line in ax.lines if line.get_markersize() == 11]
+    assert [float(r.get_xdata()[0]) for r in rings] == [0.012, 0.003]
+    np.testing.assert_allclose([float(r.get_ydata()[0]) for r in rings], [60, 80])
+    assert ax.get_xscale() == "log"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="no grid runs of \\['moe_lora'\\]"):
+        rate_grid(grid, methods=["moe_lora"])

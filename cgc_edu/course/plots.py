@@ -600,3 +600,80 @@ def paired_differences(results: pd.DataFrame, paired: pd.DataFrame, ax=None,
     ax.grid(axis="x", alpha=0.3)
     ax.set_title("dots: seeds; tick: mean; band: bootstrap 95 % interval", fontsize=9)
     return fig
+
+
+#: One colour per verdict of the fair protocol (`cgc_edu.study.protocol.VERDICTS`).
+VERDICT_COLORS = {"ahead": "#009E73", "behind": "#D55E00", "equivalent": "#0072B2",
+                  "inconclusive": "#999999"}
+
+
+def verdict_intervals(comparisons: pd.DataFrame, margin: float, ax=None,
+                      names: Optional[dict] = None):
+    """The fair protocol's comparisons as a picture: one row per comparison (columns
+    ``method, baseline, difference, ci_low, ci_high, verdict``, fractions of exact match,
+    as `cgc_edu.study.protocol.judge` returns them), a dot at the mean paired difference and
+    a bar over its 95 % interval, coloured by verdict; the shaded band is the equivalence
+    margin +-``margin``.
+    """
+    need = ["method", "baseline", "difference", "ci_low", "ci_high", "verdict"]
+    missing = [c for c in need if c not in getattr(comparisons, "columns", ())]
+    if missing or len(comparisons) == 0:
+        raise ValueError(f"verdict_intervals: comparisons lack rows or columns {missing}; pass "
+                         "protocol.judge(...) or the rows of a stored map.csv.")
+    unknown = sorted(set(comparisons["verdict"]) - set(VERDICT_COLORS))
+    if unknown:
+        raise ValueError(f"verdict_intervals: unknown verdicts {unknown}; expected "
+                         f"{list(VERDICT_COLORS)}.")
+    fig, ax = _new_axes(ax, (6.0, 1.0 + 0.4 * len(comparisons)))
+    label = lambda m: (names or {}).get(m, method_style(m)[1])   # noqa: E731
+    rows = list(comparisons.itertuples(index=False))
+    ax.axvspan(-100 * margin, 100 * margin, color="0.9", zorder=0)
+    ax.axvline(0, color="0.4", lw=1, ls="--")
+    for row, c in enumerate(rows):
+        y, colour = len(rows) - 1 - row, VERDICT_COLORS[c.verdict]
+        ax.plot([100 * c.ci_low, 100 * c.ci_high], [y, y], color=colour, lw=3)
+        ax.plot(100 * c.difference, y, "o", color=colour, ms=6)
+    ax.set_yticks(range(len(rows)), [f"{label(c.method)} − {label(c.baseline)}"
+                                     for c in rows[::-1]], fontsize=8)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlabel("paired difference of test exact match (points), 95 % interval", fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    shown = [v for v in VERDICT_COLORS if v in set(comparisons["verdict"])]
+    ax.legend(handles=[plt.Line2D([], [], color=VERDICT_COLORS[v], marker="o", lw=3, label=v)
+                       for v in shown], fontsize=8, loc="lower right", frameon=False)
+    ax.set_title(f"grey band: equivalent within ±{100 * margin:g} points", fontsize=9)
+    return fig
+
+
+def rate_grid(grid: pd.DataFrame, methods: Optional[Sequence[str]] = None, ax=None):
+    """Each method's learning-rate grid: validation exact match on the tuning seed against
+    the rate (log scale), one line per method in its colour, the chosen rate ringed.
+    ``grid`` has columns ``method, lr, validation, chosen`` (one cell of a stored
+    ``grid.csv``).
+    """
+    need = ["method", "lr", "validation", "chosen"]
+    missing = [c for c in need if c not in getattr(grid, "columns", ())]
+    if missing or len(grid) == 0:
+        raise ValueError(f"rate_grid: grid lacks rows or columns {missing}; pass one cell of "
+                         "a stored grid.csv.")
+    methods = list(methods) if methods is not None else list(dict.fromkeys(grid["method"]))
+    absent = sorted(set(methods) - set(grid["method"]))
+    if absent:
+        raise ValueError(f"rate_grid: no grid runs of {absent}; the grid has "
+                         f"{sorted(set(grid['method']))}.")
+    fig, ax = _new_axes(ax, (6.0, 3.0))
+    for m in methods:
+        rows = grid[grid["method"] == m].sort_values("lr")
+        colour, name = method_style(m)
+        ax.plot(rows["lr"], 100 * rows["validation"], "o-", color=colour, label=name, ms=4)
+        best = rows[rows["chosen"]]
+        ax.plot(best["lr"], 100 * best["validation"], "o", ms=11, mfc="none", mec=colour, mew=1.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)", fontsize=8)
+    ax.set_ylabel("validation exact match (%)", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="best")
+    ax.set_title("tuning seed: each method's grid, the chosen rate ringed", fontsize=9)
+    return fig

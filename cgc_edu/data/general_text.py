@@ -11,11 +11,19 @@ notes and paragraphs where quoted code outweighs words.
 The same Python gives the same text; another Python version ships other documentation, so
 record ``sys.version`` beside a stored loss. `cgc_edu.train.forgetting.text_loss` scores a
 model on these chunks.
+
+`general_questions` gives short general requests of another kind: chat questions built from
+tables Python ships (its calendar, its HTML entities, its keywords) and small sums, none of
+them a question of `cgc_edu.data.english.GENERAL_PROBE`. A task router needs them as its "no
+task" class: trained on long passages only, it reads any short question as a task request.
 """
 from __future__ import annotations
 
+import calendar
+import keyword
 import random
 import re
+from html.entities import codepoint2name
 
 from pydoc_data.topics import topics
 
@@ -66,3 +74,40 @@ def general_text(n_chunks: int = 64, seed: int = 0, min_chars: int = 80,
                          f"{len(pool)} prose paragraphs of {min_chars}-{max_chars} characters: "
                          f"ask for 1 to {len(pool)} (or widen min_chars / max_chars)")
     return random.Random(seed).sample(pool, n_chunks)
+
+
+def _question_families() -> dict[str, list[str]]:
+    """The short general questions `general_questions` draws from, by kind, each sorted."""
+    months, days = list(calendar.month_name)[1:], list(calendar.day_name)
+    families = {
+        "calendar": [f"What month comes after {m}?" for m in months]
+        + [f"What day of the week comes before {d}?" for d in days]
+        + [f"How many days does {m} have in a leap year?" for m in months],
+        "entities": [f"Which character does the HTML entity &{name}; stand for?"
+                     for name in codepoint2name.values()],
+        "keywords": [f"What does the Python keyword '{k}' do?" for k in keyword.kwlist],
+        "sums": [f"What is {a} + {b}?" for a in range(3, 40, 3) for b in range(5, 40, 4)]
+        + [f"What is {a} times {b}?" for a in range(3, 13) for b in range(3, 13, 2)],
+    }
+    return {kind: sorted(set(questions)) for kind, questions in families.items()}
+
+
+def general_questions(n: int = 64, seed: int = 0) -> list[str]:
+    """``n`` distinct short general questions drawn by ``seed`` (none from the probe).
+
+    Each is a request that names no task: the months and week days of `calendar`, the
+    entities of `html.entities`, Python's keywords and small sums, taken in turn from each
+    kind (so no kind crowds out the others). The same seed always gives the same questions
+    in the same order. Raises a ValueError when ``n`` is not between 1 and the size of the
+    pool.
+    """
+    families = _question_families()
+    size = sum(map(len, families.values()))
+    whole = isinstance(n, int) and not isinstance(n, bool)
+    if not whole or not 1 <= n <= size:
+        raise ValueError(f"general_questions: n={n!r}; there are {size} questions: "
+                         f"ask for 1 to {size}")
+    rng = random.Random(seed)
+    queues = [rng.sample(questions, len(questions)) for questions in families.values()]
+    turns = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+    return turns[:n]

@@ -246,6 +246,32 @@ def write_report(cells: Sequence[dict], out: Path, protocol: Protocol, config: d
     return frames
 
 
+def read_map(folder: Path = DEFAULT_OUT) -> dict:
+    """A stored map's tables (``grid``, ``map_seeds``, ``items``, ``curves``, ``map``) and
+    its ``config``, read from ``folder`` (what `write_report` wrote).
+    """
+    folder = Path(folder)
+    if not (folder / "map.csv").is_file():
+        raise FileNotFoundError(f"read_map: no map.csv in {folder}; run `{COMMAND}` (or pass "
+                                "the folder it wrote, e.g. results/fair_map).")
+    frames = {name: pd.read_csv(folder / (f"{name}.csv.gz" if name == "items" else f"{name}.csv"))
+              for name in ("grid", "map_seeds", "items", "curves", "map")}
+    frames["config"] = json.loads((folder / "config.json").read_text())
+    return frames
+
+
+def cell_verdicts(stored: dict, cell: str, protocol: Protocol = Protocol()) -> pd.DataFrame:
+    """The comparisons of one cell of a stored map, Holm's correction taken over that cell's
+    comparisons alone (the family of one question: a chapter that reads one cell must not
+    see its verdicts move as other cells are added to the map).
+    """
+    rows = stored["map"][stored["map"]["cell"] == cell]
+    if rows.empty:
+        raise ValueError(f"cell_verdicts: no comparisons of cell {cell!r}; the map has "
+                         f"{sorted(set(stored['map']['cell']))}.")
+    return judge(rows.drop(columns=["p_holm", "verdict"]).reset_index(drop=True), protocol)
+
+
 # ---------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])

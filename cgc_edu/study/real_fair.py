@@ -46,7 +46,7 @@ from peft import LoraConfig, get_peft_model
 from ..adapters.config import AdapterConfig
 from ..adapters.injection import add_adapters, trainable_parameters
 from ..data.english import probe_prompts
-from ..data.general_text import general_text
+from ..data.general_text import general_questions, general_text
 from ..data.lexicon import make_lexicon_tasks
 from ..framework.affinity import subset_tasks
 from ..framework.oneplusn import OnePlusN
@@ -308,24 +308,35 @@ def _general(served, tokenizer, suite: Suite, extras: dict, items: dict) -> dict
 def router_extras(base, tokenizer, suite: Suite, out: Path, n_texts: int = 32) -> dict:
     """What every reported run shares: the general texts, the bare model, and a router
     (`TaskClassifier`) that reads each request with the bare model, trained on the tasks'
-    training prompts and on general passages as "no task" (other passages than the texts
-    the loss is measured on). Its routes of the test items and of the probe questions, its
-    errors and the bare model's probe go to ``OUT/router.json``."""
+    training prompts and, as "no task", on general passages (other passages than the texts
+    the loss is measured on) and short general questions (`general_questions`, none from the
+    probe). A second router, trained with the passages alone, is kept for the record: it
+    shows why the questions are needed. Its routes of the test items and of the probe
+    questions, the errors and the bare model's probe go to ``OUT/router.json``."""
     texts = general_text(n_chunks=n_texts, seed=0)
     chat = lambda t: tokenizer.apply_chat_template([{"role": "user", "content": t}],  # noqa: E731
                                                    tokenize=False, add_generation_prompt=True)
-    general = [chat(t) for t in general_text(n_chunks=64, seed=1) if t not in texts]
-    train = suite.data["train"]
-    router = TaskClassifier().fit(base, tokenizer, list(train["prompt"]), list(train["task"]),
-                                  general=general)
-    test = suite.data["test"]
+    passages = [chat(t) for t in general_text(n_chunks=64, seed=1) if t not in texts]
+    questions = [chat(q) for q in general_questions(64, seed=0)]
+    train, test = suite.data["train"], suite.data["test"]
+    probe = probe_prompts(tokenizer)
+
+    def fit(general):
+        router = TaskClassifier().fit(base, tokenizer, list(train["prompt"]), list(train["task"]),
+                                      general=general)
+        return router, router.predict(probe)
+
+    _, passages_only = fit(passages)
+    router, probe_routes = fit(passages + questions)
     sent = router.predict(list(test["prompt"]))
     routes = {t: [s for s, task in zip(sent, test["task"]) if task == t] for t in suite.tasks}
-    probe_routes = router.predict(probe_prompts(tokenizer))
     central = general_probe(base, tokenizer)["right"].astype(int).tolist()
+    sent_share = lambda r: sum(x is not None for x in r) / len(r)   # noqa: E731
     record = {"test_error": router.error_rate(list(test["prompt"]), list(test["task"])),
-              "probe_sent_to_an_adapter": sum(r is not None for r in probe_routes) / len(probe_routes),
-              "test": routes, "probe": probe_routes, "central_probe": central}
+              "probe_sent_to_an_adapter": sent_share(probe_routes),
+              "passages_only_probe_sent_to_an_adapter": sent_share(passages_only),
+              "test": routes, "probe": probe_routes, "passages_only_probe": passages_only,
+              "central_probe": central}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "router.json").write_text(json.dumps(record, indent=1))
     return {"texts": texts, "base": base, "routes": record}
