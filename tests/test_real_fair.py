@@ -140,3 +140,41 @@ def test_end_to_end_through_the_router_answers_a_misrouted_item_with_its_adapter
     assert all(out["routed_items"][t] == items[t] for t in suite.tasks[1:])
     assert set(out["misrouted_probe"]) == set(suite.tasks)
     assert all(v > 0 for v in out["text_loss"].values())
+
+
+def test_the_router_learns_general_questions_and_is_read_back_on_a_rerun(tiny, tmp_path, monkeypatch):
+    """Two routers are fitted (passages alone, for the record; passages and short questions,
+    used); a rerun on the same data reads router.json back instead of fitting again."""
+    base, tok, suite = tiny
+    fitted = []
+
+    class Router:                 # stands in for TaskClassifier: records what it was given
+        def fit(self, model, tokenizer, prompts, tasks, general=()):
+            fitted.append(list(general))
+            self.questions = any("HTML entity" in g or "Python keyword" in g for g in general)
+            return self
+
+        def predict(self, prompts):
+            return [None if self.questions else "x" for _ in prompts]
+
+        def error_rate(self, prompts, tasks):
+            return 0.0
+
+    class Chat:                   # the tiny tokenizer has no chat template
+        def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+            return "user: " + messages[0]["content"]
+
+    monkeypatch.setattr(real_fair, "TaskClassifier", Router)
+    monkeypatch.setattr(real_fair, "probe_prompts", lambda tokenizer: ["q1", "q2", "q3"])
+    monkeypatch.setattr(real_fair, "general_probe",
+                        lambda model, tokenizer: pd.DataFrame({"right": [True, True, False]}))
+    extras = real_fair.router_extras(base, Chat(), suite, tmp_path, n_texts=4)
+    record = json.loads((tmp_path / "router.json").read_text())
+    assert len(fitted) == 2 and len(fitted[1]) == len(fitted[0]) + 64
+    assert record["passages_only_probe_sent_to_an_adapter"] == 1.0
+    assert record["probe_sent_to_an_adapter"] == 0.0 and record["central_probe"] == [1, 1, 0]
+    again = real_fair.router_extras(base, Chat(), suite, tmp_path, n_texts=4)
+    assert len(fitted) == 2 and again["routes"] == extras["routes"]      # read back
+    monkeypatch.setattr(real_fair, "probe_prompts", lambda tokenizer: ["q1", "q2"])
+    real_fair.router_extras(base, Chat(), suite, tmp_path, n_texts=4)    # other requests: refit
+    assert len(fitted) == 4

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import shlex
@@ -312,7 +313,8 @@ def router_extras(base, tokenizer, suite: Suite, out: Path, n_texts: int = 32) -
     the loss is measured on) and short general questions (`general_questions`, none from the
     probe). A second router, trained with the passages alone, is kept for the record: it
     shows why the questions are needed. Its routes of the test items and of the probe
-    questions, the errors and the bare model's probe go to ``OUT/router.json``."""
+    questions, the errors and the bare model's probe go to ``OUT/router.json``, which a rerun
+    on the same data reads back instead of fitting again."""
     texts = general_text(n_chunks=n_texts, seed=0)
     chat = lambda t: tokenizer.apply_chat_template([{"role": "user", "content": t}],  # noqa: E731
                                                    tokenize=False, add_generation_prompt=True)
@@ -320,6 +322,11 @@ def router_extras(base, tokenizer, suite: Suite, out: Path, n_texts: int = 32) -
     questions = [chat(q) for q in general_questions(64, seed=0)]
     train, test = suite.data["train"], suite.data["test"]
     probe = probe_prompts(tokenizer)
+    key = hashlib.sha256(json.dumps([list(train["prompt"]), list(train["task"]),
+                                     list(test["prompt"]), passages, questions, probe]).encode())
+    stored = Path(out) / "router.json"
+    if stored.is_file() and json.loads(stored.read_text()).get("key") == key.hexdigest():
+        return {"texts": texts, "base": base, "routes": json.loads(stored.read_text())}
 
     def fit(general):
         router = TaskClassifier().fit(base, tokenizer, list(train["prompt"]), list(train["task"]),
@@ -336,7 +343,7 @@ def router_extras(base, tokenizer, suite: Suite, out: Path, n_texts: int = 32) -
               "probe_sent_to_an_adapter": sent_share(probe_routes),
               "passages_only_probe_sent_to_an_adapter": sent_share(passages_only),
               "test": routes, "probe": probe_routes, "passages_only_probe": passages_only,
-              "central_probe": central}
+              "central_probe": central, "key": key.hexdigest()}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "router.json").write_text(json.dumps(record, indent=1))
     return {"texts": texts, "base": base, "routes": record}
