@@ -18,6 +18,8 @@ Taught in: notebooks/03_multitask_learning.ipynb
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 from torch import nn
 
@@ -222,8 +224,10 @@ class PLE(nn.Module):
 
 
 def train_multitask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 1000,
-                    batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> list[float]:
-    """Fit `model` (out_features=1) to y (batch, n_tasks) with Adam on the sum of per-task MSE losses.
+                    batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
+                    weights: Optional[Sequence[float]] = None) -> list[float]:
+    """Fit `model` (out_features=1) to y (batch, n_tasks) with Adam on the sum of per-task MSE
+    losses, each times its task's weight when ``weights`` (one per task) are given.
 
     The learning rate follows a cosine decay to zero, so the final weights do not depend on
     the noise of the last few minibatches (comparisons between models stay fair). Minibatches are drawn with their own seeded generator, so a run is reproducible.
@@ -231,6 +235,9 @@ def train_multitask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: i
 
     Taught in: notebooks/03_multitask_learning.ipynb
     """
+    if weights is not None and len(weights) != y.shape[1]:
+        raise ValueError(f"train_multitask: {len(weights)} weights for {y.shape[1]} tasks; "
+                         "pass one weight per task (a column of y).")
     generator = torch.Generator().manual_seed(training_seed(seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -239,7 +246,8 @@ def train_multitask(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: i
     for _ in range(steps):
         idx = torch.randint(len(x), (batch_size,), generator=generator)
         outputs = model(x[idx])
-        loss = sum(nn.functional.mse_loss(out.squeeze(-1), y[idx, t]) for t, out in enumerate(outputs))
+        terms = [nn.functional.mse_loss(out.squeeze(-1), y[idx, t]) for t, out in enumerate(outputs)]
+        loss = sum(terms if weights is None else (w * term for w, term in zip(weights, terms)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

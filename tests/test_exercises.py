@@ -1,26 +1,70 @@
 """Each self-check says right for the right answer and wrong, with the reason, for a plausible
-wrong one."""
+wrong one. The right answers are computed here another way than the checks compute them: by
+hand, from first principles, or from the stored CSVs with pandas alone (never through the
+statistics or counts a check calls), so a bug shared by a check and its library fails here."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
 
-from cgc_edu.course.exercises import Checks
-from cgc_edu.study.statistics import load_results, paired_comparison, summary
+from cgc_edu.course.exercises import CHAPTERS, Checks
 from fixtures.gate_data import synthetic_recording
 
+ROOT = Path(__file__).resolve().parent.parent
+TOLERANCE = 1e-9                  # a paired difference smaller than this is a tie
 
-def _stored():
-    named = load_results()
-    named = named[named.setting == "named"]
-    stats = summary(named)
-    pair = paired_comparison(named, "cgc_lora", "separate")
-    wins = (pair["wins"], pair["losses"])
-    cgc = stats[(stats.method == "cgc_lora") & (stats.task != "average")].set_index("task")["std"]
-    average = stats[stats.task == "average"].set_index("method")["mean"]
-    return (cgc.idxmax(), cgc.idxmin(), average.idxmax(), average.idxmin(), wins,
+
+def _study_by_hand():
+    """Chapter 07's answers from results/results.csv with pandas alone: instruction prompts,
+    each task's standard deviation over seeds under CGC-LoRA, each method's mean over seeds
+    of its mean over tasks, and CGC-LoRA's wins and losses against 'separate', seed by seed."""
+    rows = pd.read_csv(ROOT / "results" / "results.csv")
+    rows = rows[rows["setting"] == "named"]
+    cgc = rows[rows["method"] == "cgc_lora"].pivot(index="seed", columns="task",
+                                                   values="exact_match")
+    spread = cgc.std(ddof=1)
+    by_seed = rows.pivot_table(index="seed", columns="method", values="exact_match",
+                               aggfunc="mean")                       # mean over the tasks
+    average = by_seed.mean()
+    diff = (by_seed["cgc_lora"] - by_seed["separate"]).dropna()
+    wins = (int((diff > TOLERANCE).sum()), int((diff < -TOLERANCE).sum()))
+    assert spread.max() > spread.drop(spread.idxmax()).max()   # one answer, not a tie
+    assert average.max() > average.drop(average.idxmax()).max()
+    return (spread.idxmax(), spread.idxmin(), average.idxmax(), average.idxmin(), wins,
             (wins[0] + 1, wins[1] - 1))
 
 
+def _map_by_hand():
+    """Chapter 11's stored map from results/map with pandas alone: {cell: seeds x methods
+    table of average exact match} for every cell that has every method on every seed."""
+    folder = ROOT / "results" / "map"
+    runs = pd.read_csv(folder / "map_seeds.csv")
+    config = json.loads((folder / "config.json").read_text())
+    methods, cells = config["methods"], {}
+    for cell, rows in runs.groupby("cell", sort=False):
+        seeds = config.get("cells", {}).get(cell, {}).get("seeds") or config["seeds"]
+        table = rows.pivot(index="seed", columns="method", values="average")
+        table = table.reindex(index=seeds, columns=methods)
+        if not table.isna().any().any():
+            cells[cell] = table
+    return cells
+
+
+def _last_lowest_layer(recording):
+    """The layer where `last` puts the least gate mass on the common experts, by hand:
+    the last step's weights on experts [0, n_common), averaged over a layer's modules."""
+    task = recording.task_names.index("last")
+    share = recording.gates[-1, :, task, :recording.n_common].sum(-1)      # per module
+    layers = [int(name.split(".")[2]) for name in recording.module_names]  # model.layers.L...
+    per_layer = {f"layer {n}": share[[i for i, m in enumerate(layers) if m == n]].mean()
+                 for n in sorted(set(layers))}
+    return min(per_layer, key=per_layer.get), max(per_layer, key=per_layer.get)
+
+
 RECORDING = synthetic_recording(tasks=["first", "last", "ends"])
-SPREAD_MAX, SPREAD_MIN, BEST, WORST, WINS, NOT_WINS = _stored()
+SPREAD_MAX, SPREAD_MIN, BEST, WORST, WINS, NOT_WINS = _study_by_hand()
 
 CASES = [  # chapter, exercise, right answer, wrong answer, a word the wrong answer's reason has
     ("00", 1, 620, 800, "low-data tasks"),
@@ -35,7 +79,7 @@ CASES = [  # chapter, exercise, right answer, wrong answer, a word the wrong ans
     ("03", 2, 4, 6, "out of its reach"),
     ("03", 3, "each task alone", "shared-bottom", "no gradient"),
     ("04", 1, 64, 0, "the gate"),
-    ("04", 2, "LoRA", "MoE-LoRA", "LoRA"),
+    ("04", 2, "one LoRA", "MoE-LoRA", "one LoRA"),
     ("04", 3, False, True, "needs_task_ids"),
     ("05", 1, (3, [0, 1, 2]), (4, [0, 1, 2, 3]), "every S_t"),
     ("05", 2, 2 / 3, 0.5, "never changes"),
@@ -63,14 +107,34 @@ def test_check_says_right_and_wrong_with_why(capsys, chapter, number, right, wro
 
 
 def test_a_check_reads_the_learners_own_recording(capsys):
-    from cgc_edu.course.plots import common_share_table
-
-    values, tasks, layers = common_share_table(RECORDING)
-    row = list(values[tasks.index("last")])
-    lowest, other = layers[row.index(min(row))], layers[row.index(max(row))]
+    lowest, other = _last_lowest_layer(RECORDING)
+    assert lowest != other
     assert Checks("08").ex1(lowest, RECORDING) is True
     assert Checks("08").ex1(other, RECORDING) is False
     assert lowest in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_chapter_07_checks_name_the_answer_read_from_the_csv(capsys):
+    """The stored study's answers, computed by hand above, are accepted; a wrong answer's
+    reason names the right one."""
+    check = Checks("07")
+    for number, right, wrong, shown in [(1, SPREAD_MAX, SPREAD_MIN, SPREAD_MAX),
+                                        (2, BEST, WORST, BEST),
+                                        (3, WINS, NOT_WINS, f"{WINS[0]} wins and {WINS[1]} losses")]:
+        ex = getattr(check, f"ex{number}")
+        assert ex(right) is True
+        capsys.readouterr()
+        assert ex(wrong) is False
+        assert str(shown) in capsys.readouterr().out, (number, shown)
+
+
+def test_each_chapters_checks_live_in_its_own_module():
+    """Chapter NN's checks are chNN_<notebook>.py's Checks, for a notebook that exists."""
+    for chapter, checks in CHAPTERS.items():
+        module = checks.__module__.rsplit(".", 1)[-1]
+        assert module.startswith(f"ch{chapter}_") and checks.chapter == chapter
+        assert (ROOT / "notebooks" / f"{module[2:]}.ipynb").is_file(), module
+        assert type(Checks(chapter)) is checks and checks.exercises()
 
 
 def test_every_chapter_has_checks_and_questions(capsys):
@@ -86,17 +150,20 @@ def test_every_chapter_has_checks_and_questions(capsys):
 
 
 def test_chapter_09_checks_count_size_and_reload(capsys):
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from cgc_edu import add_adapters
     from cgc_edu.data import make_tiny_tasks
     from cgc_edu.models import load_central_model
-    from cgc_edu.train.finetune import method_config
 
-    model = add_adapters(load_central_model(), method_config("cgc_lora", n_tasks=2, rank=8,
-                                                             alpha=16))
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # By hand: CGC-LoRA's defaults, 2 common + 2 specific experts per task, 2 tasks: E = 6
+    # experts of rank 8 / |S_t| = 8 / 4 = 2 on every projection of every layer, each
+    # 2 (d_in + d_out) numbers, and a gate per projection: task embeddings (2 x 8) and
+    # W_g (6 x 8).
+    central = load_central_model().config
+    h, i = central.hidden_size, central.intermediate_size
+    kv = central.num_key_value_heads * (h // central.num_attention_heads)
+    shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]   # q k v o gate up down
+    trained = central.num_hidden_layers * sum(6 * 2 * (d_in + d_out) + (2 + 6) * 8
+                                              for d_in, d_out in shapes)
+    assert trained == 106_240
     check = Checks("09")
     assert check.ex1(trained) and not check.ex1(trained - 64)   # a count that is off
     assert "adapter_parameter_count" in capsys.readouterr().out.splitlines()[-1]
@@ -106,20 +173,20 @@ def test_chapter_09_checks_count_size_and_reload(capsys):
     assert not check.ex2(tiny["test"], tiny["train"])
     assert "column 'prompt' differs" in capsys.readouterr().out.splitlines()[-1]
     assert not check.ex2([1, 2], tiny["train"])
-    with torch.device("meta"):
-        qwen = Qwen2ForCausalLM(Qwen2Config(
-            vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-            num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True))
-    millions = sum(p.numel() for p in qwen.parameters()) / 1e6
-    untied = millions + 151936 * 896 / 1e6
+    # By hand: per layer q (896 x 896 + bias), k and v (896 -> 2 heads x 64 + bias), o
+    # (896 x 896), the MLP's three 896 x 4864 matrices and two norms; the embedding once
+    # (tied) and the final norm.
+    h, i, kv, vocab = 896, 4864, 2 * 64, 151936
+    layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * i + 2 * h
+    millions = (24 * layer + vocab * h + h) / 1e6
+    assert round(millions, 3) == 494.033          # Qwen2.5-0.5B's published size
+    untied = millions + vocab * h / 1e6
     assert check.ex3(millions) and not check.ex3(untied)
     assert "Tied embeddings count once" in capsys.readouterr().out
 
 
 def test_chapter_11_checks_read_the_stored_map(capsys):
-    from cgc_edu.study.map_report import read_map, verdicts
-
-    stored = read_map()
+    cells = _map_by_hand()
     check = Checks("11")
 
     def ahead(a, b):
@@ -132,14 +199,24 @@ def test_chapter_11_checks_read_the_stored_map(capsys):
     assert check.ex1(on_average) is False
     assert "paired differences" in capsys.readouterr().out.splitlines()[-1]
     assert check.ex1(3) is False
-    v = verdicts(stored, "tinytasks_named_r48")
-    assert check.ex2((v["winner"], v["beyond_spread"]))
-    assert not check.ex2((v["winner"], not v["beyond_spread"]))
-    cells = list(dict.fromkeys(stored["seeds"]["cell"]))
-    against = [v["versus"]["separate"]["verdict"] for v in map(lambda c: verdicts(stored, c), cells)
-               if v["complete"]]
-    want = (against.count("ahead"), against.count("behind"))
-    assert check.ex3(want) and not check.ex3((want[0] + 1, want[1]))
+    # ex2: the highest mean over seeds, beyond the spread when ahead of every other method
+    # on every seed
+    table = cells["tinytasks_named_r48"]
+    winner = table.mean().idxmax()
+    beyond = all((table[winner] - table[m] > TOLERANCE).all() for m in table if m != winner)
+    assert check.ex2((winner, beyond))
+    capsys.readouterr()
+    assert not check.ex2((winner, not beyond))
+    assert f"its winner is {winner}, beyond the spread: {beyond}" in capsys.readouterr().out
+    # ex3: CGC-LoRA minus separate, seed by seed: ahead when above 0 on every seed, behind
+    # when below 0 on every seed
+    diffs = [t["cgc_lora"] - t["separate"] for t in cells.values()]
+    want = (sum(bool((d > TOLERANCE).all()) for d in diffs),
+            sum(bool((d < -TOLERANCE).all()) for d in diffs))
+    assert check.ex3(want)
+    capsys.readouterr()
+    assert not check.ex3((want[0] + 1, want[1]))
+    assert f"cells: {want}" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- exercises that build

@@ -102,6 +102,24 @@ def test_training_reduces_loss_and_is_reproducible():
     assert runs[0] == pytest.approx(runs[1])
 
 
+def test_task_weights_scale_each_tasks_loss():
+    """weights=(w_1, ..., w_T) trains on sum_t w_t L_t: a task weighted 0 sends no gradient
+    to its tower (its loss leaves the sum), and unit weights are the plain sum."""
+    seed_everything(0)
+    x = torch.randn(64, D)
+    y = torch.stack([x[:, 0], x[:, 1], x[:, 2]], dim=1)
+    plain, unit = build("shared_bottom"), build("shared_bottom")
+    unit.load_state_dict(plain.state_dict())
+    assert train_multitask(plain, x, y, steps=5, batch_size=16) == \
+        train_multitask(unit, x, y, steps=5, batch_size=16, weights=(1.0, 1.0, 1.0))
+    model = build("shared_bottom")
+    tower = [p.detach().clone() for p in model.towers[2].parameters()]
+    train_multitask(model, x, y, steps=5, batch_size=16, weights=(0.5, 0.5, 0.0))
+    assert all(torch.equal(a, b) for a, b in zip(tower, model.towers[2].parameters()))
+    with pytest.raises(ValueError, match="2 weights for 3 tasks"):
+        train_multitask(model, x, y, steps=1, weights=(0.5, 0.5))
+
+
 @pytest.mark.parametrize("name", ["shared_bottom", "mmoe", "cgc", "ple"])
 def test_wrong_feature_size_is_rejected(name):
     model = build(name)

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from ..study.map_report import verdicts
 from . import plots
-from .knobs import _Knobs
+from .knobs.base import Knobs
 
 
 def _label(method: str) -> str:
@@ -44,7 +44,7 @@ def verdict_text(cell: str, v: dict) -> str:
     return text
 
 
-class MapExplorer(_Knobs):
+class MapExplorer(Knobs):
     """Controls: ``suite`` (Dropdown), ``setting`` (ToggleButtons: named / anonymous
     prompts, those the suite has), ``budget`` (Dropdown of the ranks the map has there).
     ``state``: suite, setting, budget, cell (its name), verdict (`map_report.verdicts`),

@@ -1,0 +1,123 @@
+"""Chapter 02's exercises: the Switch balance loss, top-k routing, its gradient, sparse
+dispatch, and a load the balance loss does not see.
+
+Taught in: notebooks/02_mixture_of_experts.ipynb.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...moe import MoELayer, load_balancing_loss, top_k_gating
+from .checks import ChapterChecks, close, exercise, run_theirs, shape_hint, tensor_close
+
+
+class Checks(ChapterChecks):
+    """The self-checks of chapter 02: ``Checks().ex2(answer)`` prints right / not yet and
+    why, and returns True or False.
+
+    Taught in: notebooks/02_mixture_of_experts.ipynb.
+    """
+
+    chapter = "02"
+
+    @exercise
+    def ex1(answer):
+        """With E = 8 experts, what is the Switch load-balancing loss when every token goes to
+        expert 0 with probability 1, and when routing is perfectly uniform? Answer (collapsed, uniform)."""
+
+        E, n = 8, 16
+        collapsed = load_balancing_loss(torch.eye(E)[[0] * n], torch.zeros(n, 1, dtype=torch.long))
+        uniform = load_balancing_loss(torch.full((n, E), 1 / E),
+                                      torch.arange(n).remainder(E)[:, None])
+        want = [float(collapsed), float(uniform)]
+        if close(answer, want):
+            return True, f"E = {want[0]:g} when collapsed, 1 when balanced: E sum_e f_e P_e."
+        return False, (f"E sum_e f_e P_e: collapse puts f_0 = P_0 = 1, giving E = {want[0]:g}; "
+                       f"uniform routing has f_e = P_e = 1/E, giving {want[1]:g}.")
+
+    @exercise
+    def ex2(answer):
+        """Router probabilities [0.5, 0.3, 0.2] and top-2 with renormalisation: what weights do the
+        three experts get?"""
+
+        want = top_k_gating(torch.tensor([[0.5, 0.3, 0.2]]), k=2)[0][0].tolist()
+        if close(answer, want, 1e-3):
+            return True, f"{[round(w, 3) for w in want]}: the top two, divided by their sum 0.8."
+        if close(answer, [0.5, 0.3, 0.0], 1e-3):
+            return False, "those are the raw probabilities; renormalising divides them by their sum."
+        return False, f"keep the two largest and divide by their sum: {[round(w, 3) for w in want]}."
+
+    @exercise
+    def ex3(answer):
+        """With k = 2 and renormalize=True, does the task loss still send the router's weights a
+        gradient? Answer True or False, then measure it on a MoELayer."""
+
+        torch.manual_seed(0)
+        layer = MoELayer(4, n_experts=3, d_hidden=4, k=2, renormalize=True)
+        layer(torch.randn(16, 4)).pow(2).mean().backward()
+        grad = float(layer.router.proj.weight.grad.abs().max())
+        want = grad > 1e-6
+        if answer is want:
+            return True, (f"{want}: the largest entry is {grad:.2g}. The two kept weights are "
+                          "p_i / (p_i + p_j), a ratio the router moves; only k = 1 makes it p / p = 1.")
+        return False, (f"measure it: the largest entry of layer.router.proj.weight.grad is {grad:.2g}. "
+                       "With two kept experts the weights are a ratio of their probabilities, "
+                       f"which the router changes, so the answer is {want}.")
+
+    @exercise
+    def ex4(answer):
+        """Build sparse dispatch: write sparse_moe(layer, x) for a MoELayer that runs each expert
+        only on the tokens routed to it and returns what layer(x) returns (x (tokens, d_model);
+        routing = layer.router(x) gives .indices and .weights)."""
+
+        torch.manual_seed(0)
+        layer = MoELayer(6, n_experts=4, d_hidden=8, k=2).eval()
+        x = torch.randn(20, 6)
+        with torch.no_grad():
+            want = layer(x)
+            routing = layer.router(x)
+        routed = [int((routing.indices == e).any(-1).sum()) for e in range(4)]
+        seen = [0] * 4
+        hooks = [expert.register_forward_hook(
+            lambda _m, args, _o, e=e: seen.__setitem__(e, seen[e] + args[0].reshape(-1, 6).shape[0]))
+            for e, expert in enumerate(layer.experts)]
+        try:
+            with torch.no_grad():
+                got, why = run_theirs(answer, layer, x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if why:
+            return False, why
+        if not tensor_close(got, want):
+            return False, (f"not layer(x) ({shape_hint(got, want)}): each token's output is the "
+                           "sum over its k experts of weight x expert(token).")
+        if seen != routed:
+            return False, (f"right output, but the experts saw {seen} tokens and were routed "
+                           f"{routed}: run expert e on x[tokens routed to e] only.")
+        return True, ("equal to the dense layer, each expert run on its own tokens only: k / E of "
+                      "the dense layer's expert compute.")
+
+    @exercise
+    def ex5(answer):
+        """Fool the balance loss: give router probabilities probs (tokens x 4, rows summing to 1)
+        whose top-1 choices send at least 3/4 of the tokens to one expert while the Switch loss
+        E sum_e f_e P_e is below 1."""
+
+        if not isinstance(answer, torch.Tensor) or answer.ndim != 2 or answer.shape[1] != 4:
+            return False, "answer a tensor of probabilities shaped (tokens, 4)."
+        probs = answer.detach().double()
+        if (probs < -1e-9).any() or (probs.sum(-1) - 1).abs().max() > 1e-6:
+            return False, "each row must be probabilities: non-negative and summing to 1."
+        choice = probs.argmax(-1, keepdim=True)
+        share = float(torch.bincount(choice[:, 0], minlength=4).max()) / len(probs)
+        loss = float(load_balancing_loss(probs, choice))
+        if share < 0.75:
+            return False, (f"the busiest expert gets {share:.0%} of the tokens' top-1 choices; "
+                           "send at least three quarters to one expert.")
+        if loss >= 1:
+            return False, (f"the loss is {loss:.3f}, not below 1: keep the busy expert's mean "
+                           "probability P low (its tokens choose it by a hair, the other tokens "
+                           "give it almost nothing).")
+        return True, (f"{share:.0%} of the tokens on one expert at loss {loss:.3f} < 1: the loss "
+                      "sees the load only through P, so its value does not certify a balance.")

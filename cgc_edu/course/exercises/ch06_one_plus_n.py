@@ -1,0 +1,93 @@
+"""Chapter 06's exercises: 1+N's routing, a task's rank when exported to peft, what 1+N
+keeps in memory, and the clustering written by hand.
+
+Taught in: notebooks/06_one_plus_n.ipynb.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ...adapters.config import AdapterConfig
+from ...data.tinytasks import TASKS, make_tiny_tasks
+from ...framework.affinity import adjusted_rand_index, cluster_tasks, prior_clusters
+from .checks import ChapterChecks, close, exercise, run_theirs
+
+
+def designed_clusters() -> dict[str, list[str]]:
+    """TinyTasks' designed clusters (`prior_clusters` of the suite)."""
+    return prior_clusters(make_tiny_tasks(seed=0, n_train=1, n_low=1, n_validation=0,
+                                          n_test=0)["train"])
+
+
+class Checks(ChapterChecks):
+    """The self-checks of chapter 06: ``Checks().ex2(answer)`` prints right / not yet and
+    why, and returns True or False.
+
+    Taught in: notebooks/06_one_plus_n.ipynb.
+    """
+
+    chapter = "06"
+
+    @exercise
+    def ex1(answer):
+        """With the designed clusters (prior_clusters), where does a request for `ends` go?
+        Answer (cluster name, local task id)."""
+        clusters = designed_clusters()
+        cluster = next(c for c, tasks in clusters.items() if "ends" in tasks)
+        want = (cluster, clusters[cluster].index("ends"))
+        if tuple(answer) == want if isinstance(answer, (tuple, list)) else False:
+            return True, f"{want}: the task's cluster, and its position inside that cluster."
+        return False, (f"the router looks up the cluster ({cluster}: {clusters[cluster]}) and "
+                       f"renumbers the task inside it: {want}.")
+
+    @exercise
+    def ex2(answer):
+        """A cluster of 3 tasks served with cgc_lora(rank=12, n_common=3, n_specific=1,
+        budget="total"): what rank does export_peft give one task's LoRA?"""
+
+        config = AdapterConfig.cgc_lora(rank=12, alpha=24, n_tasks=3, n_common=3, n_specific=1,
+                                        budget="total")
+        want = config.experts_per_task * config.expert_rank
+        if answer == want:
+            return True, f"|S_t| r_e = {config.experts_per_task} x {config.expert_rank} = {want}."
+        return False, (f"a task uses its |S_t| = {config.experts_per_task} experts of rank "
+                       f"{config.expert_rank} (12 / E with E = {config.n_experts}): rank {want}.")
+
+    @exercise
+    def ex3(answer):
+        """1+N over the 8 tasks: how many copies of the central model's weights are in memory, and
+        how many would one merged model per task need? Answer (1+N copies, merged copies)."""
+        clusters = designed_clusters()
+        want = (1, sum(len(t) for t in clusters.values()))
+        if close(answer, want):
+            return True, f"{want}: the N sets are views of one base; merging copies it per task."
+        return False, f"the sets share one base's tensors; merged serving needs one copy per task: {want}."
+
+    @exercise
+    def ex4(answer):
+        """Build the clustering: write clusters_of(affinity, n) that groups the tasks of an
+        affinity matrix (a DataFrame, tasks x tasks, 1 on the diagonal) into n clusters by scipy's
+        average linkage on the distance 1 - affinity; answer {name: [tasks]}."""
+
+        tasks = [t.name for t in TASKS]
+        gen = np.random.default_rng(3)
+        for n in (2, 3):
+            raw = gen.uniform(-1, 1, (len(tasks), len(tasks)))
+            matrix = (raw + raw.T) / 2
+            np.fill_diagonal(matrix, 1.0)
+            affinity = pd.DataFrame(matrix, index=tasks, columns=tasks)
+            want = cluster_tasks(affinity, n)
+            got, why = run_theirs(answer, affinity.copy(), n)
+            if why:
+                return False, why
+            try:
+                same = (sorted(len(v) for v in got.values()) == sorted(len(v) for v in want.values())
+                        and adjusted_rand_index(got, want) > 1 - 1e-9)
+            except (AttributeError, TypeError, ValueError):
+                same = False
+            if not same:
+                return False, (f"{n} clusters: yours {got!r}, cluster_tasks gives {want}; "
+                               "scipy.spatial.distance.squareform(1 - affinity) feeds linkage, "
+                               "fcluster(..., criterion='maxclust') cuts it.")
+        return True, "the same groups as cluster_tasks for 2 and 3 clusters."
