@@ -7,7 +7,7 @@ import torch
 from datasets import Dataset
 
 from cgc_edu.framework import affinity
-from cgc_edu.framework.affinity import (adjusted_rand_index, cluster_tasks, clustering_agreement, measured_clusters,
+from cgc_edu.framework.affinity import (AffinitySettings, adjusted_rand_index, cluster_tasks, clustering_agreement, measured_clusters,
                               prior_clusters, subset_tasks, task_affinity, task_linkage)
 from cgc_edu.data import TASKS, make_tiny_tasks
 from cgc_edu.framework import base_fingerprint
@@ -110,6 +110,23 @@ def test_gradient_affinity_is_a_cosine_matrix_and_leaves_model_alone(tasks):
     assert base_fingerprint(base) == before and not adapter_layers(base)
     again = task_affinity(base, tasks["train"], TOK, n_per_task=8)
     pd.testing.assert_frame_equal(aff, again)       # deterministic
+
+
+def test_affinity_takes_its_knobs_as_settings_or_keywords(tasks):
+    settings = AffinitySettings(n_per_task=8, seed=2)
+    pd.testing.assert_frame_equal(task_affinity(tiny_base(), tasks["train"], TOK, settings=settings),
+                                  task_affinity(tiny_base(), tasks["train"], TOK, n_per_task=8, seed=2))
+    # keywords override the settings; the probe and a measure at it share them
+    probe = affinity.affinity_probe(tiny_base(), tasks["train"], TOK, settings)
+    pd.testing.assert_frame_equal(affinity.measure_affinity(probe, tasks["train"], TOK, "gradient", settings),
+                                  task_affinity(tiny_base(), tasks["train"], TOK,
+                                                settings=AffinitySettings(seed=2), n_per_task=8))
+    with pytest.raises(TypeError, match=r"unknown knob\(s\) \['n_rows'\]; an AffinitySettings has \['n_per_task'"):
+        task_affinity(tiny_base(), tasks["train"], TOK, n_rows=8)
+    with pytest.raises(ValueError, match=r"task_affinity: no tokenizer; pass the central model's own"):
+        task_affinity(tiny_base(), tasks["train"])
+    with pytest.raises(ValueError, match="task_affinity: rank=0; pass a positive int"):
+        task_affinity(tiny_base(), tasks["train"], TOK, settings=AffinitySettings(rank=0))
 
 
 def test_lookahead_affinity_shape(tasks):

@@ -74,8 +74,8 @@ def test_task_selection_reindexes():
     (dict(tasks=[]), ValueError, "empty"),
     (dict(tasks="reverse"), TypeError, "tasks=['reverse']"),
     (dict(n_train=0), ValueError, "n_train=0"),
-    (dict(n_train=30, min_len=1, max_len=1), ValueError, "distinct words"),
-    (dict(min_len=5, max_len=3), ValueError, "min_len=5"),
+    (dict(n_train=30, word_lengths=(1, 1)), ValueError, "distinct words"),
+    (dict(word_lengths=(5, 3)), ValueError, r"word_lengths=\(5, 3\)"),
 ])
 def test_clear_errors(kwargs, error, words):
     with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):

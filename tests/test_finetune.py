@@ -8,8 +8,8 @@ from datasets import Dataset
 
 from cgc_edu import AdapterConfig
 from cgc_edu.data import TinyTasksCollator, build_tokenizer, make_tiny_tasks
-from cgc_edu.train.finetune import (DataError, check_fits_context, context_length, finetune,
-                              load_model_and_tokenizer, load_task_data, main, method_config,
+from cgc_edu.train.finetune import (DataError, FinetuneSettings, check_fits_context, context_length,
+                              finetune, load_model_and_tokenizer, load_task_data, main, method_config,
                               split_per_task)
 from cgc_edu.adapters.injection import adapter_layers
 from cgc_edu.models import load_central_model
@@ -113,6 +113,31 @@ def test_the_cgc_lora_preset_defaults_divide():
 def test_unknown_method_names_the_choices():
     with pytest.raises(ValueError, match="'dora'.*cgc_lora"):
         method_config("dora", n_tasks=2)
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['n_shared'\].*'n_common'"):
+        method_config("cgc_lora", n_tasks=2, n_shared=2)
+    # the expert counts a preset has no use for are ignored, as the command line passes them all
+    assert method_config("moe_lora", n_tasks=2, n_common=3, n_experts=2).n_experts == 2
+
+
+def test_finetune_takes_its_knobs_as_settings_or_keywords(model_dir, files, tmp_path):
+    data = load_task_data(files[0])
+    config = method_config("integrated", n_tasks=2, rank=4, alpha=8)
+    runs = []
+    for how, kwargs in [("keywords", dict(steps=3, batch_size=8, seed=1, progress=False,
+                                          base_model_name_or_path="mine")),
+                        ("settings", dict(settings=FinetuneSettings(steps=3, batch_size=8, seed=1, progress=False,
+                                                                     base_model_name_or_path="mine")))]:
+        model, tok = load_model_and_tokenizer(str(model_dir))
+        torch.manual_seed(0)
+        runs.append(finetune(model, tok, data, None, config, tmp_path / how, **kwargs))
+        saved = json.loads((tmp_path / how / "run.json").read_text())
+        assert (saved["steps"], saved["batch_size"], saved["seed"], saved["lr"], saved["base_model"]) == \
+            (3, 8, 1, 3e-3, "mine")
+    assert runs[0].losses == runs[1].losses and runs[0].table is None
+    model, tok = load_model_and_tokenizer(str(model_dir))
+    with pytest.raises(TypeError, match=r"unknown knob\(s\) \['step'\]; a FinetuneSettings has"):
+        finetune(model, tok, data, None, config, tmp_path / "typo", step=3)
+    assert not adapter_layers(model)
 
 
 def test_jsonl_csv_and_datasets_folders_read_the_same(files, tmp_path):

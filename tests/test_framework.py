@@ -94,6 +94,22 @@ def test_bad_clusters_fail_clearly():
         OnePlusN(tiny_base(), ["a", "b"], CONFIG)
 
 
+def test_a_framework_without_a_tokenizer_builds_merges_and_exports_but_asks_for_one_to_read(tasks, tmp_path):
+    """A 1+N may be built on any model: its tokenizer is its own, never TinyTasks' by default."""
+    fw = OnePlusN(tiny_base(), prior_clusters(tasks["train"]), CONFIG)
+    assert fw.tokenizer is None
+    fw.merged_model("reverse"), fw.serving_model(), fw.export_peft("reverse", tmp_path / "peft")
+    for call, name in [(lambda: fw.generate("abc=", "reverse"), "generate"),
+                       (lambda: fw.train(tasks["train"], steps=1, progress=False), "train"),
+                       (lambda: fw.score_items(tasks["test"]), "score_items"),
+                       (lambda: fw.evaluate(tasks["test"]), "evaluate")]:
+        with pytest.raises(ValueError, match=rf"OnePlusN\.{name}: this OnePlusN has no tokenizer; pass "
+                                             r"the central model's own, OnePlusN\(.*tokenizer=\.\.\.\)"):
+            call()
+    fw.tokenizer = TOK
+    assert isinstance(fw.generate("abc=", "reverse"), str)
+
+
 def test_modules_to_save_are_refused_over_the_shared_base():
     import dataclasses
     base = tiny_base()
@@ -128,7 +144,7 @@ def test_evaluate_routes_by_cluster(framework, tasks):
 
 
 def test_train_changes_only_adapters(tasks):
-    fw = OnePlusN(tiny_base(), prior_clusters(tasks["train"]), CONFIG)
+    fw = OnePlusN(tiny_base(), prior_clusters(tasks["train"]), CONFIG, tokenizer=TOK)
     before = base_fingerprint(fw.base)
     losses = fw.train(tasks["train"], steps=4, batch_size=8, lr=1e-2, progress=False)
     assert set(losses) == {"transform", "extract"} and all(len(v) >= 1 for v in losses.values())

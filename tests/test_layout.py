@@ -1,5 +1,11 @@
-"""The expert layout has one source (AdapterConfig.layout) that the layer, recorder, plots and widget read."""
+"""The expert layout has one source (AdapterConfig.layout) that the layer, recorder, plots and widget read.
+
+And the library's core reads like its method: in the core packages (everything but the course
+and the study, which sit on top) no function is over 60 lines or takes over 8 parameters, and
+nothing imports from ``cgc_edu.course`` or ``cgc_edu.study``."""
+import ast
 import dataclasses
+from pathlib import Path
 
 import matplotlib
 
@@ -94,3 +100,113 @@ def test_config_is_frozen_and_replace_gives_a_checked_copy():
         dataclasses.replace(config, rank=7)
     assert AdapterConfig.from_dict(config.to_dict()) == config
     assert config.to_dict()["target_modules"] == ["q_proj", "v_proj"]
+
+
+# ------------------------------------------------------------- the core reads like its method
+PKG = Path(__file__).resolve().parent.parent / "cgc_edu"
+#: The core: what a model, its adapters, data, training and 1+N need. The course (notebook
+#: widgets, exercises) and the study (experiments) are built on top of it, never under it.
+CORE = ("adapters", "data", "framework", "models", "train", "methods.py", "moe.py", "mtl.py", "utils.py")
+ON_TOP = ("cgc_edu.course", "cgc_edu.study")
+MAX_LINES, MAX_PARAMS = 60, 8
+
+
+def core_files() -> list[Path]:
+    files = []
+    for name in CORE:
+        path = PKG / name
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return files
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(node, module: str, is_package: bool) -> list[str]:
+    """The dotted names an import statement imports (relative ones resolved)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    base = node.module or ""
+    if node.level:
+        package = module.split(".")
+        package = package if is_package else package[:-1]
+        package = package[: len(package) - (node.level - 1)]
+        base = ".".join(package + ([node.module] if node.module else []))
+    return [base] + [f"{base}.{alias.name}" for alias in node.names]
+
+
+def _parameters(node) -> list[str]:
+    """Named parameters, self / cls not counted; ``*args`` / ``**knobs`` (a pass-through whose
+    names a settings dataclass checks, as `train` takes a `Recipe`'s fields) are not counted."""
+    args = node.args
+    names = [a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]]
+    if names[:1] in (["self"], ["cls"]):
+        names = names[1:]
+    return names
+
+
+def offences(source: str, module: str, is_package: bool = False, where: str = "") -> list[str]:
+    """What breaks the core's rules in one module's source: each long function, each function
+    with too many parameters (by qualified name), each import from the course or the study."""
+    found = []
+
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = f"{prefix}{child.name}"
+                lines = child.end_lineno - child.lineno + 1
+                if lines > MAX_LINES:
+                    found.append(f"{where}:{child.lineno} {name} has {lines} lines (at most {MAX_LINES})")
+                params = _parameters(child)
+                if len(params) > MAX_PARAMS:
+                    found.append(f"{where}:{child.lineno} {name} has {len(params)} parameters "
+                                 f"(at most {MAX_PARAMS}): {params}")
+                visit(child, f"{name}.")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            else:
+                if isinstance(child, (ast.Import, ast.ImportFrom)):
+                    above = [target for target in _imported(child, module, is_package)
+                             if any(target == top or target.startswith(top + ".") for top in ON_TOP)]
+                    if above:
+                        found.append(f"{where}:{child.lineno} {module} imports {above[0]}")
+                visit(child, prefix)
+
+    visit(ast.parse(source), "")
+    return found
+
+
+def test_the_core_has_short_functions_few_parameters_and_no_import_from_above():
+    files = core_files()
+    assert len(files) > 20 and PKG / "train" / "loop.py" in files
+    found = [offence for path in files
+             for offence in offences(path.read_text(), _module_name(path), path.name == "__init__.py",
+                                     str(path.relative_to(PKG.parent)))]
+    assert not found, ("the core must read like its method: split long functions into named "
+                       "steps, group threaded knobs into a settings dataclass, and import "
+                       "nothing from the course or the study:\n" + "\n".join(found))
+
+
+def test_the_layout_check_names_what_it_finds():
+    body = "\n".join(f"    x{i} = {i}" for i in range(59))
+    source = ("from ..study import runner\n"
+              "from .. import course\n"
+              "import cgc_edu.course.plots\n"
+              "from ..data import tinytasks\n"
+              f"def long(a):\n    \"\"\"Doc.\"\"\"\n{body}\n"                    # 61 lines
+              f"def short(a):\n{body}\n"                                      # 60 lines
+              "class Knobs:\n"
+              "    def many(self, a, b, c, d, e, f, g, h, i, **more):\n        pass\n"
+              "    @classmethod\n"
+              "    def fine(cls, a, b, c, d, e, f, g, h, *rest, **more):\n        pass\n")
+    found = offences(source, "cgc_edu.framework.demo", where="demo.py")
+    many = 5 + 61 + 60 + 1
+    assert found == [
+        "demo.py:1 cgc_edu.framework.demo imports cgc_edu.study",
+        "demo.py:2 cgc_edu.framework.demo imports cgc_edu.course",
+        "demo.py:3 cgc_edu.framework.demo imports cgc_edu.course.plots",
+        "demo.py:5 long has 61 lines (at most 60)",
+        f"demo.py:{many} Knobs.many has 9 parameters (at most 8): {list('abcdefghi')}",
+    ]

@@ -223,6 +223,42 @@ def test_merge_refuses_a_sum_that_overflows_w0_s_dtype():
     assert_untouched(model, before)
 
 
+HOT_REFUSAL = (r"OnePlusN hot_merge of task 't1' \(local id 1 in cluster 'a'\): task 1's delta dW_t "
+               r"in module .* is not finite: the adapter's weights hold NaN \(lora_B\).*retrain the "
+               r"adapter.*Nothing was merged")
+
+
+def sicken(fw):
+    """A NaN in set "a"'s first adapted layer (expert 0, which every task of the set reads)."""
+    layer = next(iter(adapter_layers(fw.sets["a"]).values()))
+    with torch.no_grad():
+        layer.lora_B[0].view(-1)[3] = float("nan")
+
+
+def test_one_plus_n_hot_merge_refuses_non_finite_weights_and_keeps_its_hot_copy():
+    """1+N's hot copy is a merge too: a NaN in a set's adapter is refused (naming the task and
+    the fix) before anything is written; the hot copy keeps the last task's weights."""
+    clusters = {"a": ["t0", "t1"], "b": ["t2"]}
+    fresh = tiny_framework(clusters, hot_merge=True)
+    sicken(fresh)
+    with pytest.raises(ValueError, match=HOT_REFUSAL):         # before any hot copy exists
+        fresh.generate("abc=", "t1")
+    assert fresh._hot is None and fresh.memory()["hot_bytes"] == 0
+
+    fw = tiny_framework(clusters, hot_merge=True)
+    tokens = torch.randint(3, 20, (2, 7))
+    hot_t2 = logits(fw._hot_model("t2"), tokens)
+    kept, memory, base = state(fw._hot), fw.memory(), state(fw.base)
+    sicken(fw)
+    for ask in (lambda: fw._hot_model("t1"), lambda: fw.generate("abc=", "t1")):
+        with pytest.raises(ValueError, match=HOT_REFUSAL):
+            ask()
+        assert_same_state(fw._hot, kept)
+        assert fw.memory() == memory and fw._hot_cache.key[0] == "t2"
+    assert_same_state(fw.base, base)
+    torch.testing.assert_close(logits(fw._hot_model("t2"), tokens), hot_t2, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_a_backward_after_the_block_recomputes_the_bare_base(pair, x, reentrant):
     """Activation checkpointing recomputes each block in the backward pass; a loss computed

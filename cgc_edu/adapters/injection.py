@@ -335,19 +335,37 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     targets = _find_targets(model, config)            # validates before anything changes
     saved = _find_saved_modules(model, config)
     _without_hub_kernels(model)
+    requires_grad, originals = _freeze_base(model, saved)
+    router = TaskRouter(config, where=f"{type(model).__name__} (adapters on {len(targets)} "
+                                      f"modules, first {targets[0]})")
+    router.layers = _wrap_targets(model, targets, config, router)
     # The config is frozen, so the one the model carries cannot change behind its back.
+    record = model._cgc = Injected(config, router, requires_grad, originals)
+    _install_routing(model, record)
+    return model
+
+
+def _freeze_base(model: nn.Module, saved: list) -> tuple[list, dict]:
+    """Freeze every parameter but those of the ``modules_to_save``, which train in place.
+
+    Returns (each parameter with its ``requires_grad`` before, the original weights of the
+    modules_to_save by name): what `remove_adapters` puts back."""
     requires_grad = [(p, p.requires_grad) for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
-    # modules_to_save train in place; their original weights are kept for remove_adapters.
     originals = {}
     for name in saved:
         module = model.get_submodule(name)
         originals[name] = {k: v.detach().clone() for k, v in module.state_dict().items()}
         for p in module.parameters():
             p.requires_grad_(True)
-    router = TaskRouter(config, where=f"{type(model).__name__} (adapters on {len(targets)} "
-                                      f"modules, first {targets[0]})")
+    return requires_grad, originals
+
+
+def _wrap_targets(model: nn.Module, targets: list, config: AdapterConfig,
+                  router: "TaskRouter") -> tuple:
+    """Replace each target layer by a CGCLoRALinear around it that reads ``router``; with
+    ``config.shared_gate`` they all share one gate. Returns the new layers in order."""
     shared = None
     if config.shared_gate:
         first = model.get_submodule(targets[0])
@@ -362,19 +380,22 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
         layer.router = router
         setattr(parent, child, layer)
         layers.append(layer)
-    router.layers = tuple(layers)
-    record = model._cgc = Injected(config, router, requires_grad, originals)
+    return tuple(layers)
+
+
+def _install_routing(model: nn.Module, record: Injected) -> None:
+    """The hooks that carry ``task_ids=`` from a model call (and through activation
+    checkpointing) to the router, and ``model.generate(..., task_ids=...)``."""
     record.hooks = (
         model.register_forward_pre_hook(_route_forward, with_kwargs=True),
         model.register_forward_hook(_end_forward, with_kwargs=True, always_call=True),
     )
     for block in _checkpointable_blocks(model):
-        block._cgc_block_router = router
+        block._cgc_block_router = record.router
         record.hooks += (block.register_forward_pre_hook(_route_checkpointing),)
     if callable(getattr(type(model), "generate", None)) and "generate" not in vars(model):
         # A bound method (not a closure) so that copy.deepcopy(model) rebinds it to the copy.
         model.generate = types.MethodType(_generate_with_task_ids, model)
-    return model
 
 
 def _without_hub_kernels(model: nn.Module) -> None:
@@ -466,7 +487,7 @@ def merge_task(model: nn.Module, task_id: int) -> nn.Module:
     if merged:
         raise ValueError(f"merge_task: task {merged.pop()} is already merged into "
                          f"{type(model).__name__}; call unmerge(model) first.")
-    _check_finite_merge(layers, task_id, "merge_task")     # before any weight is written
+    check_finite_merge(layers, task_id, "merge_task")     # before any weight is written
     for layer in layers.values():
         layer.merge(task_id)
     return model
@@ -480,10 +501,11 @@ def _non_finite(tensor: torch.Tensor) -> Optional[str]:
 
 
 @torch.no_grad()
-def _check_finite_merge(layers: dict[str, CGCLoRALinear], task_id: int, caller: str) -> None:
+def check_finite_merge(layers: dict[str, CGCLoRALinear], task_id: int, caller: str) -> None:
     """Raise a ValueError (naming ``caller``, the module, the task and the fix) if task
     ``task_id``'s delta dW_t, or W0 + dW_t as `add_delta` would store it (in W0's dtype and
-    layout), holds a NaN or an inf in any of ``layers`` (by module name). Writes nothing."""
+    layout), holds a NaN or an inf in any of ``layers`` (by module name). Writes nothing.
+    The check of every merge: `merge_task`, `merged_copy`, 1+N's hot copy."""
     for name, layer in layers.items():
         delta = layer.delta_weight(task_id)
         bad = _non_finite(delta)
@@ -535,7 +557,7 @@ def merged_copy(model: nn.Module, task_id: int) -> nn.Module:
     """
     task_id = _task_index(model, task_id, "merged_copy")
     plain = unmerge(copy.deepcopy(model))        # the copy's weights are its own
-    _check_finite_merge(adapter_layers(plain), task_id, "merged_copy")
+    check_finite_merge(adapter_layers(plain), task_id, "merged_copy")
     trained = {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
                for name, m in _saved_modules(plain).items()}
     with torch.no_grad():

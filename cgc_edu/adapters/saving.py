@@ -155,7 +155,20 @@ def load_adapters(model: nn.Module, path: Union[str, Path]) -> nn.Module:
     path = Path(path)
     meta, tensors = _read(path)
     config, modules, saved = meta["config"], meta["modules"], meta["saved"]
-    expected = _expected_shapes(config, modules, saved)
+    _check_tensors(path, tensors, _expected_shapes(config, modules, saved))
+    existing = bool(adapter_layers(model))
+    _check_fits(model, config, modules, saved)
+    if not existing:
+        add_adapters(model, config)
+    params = _adapter_tensors(model)
+    with torch.no_grad():
+        for key, value in tensors.items():
+            params[key].copy_(value.to(params[key].dtype))
+    return model
+
+
+def _check_tensors(path: Path, tensors: dict, expected: dict) -> None:
+    """The saved tensors are those the saved config names, of the shapes it implies."""
     if set(tensors) != set(expected):
         missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         raise ValueError(f"load_adapters: {path / WEIGHTS_NAME} does not match its config "
@@ -164,6 +177,12 @@ def load_adapters(model: nn.Module, path: Union[str, Path]) -> nn.Module:
         if tuple(tensors[key].shape) != shape:
             raise ValueError(f"load_adapters: tensor {key} has shape {tuple(tensors[key].shape)}, "
                              f"expected {shape}; the file is corrupt: re-save it with save_adapters.")
+
+
+def _check_fits(model: nn.Module, config: AdapterConfig, modules: dict, saved: dict) -> None:
+    """The saved adapters fit ``model``: its adapters have the same config (or it has none
+    and the config selects the saved modules on it), and every adapted module and
+    module_to_save has the saved shapes. Raises, naming the fix, before anything changes."""
     existing = adapter_layers(model)
     if existing:
         have = injected(model, "load_adapters").config
@@ -179,6 +198,18 @@ def load_adapters(model: nn.Module, path: Union[str, Path]) -> nn.Module:
             saved_here = _find_saved_modules(model, config)
         except ValueError as err:
             raise ValueError(f"load_adapters: {err}; load onto the base model they were trained on.") from None
+    _check_module_shapes(model, modules, shapes)
+    _check_saved_modules(model, saved, saved_here)
+    if not existing:
+        targets = set(_find_targets(model, config))
+        if targets != set(modules):
+            raise ValueError(f"load_adapters: the saved config adapts {sorted(modules)[:4]}..., but on "
+                             f"{type(model).__name__} it selects {sorted(targets)[:4]}...; load onto the "
+                             "base model they were trained on.")
+
+
+def _check_module_shapes(model: nn.Module, modules: dict, shapes: dict) -> None:
+    """Each saved module is an adaptable layer of ``model`` (``shapes``) of the saved shape."""
     for name, shape in modules.items():
         if name not in shapes:
             raise ValueError(f"load_adapters: module {name!r} of the saved adapters is not an nn.Linear "
@@ -188,6 +219,10 @@ def load_adapters(model: nn.Module, path: Union[str, Path]) -> nn.Module:
             raise ValueError(f"load_adapters: module {name!r} is {shapes[name][1]}->{shapes[name][0]} in "
                              f"{type(model).__name__} but {shape[1]}->{shape[0]} in the saved adapters; "
                              "load onto a base model of the same shapes.")
+
+
+def _check_saved_modules(model: nn.Module, saved: dict, saved_here: list) -> None:
+    """The file's modules_to_save are ``model``'s (``saved_here``), with the same tensor shapes."""
     if sorted(saved_here) != sorted(saved):
         raise ValueError(f"load_adapters: the file saves the modules {sorted(saved)} whole, but on "
                          f"{type(model).__name__} modules_to_save selects {sorted(saved_here)}; load onto "
@@ -198,18 +233,6 @@ def load_adapters(model: nn.Module, path: Union[str, Path]) -> nn.Module:
             raise ValueError(f"load_adapters: module {name!r} has tensors {have} in {type(model).__name__} "
                              f"but {saved[name]} in the saved adapters; load onto a base model of the "
                              "same shapes.")
-    if not existing:
-        targets = set(_find_targets(model, config))
-        if targets != set(modules):
-            raise ValueError(f"load_adapters: the saved config adapts {sorted(modules)[:4]}..., but on "
-                             f"{type(model).__name__} it selects {sorted(targets)[:4]}...; load onto the "
-                             "base model they were trained on.")
-        add_adapters(model, config)
-    params = _adapter_tensors(model)
-    with torch.no_grad():
-        for key, value in tensors.items():
-            params[key].copy_(value.to(params[key].dtype))
-    return model
 
 
 def export_peft_lora(model: nn.Module, task_id: int, path: Union[str, Path],

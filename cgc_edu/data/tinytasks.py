@@ -114,6 +114,10 @@ def _check_tasks(tasks) -> list[TaskSpec]:
     return [t for t in TASKS if t.name in tasks]
 
 
+_SPLITS = ("train", "validation", "test")
+_COLUMNS = ("prompt", "target", "task", "task_id", "cluster", "low_data")
+
+
 def make_tiny_tasks(
     seed: int = 0,
     n_train: int = 2000,
@@ -121,8 +125,7 @@ def make_tiny_tasks(
     n_validation: int = 100,
     n_test: int = 200,
     tasks=None,
-    min_len: int = 3,
-    max_len: int = 6,
+    word_lengths: tuple[int, int] = (3, 6),
     name_in_prompt: bool = False,
 ) -> DatasetDict:
     """Generate TinyTasks as a DatasetDict with train / validation / test splits.
@@ -132,52 +135,73 @@ def make_tiny_tasks(
     when ``tasks`` are `TaskSpec` objects, such as a suite of `cgc_edu.data.suites`, their index),
     ``cluster``, ``low_data``. ``n_train`` examples per ordinary task, ``n_low`` per low-data
     task (the tasks that should borrow from their cluster), ``n_validation`` / ``n_test``
-    per task. Words are distinct across splits within a task (no leakage), and the same
-    seed always gives the same data.
+    per task; words of ``word_lengths`` = (shortest, longest) letters. Words are distinct
+    across splits within a task (no leakage), and the same seed always gives the same data.
 
     Taught in: notebooks/00_tour.ipynb.
     """
     specs = _check_tasks(tasks)
+    _check_sizes(n_train, n_low, n_validation, n_test, word_lengths)
+    rng = random.Random(seed)
+    rows = {split: [] for split in _SPLITS}
+    for task_id, spec in enumerate(specs):
+        split_sizes = {"train": n_low if spec.low_data else n_train,
+                       "validation": n_validation, "test": n_test}
+        words = _draw_words(rng, split_sizes, word_lengths)
+        for split, split_words in words.items():
+            rows[split] += [{"prompt": format_prompt(word, spec.name if name_in_prompt else None),
+                             "target": spec.fn(word), "task": spec.name, "task_id": task_id,
+                             "cluster": spec.cluster, "low_data": spec.low_data}
+                            for word in split_words]
+    out = {}
+    for split, split_rows in rows.items():
+        rng.shuffle(split_rows)  # mixed-task order
+        out[split] = Dataset.from_list(split_rows) if split_rows else Dataset.from_dict(
+            {k: [] for k in _COLUMNS})
+    return DatasetDict(out)
+
+
+def _check_sizes(n_train: int, n_low: int, n_validation: int, n_test: int,
+                 word_lengths: tuple[int, int]) -> None:
+    """Raise a clear error unless the sizes are ints of the right sign and enough distinct
+    words of ``word_lengths`` exist for one task's three splits."""
+    if not (isinstance(word_lengths, (tuple, list)) and len(word_lengths) == 2):
+        raise TypeError(f"word_lengths must be a pair (shortest, longest), got {word_lengths!r}")
+    min_len, max_len = word_lengths
     for name, value in [("n_train", n_train), ("n_low", n_low), ("n_validation", n_validation),
-                        ("n_test", n_test), ("min_len", min_len), ("max_len", max_len)]:
+                        ("n_test", n_test), ("word_lengths[0]", min_len), ("word_lengths[1]", max_len)]:
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{name} must be an int, got {value!r}")
     if min(n_train, n_low) < 1 or min(n_validation, n_test) < 0:
         raise ValueError(f"sizes must be positive (n_train={n_train}, n_low={n_low}) and "
                          f"non-negative (n_validation={n_validation}, n_test={n_test})")
     if not 1 <= min_len <= max_len <= 9:
-        raise ValueError(f"need 1 <= min_len <= max_len <= 9 (the length task answers one "
-                         f"digit), got min_len={min_len}, max_len={max_len}")
+        raise ValueError(f"need 1 <= shortest <= longest <= 9 (the length task answers one "
+                         f"digit), got word_lengths=({min_len}, {max_len})")
     n_words = sum(26 ** n for n in range(min_len, max_len + 1))
     need = max(n_train, n_low) + n_validation + n_test
     if need > n_words:
         raise ValueError(f"asked for {need} distinct words per task but only {n_words} words "
-                         f"of length {min_len}..{max_len} exist; lower the sizes or raise max_len")
+                         f"of length {min_len}..{max_len} exist; lower the sizes or raise "
+                         "the longest of word_lengths")
 
-    rng = random.Random(seed)
-    rows = {split: [] for split in ("train", "validation", "test")}
-    for task_id, spec in enumerate(specs):
-        sizes = {"train": n_low if spec.low_data else n_train,
-                 "validation": n_validation, "test": n_test}
-        words: set[str] = set()
-        for split, size in sizes.items():
-            for _ in range(size):
-                while True:  # rejection keeps words unique within a task (no split leakage)
-                    n = rng.randint(min_len, max_len)
-                    word = "".join(rng.choice(LETTERS) for _ in range(n))
-                    if word not in words:
-                        words.add(word)
-                        break
-                rows[split].append({
-                    "prompt": format_prompt(word, spec.name if name_in_prompt else None),
-                    "target": spec.fn(word), "task": spec.name, "task_id": task_id,
-                    "cluster": spec.cluster, "low_data": spec.low_data})
+
+def _draw_words(rng: random.Random, sizes: dict[str, int],
+                word_lengths: tuple[int, int]) -> dict[str, list[str]]:
+    """One task's words, split by split in ``sizes``' order, distinct across its splits."""
+    words: set[str] = set()
     out = {}
-    for split, split_rows in rows.items():
-        rng.shuffle(split_rows)  # mixed-task order
-        out[split] = Dataset.from_list(split_rows) if split_rows else Dataset.from_dict(
-            {k: [] for k in ("prompt", "target", "task", "task_id", "cluster", "low_data")})
-    return DatasetDict(out)
+    for split, size in sizes.items():
+        out[split] = []
+        for _ in range(size):
+            while True:  # rejection keeps words unique within a task (no split leakage)
+                n = rng.randint(*word_lengths)
+                word = "".join(rng.choice(LETTERS) for _ in range(n))
+                if word not in words:
+                    words.add(word)
+                    break
+            out[split].append(word)
+    return out
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:

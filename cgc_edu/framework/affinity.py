@@ -27,6 +27,7 @@ Taught in: notebooks/06_one_plus_n.ipynb.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from math import comb
 from typing import Mapping, Sequence
 
@@ -40,7 +41,7 @@ from torch import nn
 
 from ..adapters.config import AdapterConfig
 from ..adapters.injection import adapter_layers, add_adapters
-from ..data.tinytasks import TinyTasksCollator, build_tokenizer
+from ..data.tinytasks import TinyTasksCollator
 from ..train.loop import train
 from ..utils import training_seed
 
@@ -101,18 +102,60 @@ def _task_batches(dataset, tokenizer, n_per_task: int, seed: int) -> dict[str, d
 
 
 # ------------------------------------------------------------------ affinity
-def affinity_probe(model: nn.Module, dataset, tokenizer, rank: int, seed: int, warmup_steps: int,
-           warmup_lr: float, batch_size: int) -> nn.Module:
-    """A copy of ``model`` with one fresh LoRA on every linear layer, warmed up jointly."""
+@dataclasses.dataclass(frozen=True)
+class AffinitySettings:
+    """The knobs of an affinity measure, shared by the probe and every measure taken at it.
+
+    ``rank``: the probe's LoRA rank (one LoRA on every linear layer); ``warmup_steps`` /
+    ``warmup_lr``: its joint AdamW warm-up on all tasks (0: measure at the bare central
+    model); ``n_per_task``: each task's rows (drawn with ``seed``) in its batch for the
+    gradient and the losses; ``lookahead_lr``: the SGD step of the lookahead measure;
+    ``update_steps`` / ``update_lr``: each task's AdamW training alone for the update and
+    transfer measures; ``batch_size``: of the warm-up and of the training alone.
+    """
+
+    n_per_task: int = 64
+    rank: int = 8
+    lookahead_lr: float = 0.1
+    seed: int = 0
+    warmup_steps: int = 0
+    warmup_lr: float = 3e-3
+    update_steps: int = 20
+    update_lr: float = 3e-3
+    batch_size: int = 32
+
+    def check(self, method: str, caller: str = "task_affinity") -> "AffinitySettings":
+        """Raise a ValueError naming ``caller`` and the knob when a setting is out of range
+        for ``method``; returns the settings."""
+        if method not in AFFINITY_METHODS:
+            raise ValueError(f"{caller}: method={method!r}; choose one of {list(AFFINITY_METHODS)}.")
+        for name in ("n_per_task", "rank"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{caller}: {name}={value!r}; pass a positive int.")
+        for name in ("warmup_steps", "update_steps"):
+            value = getattr(self, name)
+            trains_alone = name == "update_steps" and method in ("update", "transfer")
+            if not isinstance(value, int) or value < 0 or (trains_alone and value == 0):
+                raise ValueError(f"{caller}: {name}={value!r}; pass a non-negative int "
+                                 "(update_steps >= 1 for method='update' or 'transfer').")
+        return self
+
+
+def affinity_probe(model: nn.Module, dataset, tokenizer,
+                   settings: AffinitySettings = AffinitySettings()) -> nn.Module:
+    """A copy of ``model`` with one fresh LoRA of rank ``settings.rank`` on every linear
+    layer, warmed up jointly for ``settings.warmup_steps`` steps."""
 
     with torch.random.fork_rng():
-        torch.manual_seed(training_seed(seed))
-        probe = add_adapters(copy.deepcopy(model), AdapterConfig.lora(rank=rank, alpha=rank))
-        if warmup_steps:
+        torch.manual_seed(training_seed(settings.seed))
+        probe = add_adapters(copy.deepcopy(model),
+                             AdapterConfig.lora(rank=settings.rank, alpha=settings.rank))
+        if settings.warmup_steps:
             # one LoRA for all tasks: no task ids reach it (it has a single task)
             rows = [dict(r, task_id=0) for r in dataset]
-            train(probe, rows, tokenizer, steps=warmup_steps, lr=warmup_lr,
-                  batch_size=batch_size, seed=seed, progress=False)
+            train(probe, rows, tokenizer, steps=settings.warmup_steps, lr=settings.warmup_lr,
+                  batch_size=settings.batch_size, seed=settings.seed, progress=False)
     return probe.eval()  # no dropout: the measure is deterministic
 
 
@@ -132,11 +175,14 @@ def _delta_weights(probe: nn.Module) -> torch.Tensor:
 
 
 def task_affinity(model: nn.Module, dataset, tokenizer=None, method: str = "gradient",
-                  n_per_task: int = 64, rank: int = 8, lookahead_lr: float = 0.1,
-                  seed: int = 0, warmup_steps: int = 0, warmup_lr: float = 3e-3,
-                  update_steps: int = 20, update_lr: float = 3e-3,
-                  batch_size: int = 32) -> pd.DataFrame:
+                  settings: AffinitySettings | None = None, **knobs) -> pd.DataFrame:
     """Task x task affinity measured at the central model (a DataFrame indexed by task name).
+
+    ``tokenizer`` is the central model's own (required; TinyTasks' is
+    ``cgc_edu.data.build_tokenizer()``). The knobs are an `AffinitySettings` (``settings``),
+    or its fields as keywords (``n_per_task=64``, ``rank=8``, ``lookahead_lr=0.1``,
+    ``seed=0``, ``warmup_steps=0``, ``warmup_lr=3e-3``, ``update_steps=20``,
+    ``update_lr=3e-3``, ``batch_size=32``), which override those of ``settings``.
 
     A probe (a copy of ``model`` with one LoRA of rank ``rank`` on every linear layer) is
     first trained jointly on all tasks for ``warmup_steps`` steps (AdamW, ``warmup_lr``);
@@ -159,34 +205,30 @@ def task_affinity(model: nn.Module, dataset, tokenizer=None, method: str = "grad
 
     Taught in: notebooks/06_one_plus_n.ipynb.
     """
-    if method not in AFFINITY_METHODS:
-        raise ValueError(f"task_affinity: method={method!r}; choose one of "
-                         f"{list(AFFINITY_METHODS)}.")
-    for name, value in [("n_per_task", n_per_task), ("rank", rank)]:
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"task_affinity: {name}={value!r}; pass a positive int.")
-    for name, value in [("warmup_steps", warmup_steps), ("update_steps", update_steps)]:
-        if not isinstance(value, int) or value < 0 or (name == "update_steps" and method in ("update", "transfer") and value == 0):
-            raise ValueError(f"task_affinity: {name}={value!r}; pass a non-negative int "
-                             "(update_steps >= 1 for method='update' or 'transfer').")
+    fields = [f.name for f in dataclasses.fields(AffinitySettings)]
+    unknown = sorted(set(knobs) - set(fields))
+    if unknown:
+        raise TypeError(f"task_affinity() got unknown knob(s) {unknown}; an AffinitySettings has {fields}")
+    settings = dataclasses.replace(settings or AffinitySettings(), **knobs).check(method)
     if adapter_layers(model):
         raise ValueError(f"task_affinity: {type(model).__name__} already has adapters; measure "
                          "affinity at the bare central model (before add_adapters).")
-    tokenizer = tokenizer or build_tokenizer()
-    probe = affinity_probe(model, dataset, tokenizer, rank, seed, warmup_steps, warmup_lr, batch_size)
-    return measure_affinity(probe, dataset, tokenizer, method, n_per_task, lookahead_lr, seed, update_steps,
-                    update_lr, batch_size)
+    if tokenizer is None:
+        raise ValueError("task_affinity: no tokenizer; pass the central model's own, "
+                         "task_affinity(model, dataset, tokenizer, ...) (TinyTasks' is "
+                         "cgc_edu.data.build_tokenizer()).")
+    probe = affinity_probe(model, dataset, tokenizer, settings)
+    return measure_affinity(probe, dataset, tokenizer, method, settings)
 
 
-def measure_affinity(probe, dataset, tokenizer, method, n_per_task=64, lookahead_lr=0.1, seed=0,
-             update_steps=20, update_lr=3e-3, batch_size=32) -> pd.DataFrame:
+def measure_affinity(probe, dataset, tokenizer, method,
+                     settings: AffinitySettings = AffinitySettings()) -> pd.DataFrame:
     """One affinity measure at a probe (restored afterwards: several measures can share it)."""
     if method == "update":
-        return _update_affinity(probe, dataset, tokenizer, update_steps, update_lr, batch_size, seed)
+        return _update_affinity(probe, dataset, tokenizer, settings)
     if method == "transfer":
-        return _transfer_affinity(probe, dataset, tokenizer, update_steps, update_lr, batch_size, seed,
-                                  n_per_task)
-    batches = _task_batches(dataset, tokenizer, n_per_task, seed)
+        return _transfer_affinity(probe, dataset, tokenizer, settings)
+    batches = _task_batches(dataset, tokenizer, settings.n_per_task, settings.seed)
     tasks = list(batches)
     params = [p for p in probe.parameters() if p.requires_grad]
     grads = [_flat_grad(probe(**batches[t]).loss, params) for t in tasks]
@@ -199,7 +241,7 @@ def measure_affinity(probe, dataset, tokenizer, method, n_per_task=64, lookahead
         for i, g in enumerate(grads):
             offset = 0
             for p in params:   # theta - lr * grad_i, one parameter at a time
-                p.sub_(lookahead_lr * g[offset: offset + p.numel()].view_as(p))
+                p.sub_(settings.lookahead_lr * g[offset: offset + p.numel()].view_as(p))
                 offset += p.numel()
             after = torch.stack([probe(**batches[t]).loss for t in tasks])
             values[i] = (1.0 - after / before).numpy()
@@ -208,29 +250,30 @@ def measure_affinity(probe, dataset, tokenizer, method, n_per_task=64, lookahead
     return pd.DataFrame(values, index=tasks, columns=tasks)
 
 
-def _trained_alone(probe, dataset, tokenizer, steps, lr, batch_size, seed):
+def _trained_alone(probe, dataset, tokenizer, settings: AffinitySettings):
     """(task, a copy of the probe trained on that task's rows alone), task by task."""
 
     for task in task_order(dataset):
         alone = copy.deepcopy(probe)
         rows = [dict(r, task_id=0) for r in dataset if r["task"] == task]
-        train(alone, rows, tokenizer, steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=False)
+        train(alone, rows, tokenizer, steps=settings.update_steps, lr=settings.update_lr,
+              batch_size=settings.batch_size, seed=settings.seed, progress=False)
         yield task, alone
 
 
 # (not under @torch.no_grad: the copies train as the generator runs; only the reading is)
-def _update_affinity(probe, dataset, tokenizer, steps, lr, batch_size, seed) -> pd.DataFrame:
+def _update_affinity(probe, dataset, tokenizer, settings: AffinitySettings) -> pd.DataFrame:
     start = _delta_weights(probe).detach()
     tasks, updates = [], []
-    for task, alone in _trained_alone(probe, dataset, tokenizer, steps, lr, batch_size, seed):
+    for task, alone in _trained_alone(probe, dataset, tokenizer, settings):
         tasks.append(task)
         with torch.no_grad():
             updates.append(_delta_weights(alone) - start)
     return pd.DataFrame(_cosine(updates), index=tasks, columns=tasks)
 
 
-def _transfer_affinity(probe, dataset, tokenizer, steps, lr, batch_size, seed, n_per_task) -> pd.DataFrame:
-    batches = _task_batches(dataset, tokenizer, n_per_task, seed)
+def _transfer_affinity(probe, dataset, tokenizer, settings: AffinitySettings) -> pd.DataFrame:
+    batches = _task_batches(dataset, tokenizer, settings.n_per_task, settings.seed)
     tasks = list(batches)
 
     @torch.no_grad()
@@ -240,7 +283,7 @@ def _transfer_affinity(probe, dataset, tokenizer, steps, lr, batch_size, seed, n
     before = losses(probe)
     # row i: how much training on task i alone lowered every task's loss (relative)
     rows = [(1.0 - losses(alone) / before).numpy()
-            for _, alone in _trained_alone(probe, dataset, tokenizer, steps, lr, batch_size, seed)]
+            for _, alone in _trained_alone(probe, dataset, tokenizer, settings)]
     return pd.DataFrame(np.stack(rows), index=tasks, columns=tasks)
 
 

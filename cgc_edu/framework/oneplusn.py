@@ -28,12 +28,11 @@ import torch
 from torch import nn
 
 from ..adapters.config import AdapterConfig
-from ..adapters.injection import adapter_layers, add_adapters, merged_copy
+from ..adapters.injection import adapter_layers, add_adapters, check_finite_merge, merged_copy
 from ..adapters.layer import add_delta
 from ..adapters.serving import ServingCache
 from ..adapters.serving import adapter_state as layer_state
 from ..adapters.saving import export_peft_lora, load_adapters, read_adapter_config, save_adapters
-from ..data.tinytasks import build_tokenizer
 from ..train.loop import greedy_decode, score_items
 from ..train.loop import train as train_adapters
 from ..utils import PLAIN_TORCH, read_manifest, training_seed
@@ -97,7 +96,9 @@ class OnePlusN:
         clusters: ``{cluster name: [task names]}``; each task in exactly one cluster.
         config: an AdapterConfig template (its ``n_tasks`` is set per cluster), or one
             AdapterConfig per cluster name.
-        tokenizer: for `generate`, `train` and `evaluate` (default: TinyTasks' tokenizer).
+        tokenizer: the central model's tokenizer, which `train`, `generate`, `score_items`
+            and `evaluate` need (TinyTasks: ``cgc_edu.data.build_tokenizer()``); without
+            one, they raise. Building, merging, serving by model and export need none.
         base_reference: where the base can be loaded from (saved by `save`); default the
             base's ``name_or_path``.
         seed: seeds the adapters' initialisation (cluster k uses seed + k).
@@ -132,7 +133,7 @@ class OnePlusN:
         self.base = base_model
         for p in base_model.parameters():
             p.requires_grad_(False)
-        self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
+        self.tokenizer = tokenizer
         self.base_reference = base_reference if base_reference is not None else (
             getattr(base_model, "name_or_path", None) or None)
         self.routes = {t: (c, i) for c, tasks in self.clusters.items() for i, t in enumerate(tasks)}
@@ -209,6 +210,15 @@ class OnePlusN:
         except (KeyError, TypeError):
             raise KeyError(f"OnePlusN: unknown task {task!r}; known tasks are {self.tasks}.") from None
 
+    def _tokenizer(self, caller: str):
+        """The framework's tokenizer; a ValueError naming the fix when it was built without one."""
+        if self.tokenizer is None:
+            raise ValueError(f"OnePlusN.{caller}: this OnePlusN has no tokenizer; pass the central "
+                             "model's own, OnePlusN(base, clusters, config, tokenizer=...) or "
+                             "OnePlusN.load(path, tokenizer=...) (TinyTasks' is "
+                             "cgc_edu.data.build_tokenizer()), or set framework.tokenizer.")
+        return self.tokenizer
+
     # ----------------------------------------------------------- train / use
     def train(self, dataset, steps: int = 300, progress: bool = True, **train_kwargs) -> dict[str, list[float]]:
         """Train the N adapter sets cluster by cluster on their tasks' rows of ``dataset``.
@@ -220,6 +230,7 @@ class OnePlusN:
         Taught in: notebooks/06_one_plus_n.ipynb.
         """
 
+        tokenizer = self._tokenizer("train")
         unknown = sorted(set(dataset["task"]) - set(self.routes))
         if unknown:
             raise KeyError(f"OnePlusN.train: the dataset has tasks {unknown} that no cluster serves; "
@@ -230,7 +241,7 @@ class OnePlusN:
         losses = {}
         for cluster, part in parts.items():
             n = max(1, round(steps * len(part) / total))
-            losses[cluster] = train_adapters(self.sets[cluster], part, self.tokenizer, steps=n,
+            losses[cluster] = train_adapters(self.sets[cluster], part, tokenizer, steps=n,
                                              progress=progress, **train_kwargs)
         return losses
 
@@ -248,6 +259,7 @@ class OnePlusN:
         Taught in: notebooks/06_one_plus_n.ipynb.
         """
 
+        tokenizer = self._tokenizer("generate")
         single = isinstance(prompts, str)
         prompts = [prompts] if single else list(prompts)
         if tasks is None or isinstance(tasks, str):
@@ -260,7 +272,7 @@ class OnePlusN:
         answers: list = [None] * len(prompts)
         general = [i for i, r in enumerate(routes) if r is None]
         if general:                               # no task: the central model, as it is
-            for i, a in zip(general, greedy_decode(self.base, self.tokenizer,
+            for i, a in zip(general, greedy_decode(self.base, tokenizer,
                                                    [prompts[i] for i in general],
                                                    max_new_tokens=max_new_tokens)):
                 answers[i] = a
@@ -271,7 +283,7 @@ class OnePlusN:
                 model, ids = self._hot_model(tasks[asked[0]]), None
             else:
                 model, ids = self.serving_model(), [self._serving_ids[routes[i]] for i in asked]
-            for i, a in zip(asked, greedy_decode(model, self.tokenizer,
+            for i, a in zip(asked, greedy_decode(model, tokenizer,
                                                  [prompts[i] for i in asked], task_ids=ids,
                                                  max_new_tokens=max_new_tokens)):
                 answers[i] = a
@@ -281,31 +293,34 @@ class OnePlusN:
     def _hot_model(self, task: str) -> nn.Module:
         """The hot copy for ``task`` (see ``hot_merge``): refilled only when the task, an
         adapter of its set (`adapter_state`: weights, scaling, gate hooks) or the base's
-        adapted weights changed."""
+        adapted weights changed. A merge like any other: NaN or inf weights are refused
+        (`check_finite_merge`) before anything is written, the hot copy kept as it was."""
         cluster, local = self.route(task)
+        layers = self._set_layers[cluster]
+        state = adapter_state(layers.values())
+        names = sorted({n for per_set in self._set_layers.values() for n in per_set})
+        bases = tuple(self.base.get_submodule(name).weight for name in names)
+        if state is not None:
+            sources = (*state[0], *bases)
+            key = (task, state[1], tuple((w0._version, w0.data_ptr()) for w0 in bases))
+            if self._hot is not None and self._hot_cache.get(sources, key) is not None:
+                return self._hot
+        check_finite_merge(layers, local, f"OnePlusN hot_merge of task {task!r} (local id {local} "
+                                          f"in cluster {cluster!r})")
         if self._hot is None:
             self._hot = _shared_view(self.base).eval()
-            names = sorted({n for per_set in self._set_layers.values() for n in per_set})
             self._hot_weights = {}
             for name in names:   # private tensors for the adapted weights only
                 module = self._hot.get_submodule(name)
                 module.weight = nn.Parameter(module.weight.detach().clone(), requires_grad=False)
                 self._hot_weights[name] = (module.weight, self.base.get_submodule(name).weight)
-        layers = self._set_layers[cluster]
-        state = adapter_state(layers.values())
-        bases = tuple(w0 for _, w0 in self._hot_weights.values())
-        if state is not None:
-            sources = (*state[0], *bases)
-            key = (task, state[1], tuple((w0._version, w0.data_ptr()) for w0 in bases))
-        if state is None or self._hot_cache.get(sources, key) is None:
-            for name, (private, w0) in self._hot_weights.items():
-                private.copy_(w0)
-                if name in layers:
-                    add_delta(private, layers[name].delta_weight(local), +1,
-                              layers[name].fan_in_fan_out)
-            # refilled in place: what the cache held is gone (a None key never matches)
-            self._hot_cache.put(sources, key, True) if state is not None else \
-                self._hot_cache.put((), None, None)
+        for name, (private, w0) in self._hot_weights.items():
+            private.copy_(w0)
+            if name in layers:
+                add_delta(private, layers[name].delta_weight(local), +1, layers[name].fan_in_fan_out)
+        # refilled in place: what the cache held is gone (a None key never matches)
+        self._hot_cache.put(sources, key, True) if state is not None else \
+            self._hot_cache.put((), None, None)
         return self._hot
 
     @torch.no_grad()
@@ -356,10 +371,11 @@ class OnePlusN:
         """Every item answered by its cluster's set and scored, as `cgc_edu.train.loop.score_items`
         (cluster by cluster; column ``cluster`` names the set).
         """
+        tokenizer = self._tokenizer("score_items")
         present = set(dataset["task"])
         for t in sorted(present):
             self.route(t)
-        frames = [score_items(self.sets[cluster], subset_tasks(dataset, mine), self.tokenizer,
+        frames = [score_items(self.sets[cluster], subset_tasks(dataset, mine), tokenizer,
                               batch_size=batch_size).assign(cluster=cluster)
                   for cluster, tasks in self.clusters.items()
                   for mine in [[t for t in tasks if t in present]] if mine]
@@ -371,6 +387,7 @@ class OnePlusN:
 
         Taught in: notebooks/06_one_plus_n.ipynb.
         """
+        self._tokenizer("evaluate")
         items = self.score_items(dataset, batch_size)
         table = items.groupby("task").agg(exact_match=("exact_match", "mean"),
                                           n=("exact_match", "size"), cluster=("cluster", "first"))
@@ -433,7 +450,8 @@ class OnePlusN:
              tokenizer=None) -> "OnePlusN":
         """Rebuild a saved OnePlusN over ``base_model`` (default: load the saved base reference
         with ``AutoModelForCausalLM.from_pretrained``). The base must be the one it was trained
-        on (its fingerprint is checked).
+        on (its fingerprint is checked). ``tokenizer``: the base's, for `train`, `generate`
+        and `evaluate` (not saved with the sets).
 
         Taught in: notebooks/06_one_plus_n.ipynb.
         """

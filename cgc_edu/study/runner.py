@@ -47,6 +47,7 @@ from ..data.suites import suite
 from ..data.tinytasks import build_tokenizer, make_tiny_tasks
 from ..framework.affinity import (
     AFFINITY_METHODS,
+    AffinitySettings,
     adjusted_rand_index,
     affinity_probe,
     cluster_tasks,
@@ -259,14 +260,15 @@ def affinity_run(seed: int, settings: Settings = Settings()) -> dict:
     begin = time.perf_counter()
     for warmup in sorted({*AFFINITY_WARMUPS, settings.affinity_warmup}):
         start = time.perf_counter()
-        probe = affinity_probe(base, data["train"], tok, rank=8, seed=seed, warmup_steps=warmup, warmup_lr=3e-3,
-                       batch_size=settings.batch_size)
+        knobs = AffinitySettings(rank=8, seed=seed, warmup_steps=warmup, warmup_lr=3e-3,
+                                 batch_size=settings.batch_size)
+        probe = affinity_probe(base, data["train"], tok, knobs)
         warm_seconds = time.perf_counter() - start
         for method in AFFINITY_METHODS:
             if method == "update" and warmup == 0:
                 continue   # a fresh LoRA's update is mostly its first steps' gradients: "gradient" again
             start = time.perf_counter()
-            aff = measure_affinity(probe, data["train"], tok, method, seed=seed, batch_size=settings.batch_size)
+            aff = measure_affinity(probe, data["train"], tok, method, knobs)
             seconds = round(time.perf_counter() - start + warm_seconds, 2)
             for clustering, (linkage_method, on) in CLUSTERINGS.items():
                 clusters = cluster_tasks(aff, len(designed), linkage_method, on)

@@ -37,7 +37,7 @@ import json
 import random
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -324,22 +324,32 @@ def load_model_and_tokenizer(name_or_path: str, device=None, dtype=None):
     return model.eval(), tokenizer
 
 
+#: The expert counts of the presets that have them, by default (rank 8 divides evenly).
+DEFAULT_SIZES = {"n_common": 2, "n_specific": 2, "n_experts": 4}
+
+
 def method_config(name: str, n_tasks: int, rank: int = 8, alpha: float = 16.0,
-                  n_common: int = 2, n_specific: int = 2, n_experts: int = 4,
-                  dropout: float = 0.0, target_modules: Optional[Sequence[str]] = None) -> AdapterConfig:
+                  dropout: float = 0.0, target_modules: Optional[Sequence[str]] = None,
+                  **sizes: int) -> AdapterConfig:
     """The ``AdapterConfig`` preset of method ``name`` (one of ``PRESETS``, or an older name:
     "lora", "independent") for ``n_tasks`` tasks.
 
-    The defaults (rank 8, 2 common + 2 specific experts for CGC-LoRA, 4 for MoE-LoRA) divide
-    evenly: each expert has rank 2.
+    ``sizes`` are the expert counts ``n_common``, ``n_specific`` (CGC-LoRA) and ``n_experts``
+    (MoE-LoRA); a preset takes those it has and ignores the others. The defaults (rank 8,
+    2 common + 2 specific experts for CGC-LoRA, 4 for MoE-LoRA) divide evenly: each expert
+    has rank 2.
 
     Taught in: notebooks/09_your_model.ipynb
     """
+    unknown = sorted(set(sizes) - set(DEFAULT_SIZES))
+    if unknown:
+        raise TypeError(f"method_config: unknown argument(s) {unknown}; the expert counts are "
+                        f"{list(DEFAULT_SIZES)}")
     spec = METHODS.get(method_name(name))
     if spec is None or spec.preset is None:
         raise ValueError(f"unknown method {name!r}; choose one of {list(PRESETS)}")
     preset = getattr(AdapterConfig, spec.preset)
-    sizes = dict(n_common=n_common, n_specific=n_specific, n_experts=n_experts)
+    sizes = {**DEFAULT_SIZES, **sizes}
     return preset(rank=rank, alpha=alpha, n_tasks=n_tasks, dropout=dropout,
                   target_modules=list(target_modules) if target_modules else None,
                   **{k: v for k, v in sizes.items() if k in inspect.signature(preset).parameters})
@@ -364,51 +374,81 @@ def _folder_name(task: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", task).strip(".") or "task"
 
 
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """How `finetune` trains and what it records: ``steps`` AdamW steps at rate ``lr`` on
+    batches of ``batch_size`` (drawn with ``seed``), a progress bar or not; the base model's
+    name for the peft exports (``base_model_name_or_path``); ``chat_template=True`` wraps
+    every prompt in the tokenizer's chat template (`chat_format`, with ``system``)."""
+
+    steps: int = 300
+    lr: float = 3e-3
+    batch_size: int = 16
+    seed: int = 0
+    progress: bool = True
+    base_model_name_or_path: Optional[str] = None
+    chat_template: bool = False
+    system: Optional[str] = None
+
+
 def finetune(model, tokenizer, train_data: Dataset, eval_data: Optional[Dataset], config: AdapterConfig,
-             output_dir, steps: int = 300, lr: float = 3e-3, batch_size: int = 16, seed: int = 0,
-             progress: bool = True, base_model_name_or_path: Optional[str] = None,
-             chat_template: bool = False, system: Optional[str] = None) -> FinetuneRun:
+             output_dir, settings: Optional[FinetuneSettings] = None, **knobs) -> FinetuneRun:
     """Add adapters, train, evaluate exact match per task and export one peft adapter per task.
 
     The data are what ``load_task_data`` returns (they are checked against the model's
-    context first). ``chat_template=True`` wraps every prompt in the tokenizer's chat
-    template first (`chat_format`, with ``system``), for instruct models. Writes
-    ``adapters/``, ``peft/<task>/``, ``eval.csv`` and ``run.json`` under ``output_dir``.
+    context first). The knobs are a `FinetuneSettings` (``settings``), or its fields as
+    keywords (``steps=300``, ``lr=3e-3``, ``batch_size=16``, ``seed=0``, ``progress=True``,
+    ``base_model_name_or_path=None``, ``chat_template=False``, ``system=None``), which
+    override those of ``settings``. ``chat_template=True`` wraps every prompt in the
+    tokenizer's chat template first (`chat_format`, with ``system``), for instruct models.
+    Writes ``adapters/``, ``peft/<task>/``, ``eval.csv`` and ``run.json`` under ``output_dir``.
 
     Taught in: notebooks/09_your_model.ipynb
     """
+    unknown = sorted(set(knobs) - set(FinetuneSettings.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"finetune() got unknown knob(s) {unknown}; a FinetuneSettings has "
+                        f"{list(FinetuneSettings.__dataclass_fields__)}")
+    settings = replace(settings or FinetuneSettings(), **knobs)
     task_ids = dict(zip(list(train_data["task"]), list(train_data["task_id"])))
     tasks = sorted(task_ids, key=task_ids.get)
     if config.n_tasks <= max(task_ids.values()):
         raise ValueError(f"config.n_tasks={config.n_tasks} but the data's task ids reach "
                          f"{max(task_ids.values())} (tasks {tasks}); build the config with "
                          f"n_tasks={max(task_ids.values()) + 1}")
-    if chat_template:
-        train_data = chat_format(train_data, tokenizer, system)
+    if settings.chat_template:
+        train_data = chat_format(train_data, tokenizer, settings.system)
         if eval_data is not None and len(eval_data):
-            eval_data = chat_format(eval_data, tokenizer, system)
+            eval_data = chat_format(eval_data, tokenizer, settings.system)
     limit = context_length(model, tokenizer)
     for data in (train_data, eval_data):
         if data is not None and len(data):
             check_fits_context(data, tokenizer, limit)
     add_adapters(model, config)
-    losses = train(model, train_data, tokenizer, steps=steps, lr=lr, batch_size=batch_size,
-                   seed=seed, progress=progress)
+    losses = train(model, train_data, tokenizer, steps=settings.steps, lr=settings.lr,
+                   batch_size=settings.batch_size, seed=settings.seed, progress=settings.progress)
     table = evaluate(model, eval_data, tokenizer, task_names=tasks) if eval_data is not None and len(eval_data) else None
     out = Path(output_dir)
     adapters = save_adapters(model, out / "adapters")
     exports = {task: export_peft_lora(model, task_ids[task], out / "peft" / _folder_name(task),
-                                      base_model_name_or_path=base_model_name_or_path)
+                                      base_model_name_or_path=settings.base_model_name_or_path)
                for task in tasks}
     if table is not None:
         table.to_csv(out / "eval.csv")
-    (out / "run.json").write_text(json.dumps({
-        "tasks": {task: task_ids[task] for task in tasks}, "config": config.to_dict(), "steps": steps, "lr": lr,
-        "batch_size": batch_size, "seed": seed, "first_loss": losses[0], "last_loss": losses[-1],
-        "base_model": base_model_name_or_path, "chat_template": chat_template,
-        "system": system,
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}, indent=2))
+    _write_run(out / "run.json", {task: task_ids[task] for task in tasks}, config, settings,
+               losses, dtype=next(model.parameters()).dtype)
     return FinetuneRun(model, tasks, losses, table, Path(adapters), exports)
+
+
+def _write_run(path: Path, task_ids: dict, config: AdapterConfig, settings: FinetuneSettings,
+               losses: list[float], dtype: torch.dtype) -> None:
+    """``run.json``: the task ids, the config, the settings, the first and last loss, the dtype."""
+    path.write_text(json.dumps({
+        "tasks": task_ids, "config": config.to_dict(), "steps": settings.steps, "lr": settings.lr,
+        "batch_size": settings.batch_size, "seed": settings.seed, "first_loss": losses[0],
+        "last_loss": losses[-1], "base_model": settings.base_model_name_or_path,
+        "chat_template": settings.chat_template, "system": settings.system,
+        "dtype": str(dtype).removeprefix("torch.")}, indent=2))
 
 
 # --------------------------------------------------------------------------- the command
@@ -469,10 +509,10 @@ def main(argv: Optional[Sequence[str]] = None) -> FinetuneRun:
                            n_experts=args.n_experts, dropout=args.dropout,
                            target_modules=args.target_modules.split(",") if args.target_modules else None)
     seed_everything(args.seed)  # the adapters' initialisation
-    run = finetune(model, tokenizer, train_data, eval_data, config, args.output_dir, steps=args.steps,
-                   lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                   progress=not args.no_progress, base_model_name_or_path=args.model,
-                   chat_template=args.chat_template, system=args.system)
+    settings = FinetuneSettings(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                                progress=not args.no_progress, base_model_name_or_path=args.model,
+                                chat_template=args.chat_template, system=args.system)
+    run = finetune(model, tokenizer, train_data, eval_data, config, args.output_dir, settings)
     print(f"tasks: {run.tasks}  loss {run.losses[0]:.3f} -> {run.losses[-1]:.3f}")
     if run.table is not None:
         print(run.table.to_string(float_format=lambda x: f"{x:.3f}"))

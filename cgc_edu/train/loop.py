@@ -153,34 +153,20 @@ def train(model, dataset, tokenizer, recipe: Optional[Recipe] = None,
         raise ValueError("the model has no trainable parameters; add adapters first "
                          "(cgc_edu.add_adapters(model, config))")
     rows = _rows(dataset)
-    steps, batch_size = recipe.steps, recipe.batch_size
     seed_everything(recipe.seed)
     collate = TinyTasksCollator(tokenizer, device=model_device(model))
     routed = bool(adapter_layers(model))
-    gate_ids = {id(p) for m in model.modules() if isinstance(m, TaskGate)
-                for p in m.parameters() if p.requires_grad} if recipe.gate_lr is not None else set()
-    groups = [{"params": [p for p in params if id(p) not in gate_ids]},
-              {"params": [p for p in params if id(p) in gate_ids], "lr": recipe.gate_lr}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=recipe.lr,
-                            weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, recipe.rate)
+    opt, sched = _optimizer(model, params, recipe)
     order = torch.Generator().manual_seed(training_seed(recipe.seed))
-    queue: list[int] = []
-    draw = _uniform_draw(rows, batch_size, order) if recipe.task_sampling == "uniform" else None
+    draw = _draw(rows, recipe, order)
     losses = []
     was_training = model.training   # restored at the end: the caller keeps its mode
     model.train()
     if callback is not None:
         callback(0, model)
-    bar = tqdm(range(1, steps + 1), desc="training", disable=not progress)
+    bar = tqdm(range(1, recipe.steps + 1), desc="training", disable=not progress)
     for step in bar:
-        if draw is not None:
-            batch = collate([rows[i] for i in next(draw)])
-        else:
-            if len(queue) < batch_size:  # a new epoch: reshuffle
-                queue += torch.randperm(len(rows), generator=order).tolist()
-            batch = collate([rows[i] for i in queue[:batch_size]])
-            del queue[:batch_size]
+        batch = collate([rows[i] for i in next(draw)])
         task_ids = batch.pop("task_ids")
         loss = model(**batch, **({"task_ids": task_ids} if routed else {})).loss
         loss.backward()
@@ -190,12 +176,43 @@ def train(model, dataset, tokenizer, recipe: Optional[Recipe] = None,
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        if step % 20 == 0 or step == steps:
+        if step % 20 == 0 or step == recipe.steps:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if callback is not None and (step % callback_every == 0 or step == steps):
+        if callback is not None and (step % callback_every == 0 or step == recipe.steps):
             callback(step, model)
     model.train(was_training)
     return losses
+
+
+def _optimizer(model, params: list, recipe: Recipe):
+    """AdamW over ``params`` at ``recipe.lr`` (the task gates at ``recipe.gate_lr`` when
+    given) and its scheduler: the recipe's warm-up and linear decay."""
+    gate_ids = {id(p) for m in model.modules() if isinstance(m, TaskGate)
+                for p in m.parameters() if p.requires_grad} if recipe.gate_lr is not None else set()
+    groups = [{"params": [p for p in params if id(p) not in gate_ids]},
+              {"params": [p for p in params if id(p) in gate_ids], "lr": recipe.gate_lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=recipe.lr,
+                            weight_decay=recipe.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, recipe.rate)
+
+
+def _draw(rows, recipe: Recipe, order: torch.Generator):
+    """Yield each step's row indices, drawn with ``order`` by ``recipe.task_sampling``."""
+    if recipe.task_sampling == "uniform":
+        return _uniform_draw(rows, recipe.batch_size, order)
+    return _epoch_draw(len(rows), recipe.batch_size, order)
+
+
+def _epoch_draw(n_rows: int, batch_size: int, order: torch.Generator):
+    """Yield batches of row indices in epochs: the rows reshuffled whenever fewer than a
+    batch are left (tasks mix in proportion to their data)."""
+    queue: list[int] = []
+    while True:
+        if len(queue) < batch_size:  # a new epoch: reshuffle
+            queue += torch.randperm(n_rows, generator=order).tolist()
+        batch = queue[:batch_size]
+        del queue[:batch_size]
+        yield batch
 
 
 @torch.no_grad()
