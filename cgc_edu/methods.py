@@ -112,7 +112,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("separate", "multiple independent models (one LoRA per task)", "independent LoRAs",
            "#E69F00", kind="separate", tuned=True, lr=6e-3,
            preset="independent", aliases=("independent",)),
-    Method("integrated", "integrated model (one LoRA, all tasks)", "LoRA", "#0072B2",
+    Method("integrated", "integrated model (one LoRA, all tasks)", "one LoRA", "#0072B2",
            n_common=1, gate="uniform", tuned=True, lr=3e-3, preset="lora", aliases=("lora",)),
     Method("moe_lora", "MoE-LoRA (4 experts)", "MoE-LoRA", "#009E73", n_common=4, tuned=True,
            lr=6e-3, preset="moe_lora"),

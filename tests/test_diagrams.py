@@ -123,7 +123,7 @@ def test_cgc_diagram_rejects_bad_input():
 
 
 def test_method_names_of_the_presets():
-    assert method_of(AdapterConfig.lora()) == "LoRA"
+    assert method_of(AdapterConfig.lora()) == "one LoRA"
     assert method_of(AdapterConfig.independent(n_tasks=3)) == "independent LoRAs"
     assert method_of(AdapterConfig.moe_lora()) == "MoE-LoRA"
     assert method_of(AdapterConfig.cgc_lora(rank=6)) == "CGC-LoRA"
