@@ -58,7 +58,7 @@ def method_style(method: str) -> tuple[str, str]:
 
     Unknown methods get a dark grey and their own name, so a new method still plots.
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/00_tour.ipynb.
     """
     key = method_name(method.lower().replace("-", "_").replace(" ", "_"))
     return METHOD_COLORS.get(key, "#4d4d4d"), METHOD_NAMES.get(key, method)
@@ -563,8 +563,6 @@ def paired_differences(results: pd.DataFrame, paired: pd.DataFrame, ax=None,
     ``results`` is the study's long table of one setting (``method, seed, task,
     exact_match``); ``names`` overrides the methods' names in the labels (default:
     `method_style`'s).
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     missing = [c for c in ("method", "baseline", "mean_diff", "ci_low", "ci_high")
                if c not in getattr(paired, "columns", ())]
@@ -614,6 +612,8 @@ def verdict_intervals(comparisons: pd.DataFrame, margin: float, ax=None,
     as `cgc_edu.study.protocol.judge` returns them), a dot at the mean paired difference and
     a bar over its 95 % interval, coloured by verdict; the shaded band is the equivalence
     margin +-``margin``.
+
+    Taught in: notebooks/07_experiments.ipynb.
     """
     need = ["method", "baseline", "difference", "ci_low", "ci_high", "verdict"]
     missing = [c for c in need if c not in getattr(comparisons, "columns", ())]
@@ -651,6 +651,8 @@ def rate_grid(grid: pd.DataFrame, methods: Optional[Sequence[str]] = None, ax=No
     the rate (log scale), one line per method in its colour, the chosen rate ringed.
     ``grid`` has columns ``method, lr, validation, chosen`` (one cell of a stored
     ``grid.csv``).
+
+    Taught in: notebooks/07_experiments.ipynb.
     """
     need = ["method", "lr", "validation", "chosen"]
     missing = [c for c in need if c not in getattr(grid, "columns", ())]
@@ -670,6 +672,9 @@ def rate_grid(grid: pd.DataFrame, methods: Optional[Sequence[str]] = None, ax=No
         best = rows[rows["chosen"]]
         ax.plot(best["lr"], 100 * best["validation"], "o", ms=11, mfc="none", mec=colour, mew=1.5)
     ax.set_xscale("log")
+    rates = sorted(set(grid.loc[grid["method"].isin(methods), "lr"]))
+    ax.set_xticks(rates, [f"{r:g}" for r in rates])
+    ax.minorticks_off()
     ax.set_xlabel("learning rate (log scale)", fontsize=8)
     ax.set_ylabel("validation exact match (%)", fontsize=8)
     ax.tick_params(labelsize=8)

@@ -13,9 +13,11 @@ record ``sys.version`` beside a stored loss. `cgc_edu.train.forgetting.text_loss
 model on these chunks.
 
 `general_questions` gives short general requests of another kind: chat questions built from
-tables Python ships (its calendar, its HTML entities, its keywords) and small sums, none of
-them a question of `cgc_edu.data.english.GENERAL_PROBE`. A task router needs them as its "no
-task" class: trained on long passages only, it reads any short question as a task request.
+tables Python ships (its calendar, its HTML entities, its keywords, its punctuation) and small
+sums, squares and halves, none of them a question of `cgc_edu.data.english.GENERAL_PROBE`. A
+task router needs them as its "no task" class: trained on long passages only, it reads any
+short question as a task request, and short questions of the form "What is the X of Y?" look
+like the lexicon's task prompts ("Comparative of big:").
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import calendar
 import keyword
 import random
 import re
+import string
 from html.entities import codepoint2name
 
 from pydoc_data.topics import topics
@@ -88,6 +91,9 @@ def _question_families() -> dict[str, list[str]]:
         "keywords": [f"What does the Python keyword '{k}' do?" for k in keyword.kwlist],
         "sums": [f"What is {a} + {b}?" for a in range(3, 40, 3) for b in range(5, 40, 4)]
         + [f"What is {a} times {b}?" for a in range(3, 13) for b in range(3, 13, 2)],
+        "of": [f"What is the square of {n}?" for n in range(2, 41)]
+        + [f"What is half of {n}?" for n in range(4, 201, 2)]
+        + [f"What is the Unicode name of the character '{c}'?" for c in string.punctuation],
     }
     return {kind: sorted(set(questions)) for kind, questions in families.items()}
 
@@ -96,7 +102,8 @@ def general_questions(n: int = 64, seed: int = 0) -> list[str]:
     """``n`` distinct short general questions drawn by ``seed`` (none from the probe).
 
     Each is a request that names no task: the months and week days of `calendar`, the
-    entities of `html.entities`, Python's keywords and small sums, taken in turn from each
+    entities of `html.entities`, Python's keywords, small sums, and questions of the form
+    "What is the X of Y?" (squares, halves, the names of punctuation), taken in turn from each
     kind (so no kind crowds out the others). The same seed always gives the same questions
     in the same order. Raises a ValueError when ``n`` is not between 1 and the size of the
     pool.

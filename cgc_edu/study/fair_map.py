@@ -249,6 +249,8 @@ def write_report(cells: Sequence[dict], out: Path, protocol: Protocol, config: d
 def read_map(folder: Path = DEFAULT_OUT) -> dict:
     """A stored map's tables (``grid``, ``map_seeds``, ``items``, ``curves``, ``map``) and
     its ``config``, read from ``folder`` (what `write_report` wrote).
+
+    Taught in: notebooks/07_experiments.ipynb.
     """
     folder = Path(folder)
     if not (folder / "map.csv").is_file():
@@ -264,6 +266,8 @@ def cell_verdicts(stored: dict, cell: str, protocol: Protocol = Protocol()) -> p
     """The comparisons of one cell of a stored map, Holm's correction taken over that cell's
     comparisons alone (the family of one question: a chapter that reads one cell must not
     see its verdicts move as other cells are added to the map).
+
+    Taught in: notebooks/07_experiments.ipynb.
     """
     rows = stored["map"][stored["map"]["cell"] == cell]
     if rows.empty:

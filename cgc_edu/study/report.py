@@ -2,14 +2,14 @@
 (`cgc_edu.study.runner`), built from the numbers of `cgc_edu.study.statistics`. It writes ``results.csv``, ``lr_grid.csv``, ``curves.csv``, ``affinity.csv``,
 ``config.json``, ``results.md`` and the figures into a results folder.
 
-Taught in: notebooks/07_experiments.ipynb.
+Taught in: notebooks/12_appendix_controls.ipynb.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,13 +39,15 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f}"
 
 
-def method_table(results: pd.DataFrame, methods: Sequence[str], with_tasks: bool = True) -> str:
+def method_table(results: pd.DataFrame, methods: Sequence[str], with_tasks: bool = True,
+                 names: Optional[Mapping[str, str]] = None) -> str:
     """A Markdown table: per task mean ± std, the average as mean ± std (min..max), trainable
-    parameters, the rank a task sees and the learning rate.
+    parameters, the rank a task sees and the learning rate. ``names``: each row's name by
+    method (default: its label, with the study's sizes; e.g. the short names instead).
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
-    labels = method_labels()
+    labels = {**method_labels(), **(names or {})}
     stats = summary(results).set_index(["method", "task"])
     tasks = list(pd.unique(results["task"])) if with_tasks else []
     low = set(results.loc[results["low_data"], "task"]) if "low_data" in results else set()

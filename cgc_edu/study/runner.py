@@ -20,7 +20,7 @@ Every run is stored as one JSON file under ``<out>/runs/`` as it finishes, so an
 study resumes where it stopped. `cgc_edu.study.report` turns the runs into ``results.csv``,
 ``results.md`` and the figures. ``--quick`` reruns one stored configuration (under a minute).
 
-Taught in: notebooks/07_experiments.ipynb, notebooks/12_appendix_controls.ipynb.
+Taught in: notebooks/12_appendix_controls.ipynb.
 """
 from __future__ import annotations
 
@@ -414,7 +414,7 @@ def run_study(out: Path = DEFAULT_OUT, methods: Sequence[str] = tuple(METHODS), 
 def stored_config(path: Path = DEFAULT_OUT) -> dict:
     """The stored study's ``config.json`` (settings, chosen learning rates, command).
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
     file = Path(path) / "config.json"
     if not file.is_file():

@@ -5,7 +5,7 @@ results read back.
 Everything here reads runs (the dicts `cgc_edu.study.runner.run_one` returns, stored as JSON)
 or the long table built from them (`runs_table`, one row per setting, method, seed and task).
 
-Taught in: notebooks/07_experiments.ipynb, notebooks/12_appendix_controls.ipynb.
+Taught in: notebooks/12_appendix_controls.ipynb.
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def convergence(curves: pd.DataFrame, lr: dict, setting: str = "named") -> pd.Da
     thirds of the run. Near 0: the curve is flat (the linear decay of the rate to zero
     flattens the very end by itself, so read both).
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
     c = curves[(curves["setting"] == setting) & (curves["lr"] == curves["method"].map(lr))]
 
@@ -114,7 +114,7 @@ def affinity_table(affinity_runs: Sequence[dict]) -> pd.DataFrame:
 def per_seed_average(results: pd.DataFrame) -> pd.DataFrame:
     """Mean exact match over tasks, per (setting,) method and seed (the "average" column).
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
     keys = [k for k in ("setting", "method", "seed") if k in results.columns]
     return results.groupby(keys, sort=False)["exact_match"].mean().rename("average").reset_index()
@@ -124,7 +124,7 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation, min and max over seeds, per method, for each task and the
     average. Returns columns ``method, task, mean, std, min, max, n_seeds`` (one setting).
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
     avg = per_seed_average(results).rename(columns={"average": "exact_match"}).assign(task="average")
     both = pd.concat([results[["method", "seed", "task", "exact_match"]],
@@ -141,7 +141,7 @@ def paired_comparison(results: pd.DataFrame, method: str, baseline: str, n_boot:
     initialisation seed): mean difference, a bootstrap 95 % interval over the seeds, wins,
     losses and ties, and the two-sided sign test's p-value.
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
     avg = per_seed_average(results).pivot(index="seed", columns="method", values="average")
     if method not in avg or baseline not in avg:
@@ -159,8 +159,6 @@ def paired_comparison(results: pd.DataFrame, method: str, baseline: str, n_boot:
 
 def paired_table(results: pd.DataFrame, pairs=PAIRS) -> pd.DataFrame:
     """`paired_comparison` for every pair whose runs are present.
-
-    Taught in: notebooks/07_experiments.ipynb.
     """
     present = set(results["method"])
     return pd.DataFrame([paired_comparison(results, a, b) for a, b in pairs if {a, b} <= present])
@@ -181,7 +179,7 @@ def premises(results: pd.DataFrame) -> dict:
     A premise whose methods (or, for the low-data gain, low-data tasks) the results lack is
     ``None`` (not measured), never ``[]`` (measured and not seen).
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
     stats = summary(results).set_index(["method", "task"])
     tasks = [t for t in pd.unique(results["task"])]
@@ -244,7 +242,7 @@ def collapses(results: pd.DataFrame, curves: Optional[pd.DataFrame] = None, gap:
 def load_results(path: Path = DEFAULT_OUT) -> pd.DataFrame:
     """The stored study's long table (``results.csv``) as a DataFrame.
 
-    Taught in: notebooks/07_experiments.ipynb.
+    Taught in: notebooks/12_appendix_controls.ipynb.
     """
     file = Path(path) / "results.csv" if Path(path).is_dir() else Path(path)
     if not file.is_file():
