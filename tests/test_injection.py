@@ -11,6 +11,9 @@ from cgc_edu import (AdapterConfig, CGCLoRALinear, add_adapters, adapter_config,
 from cgc_edu.adapters.saving import load_adapters, save_adapters
 
 from tiny_models import assert_same_state, randomize, state, tiny_llama  # tests/tiny_models.py
+from cgc_edu import task_context
+from cgc_edu.utils import relative_difference
+from tiny_models import gpt2, tiny_base  # tests/
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 
@@ -21,11 +24,10 @@ def adapted(config=None, seed=0):
 
 
 @pytest.fixture
+
 def inputs():
     torch.manual_seed(3)
     return torch.randint(1, 40, (4, 9)), torch.tensor([0, 2, 1, 2])
-
-
 
 
 def test_fresh_adapters_give_base_outputs_exactly(inputs):
@@ -348,3 +350,56 @@ def test_remove_adapters_restores_a_trained_head():
     bare = remove_adapters(model)
     assert torch.equal(bare.classifier.out.weight, before)
     assert isinstance(bare.body, nn.Linear) and all(p.requires_grad for p in bare.parameters())
+
+
+# ------------------------------------------- merged_copy, the merged task's one record
+
+CGC = AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=3, n_common=2, n_specific=1)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+
+def test_merged_copy_is_a_plain_base_model_with_the_tasks_weights(arch):
+    from cgc_edu import merged_copy
+
+    base = tiny_base() if arch == "llama" else gpt2()
+    model = randomize(add_adapters(base, CGC)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tokens = torch.randint(4, 40, (2, 7))
+    for task in range(3):
+        plain = merged_copy(model, task)
+        assert type(plain) is type(base) and not adapter_layers(plain)
+        assert not hasattr(plain, "_cgc")
+        with torch.no_grad():
+            want = model(tokens, task_ids=torch.tensor([task, task])).logits
+            assert relative_difference(plain(tokens).logits, want) < 1e-5
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)     # model untouched
+    with pytest.raises(ValueError, match="merged_copy: task id 3 is out of range"):
+        merged_copy(model, 3)
+
+
+def test_the_merged_task_has_one_record_the_layers():
+    """The router reads the merged task from its layers instead of keeping a copy: a merge
+    made through the model or on the layers alone is seen alike, and so is undoing it."""
+    from cgc_edu import merge_task, unmerge
+
+    model = randomize(add_adapters(tiny_base(), CGC)).eval()
+    router = model._cgc.router
+    tokens = torch.randint(4, 40, (2, 5))
+    assert router.merged_task is None
+    merge_task(model, 1)
+    assert router.merged_task == 1
+    with pytest.raises(ValueError, match="task 1 is merged"):
+        model(tokens, task_ids=torch.tensor([0, 1]))
+    unmerge(model)
+    assert router.merged_task is None
+    for layer in adapter_layers(model).values():      # merged layer by layer, by hand
+        layer.merge(2)
+    assert router.merged_task == 2
+    with pytest.raises(ValueError, match="task 2 is merged"):
+        with task_context(model, torch.tensor([0, 0])):
+            pass
+    merged = model(tokens).logits                     # no ids needed: task 2 is in W0
+    unmerge(model)
+    torch.testing.assert_close(merged, model(tokens, task_ids=torch.tensor([2, 2])).logits)

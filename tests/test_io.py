@@ -10,9 +10,13 @@ from cgc_edu.adapters.saving import CONFIG_NAME, WEIGHTS_NAME
 
 from test_injection import TARGETS, adapted, assert_same_state, state
 from tiny_models import tiny_llama  # tests/tiny_models.py
+from cgc_edu.adapters.injection import adapter_config, adapter_layers
+from cgc_edu.utils import relative_difference
+from tiny_models import randomize, tiny_base  # tests/
 
 
 @pytest.fixture
+
 def x():
     torch.manual_seed(5)
     return torch.randint(1, 40, (3, 8)), torch.tensor([2, 0, 1])
@@ -23,6 +27,7 @@ def x():
     AdapterConfig.moe_lora(rank=4, n_tasks=3, shared_gate=True, target_modules=TARGETS),
     AdapterConfig.lora(rank=4),
 ], ids=["cgc", "moe-shared-gate", "lora"])
+
 def test_save_then_load_gives_identical_outputs(tmp_path, x, config):
     tokens, ids = x
     ids = ids % config.n_tasks
@@ -90,6 +95,7 @@ def test_no_pickle_in_saved_files(tmp_path):
     AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=3, target_modules=TARGETS),
     AdapterConfig.cgc_lora(rank=10, n_tasks=3, n_specific=1, budget="total", target_modules=TARGETS),
 ], ids=["per_task", "total"])
+
 def test_export_loads_in_peft_with_same_logits(tmp_path, x, config):
     tokens, _ = x
     model = adapted(config)
@@ -124,3 +130,40 @@ def test_the_folder_is_not_peft_s_and_folders_of_the_old_name_still_load(tmp_pat
     loaded = load_adapters(tiny_llama(), tmp_path)
     want = model(tokens, task_ids=ids).logits
     assert torch.equal(loaded(tokens, task_ids=ids).logits, want)
+
+
+# ------------------------------------------------------------------- rsLoRA
+
+
+def test_rslora_is_a_config_option_saved_with_the_config(tmp_path):
+    from cgc_edu import load_adapters, save_adapters
+
+    config = AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=3, use_rslora=True)
+    assert config.scaling == pytest.approx(12 / 6 ** 0.5)
+    assert AdapterConfig.from_dict(config.to_dict()) == config
+    legacy = {k: v for k, v in config.to_dict().items() if k != "use_rslora"}
+    assert AdapterConfig.from_dict(legacy).use_rslora is False   # configs saved before
+    with pytest.raises(ValueError, match="use_rslora"):
+        AdapterConfig(use_rslora="yes")
+    model = randomize(add_adapters(tiny_base(), config))
+    assert {l.scaling for l in adapter_layers(model).values()} == {config.scaling}
+    save_adapters(model, tmp_path)
+    loaded = load_adapters(tiny_base(), tmp_path)
+    assert adapter_config(loaded).use_rslora is True
+    tokens, ids = torch.randint(4, 40, (3, 6)), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens, task_ids=ids).logits,
+                                   model(tokens, task_ids=ids).logits)
+
+
+def test_rslora_exports_to_peft_with_the_same_logits(tmp_path):
+    from peft import PeftModel
+
+    config = AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=3, use_rslora=True)
+    model = randomize(add_adapters(tiny_base(), config)).eval()
+    tokens = torch.randint(4, 40, (2, 6))
+    export_peft_lora(model, 1, tmp_path)
+    served = PeftModel.from_pretrained(tiny_base(), str(tmp_path)).eval()
+    with torch.no_grad():
+        want = model(tokens, task_ids=torch.tensor([1, 1])).logits
+        assert relative_difference(served(tokens).logits, want) < 1e-5

@@ -8,6 +8,11 @@ from torch import nn
 from cgc_edu import AdapterConfig, CGCLoRALinear
 
 from tiny_models import D_IN, D_OUT, make_layer  # tests/tiny_models.py
+from cgc_edu import add_adapters
+from cgc_edu.adapters.injection import adapter_layers
+from cgc_edu.utils import relative_difference
+from tiny_models import randomize, tiny_base  # tests/
+
 
 def equation(layer, x, task_ids):
     """The design's equation, computed expert by expert, sample by sample, in plain torch."""
@@ -40,6 +45,7 @@ CONFIGS = {
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
+
 def test_layer_equals_design_equation(name):
     layer = make_layer(CONFIGS[name])
     n_tasks = layer.config.n_tasks
@@ -51,6 +57,7 @@ def test_layer_equals_design_equation(name):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
+
 def test_reference_forward_is_the_equation_and_the_fast_path_equals_it(name):
     """`reference_forward` (the library's loop over experts) against this file's own
     equation, then the batched forward, training and serving, against it."""
@@ -198,6 +205,7 @@ def test_parameter_counts_match_budget_formulas():
     (dict(rank=0), "rank=0"),
     (dict(rank=4, dropout=1.5), "dropout=1.5"),
 ])
+
 def test_bad_config_is_a_clear_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AdapterConfig(**kwargs)
@@ -241,6 +249,7 @@ def test_expert_labels():
     AdapterConfig.cgc_lora(rank=6, n_tasks=8, n_common=2, n_specific=1),   # gate folded in B
     AdapterConfig.independent(rank=8, n_tasks=8),                          # one expert each
 ], ids=["cgc_lora", "independent"])
+
 def test_training_repeats_bit_for_bit_with_two_threads(config):
     """Mixed-task training must repeat exactly (nbval compares notebooks that train)."""
     def run():
@@ -263,3 +272,35 @@ def test_training_repeats_bit_for_bit_with_two_threads(config):
         assert all(torch.equal(first, run()) for _ in range(3))
     finally:
         torch.set_num_threads(threads)
+
+
+# ------------------------------------------------- task t as one LoRA, one function
+
+CGC = AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=3, n_common=2, n_specific=1)
+
+
+def unfolded_delta(layer, task_id):
+    """dW_t = (alpha/r) sum_e g_t,e B_e A_e, expert by expert, nothing folded."""
+    g = layer.gate(torch.tensor([task_id]))[0]
+    return sum(layer.scaling * g[e] * layer.lora_B[e] @ layer.lora_A[e]
+               for e in range(layer.n_experts))
+
+
+@pytest.mark.parametrize("config", [
+    AdapterConfig.lora(rank=4), AdapterConfig.independent(rank=4, n_tasks=3),
+    AdapterConfig.moe_lora(rank=4, n_tasks=3, n_experts=4, budget="total"), CGC,
+    AdapterConfig.cgc_lora(rank=6, n_tasks=3, gate="uniform", use_rslora=True),
+], ids=["lora", "independent", "moe_lora", "cgc_lora", "cgc_uniform_rslora"])
+
+def test_task_lora_folds_gate_and_scaling_into_b(config):
+    model = randomize(add_adapters(tiny_base(), config))
+    layer = next(iter(adapter_layers(model).values()))
+    ids = torch.arange(config.n_tasks)
+    A_t, Bt_t = layer.task_lora(ids)
+    k = config.experts_per_task * config.expert_rank
+    assert A_t.shape == (config.n_tasks, k, layer.in_features)
+    assert Bt_t.shape == (config.n_tasks, k, layer.out_features)
+    for t in range(config.n_tasks):
+        want = unfolded_delta(layer, t)
+        assert relative_difference(Bt_t[t].T @ A_t[t], want) < 1e-6
+        assert relative_difference(layer.delta_weight(t), want) < 1e-6

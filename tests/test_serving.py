@@ -12,6 +12,10 @@ from cgc_edu.adapters.injection import adapter_layers
 
 from tiny_models import (D_IN, D_OUT, TOK, Seen, make_layer, spy_on_generate,  # tests/
                          tiny_base, tiny_framework)
+from cgc_edu import add_adapters, task_context
+from cgc_edu.course.counterfactual import override_gate
+from cgc_edu.utils import relative_difference
+from tiny_models import gpt2, randomize  # tests/
 
 
 def reference(layer, x, task_ids):
@@ -32,6 +36,7 @@ FAST = {  # |S_t| = 1: the configs the one-expert path serves
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
+
 def test_one_expert_path_equals_the_dense_reference_with_gradients(name):
     layer = make_layer(FAST[name])
     ids = torch.tensor([0, 2, 1, 2, 0, 1, 1])[: 7] % layer.config.n_tasks
@@ -85,6 +90,7 @@ def randomize_gate(layer, seed=1):
 
 
 @pytest.mark.parametrize("name", sorted(MULTI))
+
 def test_serving_path_with_the_gate_folded_in_equals_the_training_path(name):
     layer = make_layer(MULTI[name]).eval()
     randomize_gate(layer)
@@ -100,6 +106,7 @@ def test_serving_path_with_the_gate_folded_in_equals_the_training_path(name):
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
+
 def test_serving_path_of_one_expert_presets_equals_the_reference(name):
     layer = make_layer(FAST[name]).eval()
     ids = torch.tensor([0, 2, 1, 2, 0]) % layer.config.n_tasks
@@ -110,6 +117,7 @@ def test_serving_path_of_one_expert_presets_equals_the_reference(name):
 
 
 @pytest.mark.parametrize("name", sorted(FAST) + sorted(MULTI))
+
 def test_one_request_alone_equals_the_reference(name):
     layer = make_layer({**FAST, **MULTI}[name]).eval()
     randomize_gate(layer)
@@ -148,7 +156,9 @@ def test_folded_gate_is_refolded_when_the_gate_or_the_ids_change():
 
 
 # ------------------------------------------------------------- 1+N serving model
+
 @pytest.fixture(scope="module")
+
 def clusters():
     return prior_clusters(make_tiny_tasks(seed=0, n_train=4, n_low=2, n_validation=0, n_test=0)["train"])
 
@@ -168,6 +178,7 @@ def served_logits(fw, input_ids, tasks):
 
 
 @pytest.mark.parametrize("preset", ["cgc", "cgc_total_shared_gate", "moe", "mixed_ranks"])
+
 def test_serving_model_answers_every_cluster_like_its_set_in_one_pass(clusters, preset):
     names = list(clusters)
     configs = {
@@ -190,6 +201,7 @@ def test_serving_model_answers_every_cluster_like_its_set_in_one_pass(clusters, 
 
 
 @pytest.mark.parametrize("preset", ["cgc", "mixed_ranks"])
+
 def test_hot_merge_answers_like_the_sets_and_never_writes_the_base(clusters, preset):
     names = list(clusters)
     config = None if preset == "cgc" else {
@@ -256,3 +268,101 @@ def test_generate_hands_the_serving_model_tensors_on_the_models_device(clusters,
     with pytest.raises(Seen):
         fw.generate(["abc=", "xy="], [fw.tasks[0], fw.tasks[-1]], max_new_tokens=2)
     assert set(seen.values()) == {torch.device("meta")} and len(seen) == 3
+
+
+# ------------------------- kept models see gate overrides and scaling changes; GPT-2's 1+N
+
+CGC = AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=3, n_common=2, n_specific=1)
+
+
+def test_a_gate_override_inside_one_kept_context_changes_the_answer():
+    model = randomize(add_adapters(tiny_base(), CGC)).eval()
+    tokens = torch.randint(4, 40, (3, 6))
+    ids = torch.tensor([0, 1, 2])
+    with torch.no_grad(), task_context(model, ids):
+        before = model(tokens).logits        # fills the serving cache for this ids tensor
+        with override_gate(model, 0, "zero:2"):
+            overridden = model(tokens).logits
+        after = model(tokens).logits
+    fresh = model.eval()
+    with torch.no_grad(), override_gate(fresh, 0, "zero:2"):
+        want = fresh(tokens, task_ids=torch.tensor([0, 1, 2])).logits
+    assert (overridden[0] - before[0]).abs().max() > 1e-3      # the override is seen ...
+    torch.testing.assert_close(overridden, want)                # ... as a fresh call sees it
+    torch.testing.assert_close(after, before)                   # and undone after
+
+
+def test_a_scaling_change_inside_one_kept_context_changes_the_answer():
+    model = randomize(add_adapters(tiny_base(), CGC)).eval()
+    tokens = torch.randint(4, 40, (3, 6))
+    ids = torch.tensor([0, 1, 2])
+    with torch.no_grad(), task_context(model, ids):
+        before = model(tokens).logits
+        for layer in adapter_layers(model).values():
+            layer.scaling *= 3                                    # what rsLoRA's knob does
+        scaled = model(tokens).logits
+    with torch.no_grad():
+        want = model(tokens, task_ids=torch.tensor([0, 1, 2])).logits
+    assert (scaled - before).abs().max() > 1e-3
+    torch.testing.assert_close(scaled, want)
+
+
+def one_plus_n(hot_merge):
+    return tiny_framework({"a": ["t0", "t1"], "b": ["t2", "t3"]}, hot_merge=hot_merge)
+
+
+@pytest.mark.parametrize("hot_merge", [False, True], ids=["serving_bank", "hot_copy"])
+
+@pytest.mark.parametrize("change", ["gate_hook", "scaling"])
+
+def test_one_plus_n_sees_a_gate_hook_or_a_scaling_change_between_calls(hot_merge,
+                                                                        change):
+    fw = one_plus_n(hot_merge)
+    tokens = torch.randint(4, 40, (2, 6))
+    cluster, local = fw.route("t1")
+
+    def answer():   # what 1+N serves for t1: its hot copy, or its serving bank
+        with torch.no_grad():
+            if hot_merge:
+                return fw._hot_model("t1")(tokens).logits
+            ids = torch.tensor([fw.tasks.index("t1")] * 2)
+            return fw.serving_model()(tokens, task_ids=ids).logits
+
+    def routed():   # the set itself, no kept model
+        with torch.no_grad():
+            ids = torch.tensor([local, local])
+            return fw.sets[cluster](tokens, task_ids=ids).logits
+
+    before = answer()
+    if change == "gate_hook":
+        with override_gate(fw.sets[cluster], local, "zero:0"):
+            changed, want = answer(), routed()
+        assert relative_difference(answer(), before) < 1e-6   # undone after the block
+    else:
+        for layer in adapter_layers(fw.sets[cluster]).values():
+            layer.scaling *= 3
+        changed, want = answer(), routed()
+    assert (changed - before).abs().max() > 1e-3
+    assert relative_difference(changed, want) < 1e-5
+
+
+def test_one_plus_n_on_gpt2_merges_serves_hot_and_exports_in_conv1d_layout(tmp_path):
+    from peft import PeftModel
+
+    config = AdapterConfig.cgc_lora(rank=6, alpha=12, n_common=2, n_specific=1)
+    fw = OnePlusN(gpt2(), {"a": ["t0", "t1"], "b": ["t2", "t3"]}, config, hot_merge=True)
+    for s in fw.sets.values():
+        randomize(s, 1)
+    tokens = torch.randint(0, 48, (2, 7))
+    for task in ("t1", "t2"):
+        cluster, local = fw.route(task)
+        with torch.no_grad():
+            want = fw.sets[cluster](tokens, task_ids=torch.tensor([local, local])).logits
+            merged = fw.merged_model(task)(tokens).logits
+            hot = fw._hot_model(task)(tokens).logits
+        assert relative_difference(merged, want) < 1e-5
+        assert relative_difference(hot, want) < 1e-5
+        folder = fw.export_peft(task, tmp_path / task)
+        served = PeftModel.from_pretrained(gpt2(), str(folder)).eval()
+        with torch.no_grad():
+            assert relative_difference(served(tokens).logits, want) < 1e-5

@@ -14,17 +14,20 @@ from cgc_edu.train import evaluate, greedy_decode, model_device, train
 from cgc_edu.utils import seed_everything
 
 from tiny_models import Seen, spy_on_generate  # tests/tiny_models.py
+from tiny_models import tiny_base  # tests/
 
 # "first" and "last" read the same prompt and want different answers: only task ids tell them apart.
 TASKS = ["first", "last"]
 
 
 @pytest.fixture(scope="module")
+
 def tok():
     return build_tokenizer()
 
 
 @pytest.fixture(scope="module")
+
 def data():
     return make_tiny_tasks(seed=0, tasks=TASKS, n_train=300, n_validation=0, n_test=40)
 
@@ -36,6 +39,7 @@ def _loss(model, rows, tok):
 
 
 @pytest.mark.slow
+
 def test_train_learns_two_conflicting_tasks_and_calls_back(data, tok, capsys):
     seed_everything(0)
     model = add_adapters(load_central_model(), AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=2))
@@ -56,6 +60,7 @@ def test_train_learns_two_conflicting_tasks_and_calls_back(data, tok, capsys):
 
 
 @pytest.mark.slow
+
 def test_train_is_deterministic_for_a_seed(data, tok):
     runs = []
     for _ in range(2):
@@ -88,6 +93,7 @@ def test_mixed_batches_decode_like_single_prompts(tok):
 
 
 @pytest.mark.slow
+
 def test_trainer_routes_task_ids(data, tok, tmp_path):
     seed_everything(0)
     # Three task slots, data for two: the third expert must stay untouched.
@@ -145,6 +151,7 @@ def test_clear_errors(data, tok):
 
 
 @pytest.mark.slow
+
 def test_gate_lr_sets_the_gates_own_step(data, tok):
     seed_everything(0)
     model = add_adapters(load_central_model(),
@@ -197,6 +204,7 @@ def test_model_device_of_a_model_without_parameters_is_cpu():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
 def test_train_and_evaluate_on_cuda_match_cpu(data, tok):
     runs = {}
     for device in ("cpu", "cuda"):
@@ -209,3 +217,21 @@ def test_train_and_evaluate_on_cuda_match_cpu(data, tok):
         runs[device] = (losses, table)
     assert runs["cuda"][0] == pytest.approx(runs["cpu"][0], rel=1e-3, abs=1e-3)
     assert (runs["cuda"][1]["exact_match"] - runs["cpu"][1]["exact_match"]).abs().max() <= 0.1
+
+
+# ------------------------------------------------------------------- the mode
+
+CGC = AdapterConfig.cgc_lora(rank=6, alpha=12, n_tasks=3, n_common=2, n_specific=1)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+
+def test_train_leaves_the_models_mode_as_it_found_it(mode):
+    from cgc_edu.data import build_tokenizer, make_tiny_tasks
+    from cgc_edu.train import train
+
+    model = add_adapters(tiny_base(), CGC).train(mode == "train")
+    data = make_tiny_tasks(seed=0, tasks=["reverse", "first", "last"], n_train=8,
+                           n_low=4, n_validation=0, n_test=0)["train"]
+    train(model, data, build_tokenizer(), steps=2, batch_size=4, progress=False)
+    assert all(m.training == (mode == "train") for m in model.modules())
