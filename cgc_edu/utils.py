@@ -52,6 +52,21 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+def with_knobs(settings, default, knobs: dict, caller: str):
+    """``settings`` (or ``default``, a dataclass instance, when it is None) with the keyword
+    ``knobs`` put in; a TypeError names any knob the dataclass lacks, and its fields. The
+    one way a function that takes ``settings=`` plus keyword knobs merges them."""
+    import dataclasses
+
+    fields = [f.name for f in dataclasses.fields(default)]
+    unknown = sorted(set(knobs) - set(fields))
+    if unknown:
+        kind = type(default).__name__
+        article = "an" if kind[0] in "AEIOU" else "a"
+        raise TypeError(f"{caller}() got unknown knob(s) {unknown}; {article} {kind} has {fields}")
+    return dataclasses.replace(settings if settings is not None else default, **knobs)
+
+
 def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """``max |actual - expected| / max |expected|``: how far two computations of the same
     quantity are apart, relative to its size. An exact equivalence (peft = cgc_edu, merged =

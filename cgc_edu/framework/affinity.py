@@ -43,7 +43,7 @@ from ..adapters.config import AdapterConfig
 from ..adapters.injection import adapter_layers, add_adapters
 from ..data.tinytasks import TinyTasksCollator
 from ..train.loop import train
-from ..utils import training_seed
+from ..utils import training_seed, with_knobs
 
 AFFINITY_METHODS = ("gradient", "lookahead", "update", "transfer")
 
@@ -205,11 +205,7 @@ def task_affinity(model: nn.Module, dataset, tokenizer=None, method: str = "grad
 
     Taught in: notebooks/06_one_plus_n.ipynb.
     """
-    fields = [f.name for f in dataclasses.fields(AffinitySettings)]
-    unknown = sorted(set(knobs) - set(fields))
-    if unknown:
-        raise TypeError(f"task_affinity() got unknown knob(s) {unknown}; an AffinitySettings has {fields}")
-    settings = dataclasses.replace(settings or AffinitySettings(), **knobs).check(method)
+    settings = with_knobs(settings, AffinitySettings(), knobs, "task_affinity").check(method)
     if adapter_layers(model):
         raise ValueError(f"task_affinity: {type(model).__name__} already has adapters; measure "
                          "affinity at the bare central model (before add_adapters).")

@@ -37,7 +37,7 @@ import json
 import random
 import re
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -51,7 +51,7 @@ from ..adapters.config import AdapterConfig
 from ..methods import METHODS, PRESETS, method_name
 from ..adapters.injection import add_adapters
 from ..adapters.saving import export_peft_lora, save_adapters
-from ..utils import PLAIN_TORCH, no_progress_bars, seed_everything
+from ..utils import PLAIN_TORCH, no_progress_bars, seed_everything, with_knobs
 from .loop import evaluate, train
 
 #: finetune trains the methods an `AdapterConfig` preset builds (`cgc_edu.methods.PRESETS`).
@@ -405,11 +405,7 @@ def finetune(model, tokenizer, train_data: Dataset, eval_data: Optional[Dataset]
 
     Taught in: notebooks/09_your_model.ipynb
     """
-    unknown = sorted(set(knobs) - set(FinetuneSettings.__dataclass_fields__))
-    if unknown:
-        raise TypeError(f"finetune() got unknown knob(s) {unknown}; a FinetuneSettings has "
-                        f"{list(FinetuneSettings.__dataclass_fields__)}")
-    settings = replace(settings or FinetuneSettings(), **knobs)
+    settings = with_knobs(settings, FinetuneSettings(), knobs, "finetune")
     task_ids = dict(zip(list(train_data["task"]), list(train_data["task_id"])))
     tasks = sorted(task_ids, key=task_ids.get)
     if config.n_tasks <= max(task_ids.values()):

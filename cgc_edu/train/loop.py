@@ -13,7 +13,7 @@ Taught in: notebooks/04_moe_lora.ipynb
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import pandas as pd
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..adapters.injection import adapter_layers, has_adapters, task_context
 from ..adapters.layer import TaskGate
 from ..data.tinytasks import TinyTasksCollator
-from ..utils import seed_everything, training_seed
+from ..utils import seed_everything, training_seed, with_knobs
 
 
 def _rows(dataset) -> list[dict]:
@@ -141,11 +141,7 @@ def train(model, dataset, tokenizer, recipe: Optional[Recipe] = None,
 
     Taught in: notebooks/04_moe_lora.ipynb
     """
-    unknown = sorted(set(knobs) - set(Recipe.__dataclass_fields__))
-    if unknown:
-        raise TypeError(f"train() got unknown knob(s) {unknown}; a Recipe has "
-                        f"{list(Recipe.__dataclass_fields__)}")
-    recipe = replace(recipe or Recipe(), **knobs)
+    recipe = with_knobs(recipe, Recipe(), knobs, "train")
     if not isinstance(callback_every, int) or callback_every < 1:
         raise ValueError(f"callback_every={callback_every!r}: must be a positive integer")
     params = [p for p in model.parameters() if p.requires_grad]
