@@ -155,7 +155,7 @@ def _mark_expert_blocks(ax, recording: GateRecording, headers: bool = True):
             lo, hi = mine[0].start, mine[-1].stop
             ax.annotate(label, xy=((lo + hi - 1) / 2, 1.0), xycoords=("data", "axes fraction"),
                         xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
-                        fontsize=7, color="0.35")
+                        fontsize=8, color="0.35")
 
 
 def gate_heatmap_grid(recording: GateRecording, step=-1, tasks=None, fig=None,

@@ -1,18 +1,17 @@
-"""Chapter 01's exercises: LoRA's rank, its scaling, its size, and its forward pass.
+"""Chapter 01's exercises: LoRA's rank, how its scaling grows the update, its size, and its
+forward pass.
 
 Taught in: notebooks/01_lora_from_scratch.ipynb.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
 from ...adapters.config import AdapterConfig, adapter_parameter_count
 from ...adapters.layer import CGCLoRALinear
-from .checks import (ChapterChecks, close, exercise, run_theirs, shape_hint, tensor_close,
-                     trained_looking)
+from .checks import (ChapterChecks, exercise, run_theirs, same_text, shape_hint,
+                     tensor_close, trained_looking)
 
 
 class Checks(ChapterChecks):
@@ -26,8 +25,9 @@ class Checks(ChapterChecks):
 
     @exercise
     def ex1(answer):
-        """Plant a rank-4 change (torch.randn(d_out, 4) @ torch.randn(4, d_in)). What is the smallest
-        LoRA rank that can reach the noise floor?"""
+        """Plant a rank-4 change (torch.randn(d_out, 4) @ torch.randn(4, d_in) / d_in**0.5) and train
+        ranks 2 to 5 with fit(r, target=...). What is the smallest LoRA rank that reaches the noise
+        floor?"""
         g = torch.Generator().manual_seed(0)
         want = int(torch.linalg.matrix_rank(torch.randn(24, 4, generator=g)
                                             @ torch.randn(4, 32, generator=g)))
@@ -40,21 +40,31 @@ class Checks(ChapterChecks):
                        f"has rank {want}.")
 
     @exercise
-    def ex2(answer):
-        """With alpha = 16 for every rank, what are the scalings at rank 1 and rank 32? Answer a
-        pair (s_1, s_32)."""
+    def ex2(answer, early_norm=None):
+        """Extend the growth measurement to rank 32: predict, then measure with early_norm(32,
+        rslora) beside early_norm(16, rslora), which rule's update grows by more than 5 % from rank
+        16 to rank 32 in its first 5 steps. Answer "alpha/r", "alpha/sqrt(r)", "both" or "neither",
+        and pass your measuring function: check.ex2(answer, early_norm)."""
 
-        want = [CGCLoRALinear(nn.Linear(4, 4), AdapterConfig.lora(rank=r, alpha=16)).scaling
-                for r in (1, 32)]
-        if close(answer, want):
-            return True, (f"alpha/r = {want[0]:g} and {want[1]:g}: the higher rank gets the smaller "
-                          "factor, which offsets its update's r rank-one terms, so with Adam the "
-                          "updates grow at comparable speeds, not equal ones (rsLoRA's "
-                          "alpha/sqrt(r) shrinks it less; measure it with LoRAKnobs).")
-        if close(answer, [16 / math.sqrt(1), 16 / math.sqrt(32)]):
-            return False, "that is rsLoRA's alpha/sqrt(r); the library's LoRA scales by alpha/r."
-        return False, (f"the scaling is alpha / r: for alpha = 16, {want[0]:g} at r=1 and "
-                       f"{want[1]:g} at r=32.")
+        if not callable(early_norm):
+            return False, ("pass the chapter's measuring function too, check.ex2(answer, early_norm): "
+                           "the check reads the growth from it.")
+        growth = {}
+        for rule, rs in (("alpha/r", False), ("alpha/sqrt(r)", True)):
+            (high, why_high), (low, why_low) = (run_theirs(early_norm, r, rs) for r in (32, 16))
+            if why_high or why_low:
+                return False, why_high or why_low
+            growth[rule] = float(high) / float(low)
+        grows = [rule for rule, g in growth.items() if g > 1.05]
+        want = {0: "neither", 2: "both"}.get(len(grows)) or grows[0]
+        shown = " and ".join(f"{rule} x {g:.2f}" for rule, g in growth.items())
+        why = {"alpha/sqrt(r)": (" alpha/r halves the scaling as the rank doubles, which offsets "
+                                 "the twice as many rank-one terms; alpha/sqrt(r) divides it only "
+                                 "by sqrt(2).")}.get(want, "")
+        if same_text(answer, want):
+            return True, f"{want}: from rank 16 to rank 32 the update grew {shown}.{why}"
+        return False, (f"measured from rank 16 to rank 32: {shown}, so the answer is {want!r} "
+                       f"(growing means by more than 5 %); you said {answer!r}.")
 
     @exercise
     def ex3(answer):

@@ -22,18 +22,23 @@ class Checks(ChapterChecks):
 
     @exercise
     def ex1(answer):
-        """With E = 8 experts, what is the Switch load-balancing loss when every token goes to
-        expert 0 with probability 1, and when routing is perfectly uniform? Answer (collapsed, uniform)."""
+        """With E = 8 experts, half the tokens go to expert 0 and half to expert 1, and the mean
+        router probabilities equal those fractions (P = f). What is the Switch load-balancing
+        loss E sum_e f_e P_e?"""
 
         E, n = 8, 16
-        collapsed = load_balancing_loss(torch.eye(E)[[0] * n], torch.zeros(n, 1, dtype=torch.long))
-        uniform = load_balancing_loss(torch.full((n, E), 1 / E),
-                                      torch.arange(n).remainder(E)[:, None])
-        want = [float(collapsed), float(uniform)]
+        probs = torch.zeros(n, E)
+        probs[:, :2] = 0.5                                 # every token: 1/2 on experts 0 and 1
+        choice = torch.arange(n).remainder(2)[:, None]     # half the tokens to each
+        want = float(load_balancing_loss(probs, choice))
         if close(answer, want):
-            return True, f"E = {want[0]:g} when collapsed, 1 when balanced: E sum_e f_e P_e."
-        return False, (f"E sum_e f_e P_e: collapse puts f_0 = P_0 = 1, giving E = {want[0]:g}; "
-                       f"uniform routing has f_e = P_e = 1/E, giving {want[1]:g}.")
+            return True, (f"{want:g}: E x (1/2 x 1/2 + 1/2 x 1/2) = {E} x 1/2. Between the even "
+                          f"load's 1 and a collapse's E = {E}: the loss grows as the load "
+                          "concentrates, E / (number of experts used) when P = f.")
+        if close(answer, want / E):
+            return False, f"{answer} is sum_e f_e P_e without the factor E = {E}."
+        return False, (f"E sum_e f_e P_e with f = P = (1/2, 1/2, 0, ...): two experts, each "
+                       f"f_e P_e = 1/4, times E = {E}; you said {answer!r}.")
 
     @exercise
     def ex2(answer):
