@@ -89,4 +89,5 @@ class Checks(ChapterChecks):
                     return False, (f"task {t}: not the level's output ({shape_hint(got, outputs[t])}"
                                    f"); its gate sees only the 2 shared experts and its own 2, the "
                                    "other tasks' experts are out of its reach.")
-        return True, "all three tasks: a gate per task over the shared experts and its own."
+        return True, ("every task of the check's level (it has three): each gate mixes the "
+                      "shared experts and its task's own, never another task's.")

@@ -22,8 +22,8 @@ from .base import Knobs, one_thread
 def seesaw_front(weights: Sequence[float] = tuple(np.round(np.linspace(0.1, 0.9, 9), 2)),
                  correlation: float = 0.0, hidden: int = 8, steps: int = 300,
                  seed: int = 0) -> dict:
-    """Train one `mtl.SharedBottom` per loss weight w (loss = w L1 + (1 - w) L2, by
-    `mtl.train_multitask`) on two synthetic tasks of the given correlation, plus a
+    """Train one `mtl.SharedBottom` per loss weight w (loss = w L0 + (1 - w) L1, by
+    `mtl.train_multitask`) on two synthetic tasks (0 and 1) of the given correlation, plus a
     single-task model per task.
 
     Returns a dict: weights, losses (len(weights), 2) test loss as 1 - R^2 per task, and
@@ -67,7 +67,7 @@ class SeesawKnobs(Knobs):
         self.front = front if front is not None else seesaw_front(**front_kwargs)
         grid = self.front["weights"]
         self.weight = widgets.SelectionSlider(options=grid, value=grid[len(grid) // 2],
-                                              description="w (task 1)", continuous_update=True)
+                                              description="w (task 0)", continuous_update=True)
         self._build([[self.weight]], (4.6, 3.6))
 
     def _compute(self) -> dict:
@@ -75,8 +75,8 @@ class SeesawKnobs(Knobs):
         l1, l2 = self.front["losses"][i]
         return dict(weight=self.weight.value, losses=[float(l1), float(l2)],
                     front=self.front["losses"].tolist(), alone=self.front["alone"].tolist(),
-                    summary=f"w = {self.weight.value:.2f}: loss = {self.weight.value:.2f}·L1 + "
-                            f"{1 - self.weight.value:.2f}·L2 gives task 1 {l1:.3f}, task 2 "
+                    summary=f"w = {self.weight.value:.2f}: loss = {self.weight.value:.2f}·L0 + "
+                            f"{1 - self.weight.value:.2f}·L1 gives task 0 {l1:.3f}, task 1 "
                             f"{l2:.3f} (alone: {self.front['alone'][0]:.3f}, "
                             f"{self.front['alone'][1]:.3f}; 1 - R², lower is better).")
 
@@ -93,7 +93,7 @@ class SeesawKnobs(Knobs):
                 label=f"w = {s['weight']:g}")
         ax.axvline(s["alone"][0], color="0.5", ls=":", lw=1)
         ax.axhline(s["alone"][1], color="0.5", ls=":", lw=1, label="each task trained alone")
-        ax.set(xlabel="task 1 loss (1 - R²)", ylabel="task 2 loss (1 - R²)")
+        ax.set(xlabel="task 0 loss (1 - R²)", ylabel="task 1 loss (1 - R²)")
         ax.set_title("the seesaw: moving w trades one task for the other", fontsize=9)
         ax.legend(fontsize=7, frameon=False)
         ax.grid(alpha=0.3)
