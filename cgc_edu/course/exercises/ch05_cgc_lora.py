@@ -10,6 +10,7 @@ from torch import nn
 
 from ...adapters.config import AdapterConfig, adapter_parameter_count
 from ...adapters.layer import CGCLoRALinear
+from ...utils import relative_difference
 from .checks import (ChapterChecks, close, exercise, run_theirs, shape_hint, tensor_close,
                      trained_looking_layer)
 
@@ -86,7 +87,12 @@ class Checks(ChapterChecks):
                 if why:
                     return False, why
                 if not tensor_close(got, want):
-                    return False, (f"task {t}: not dW_t ({shape_hint(got, want)}); B_e A_e is "
+                    if isinstance(got, torch.Tensor) and got.shape == want.shape:
+                        seen = (f"relative difference {relative_difference(got, want):.2g} "
+                                "to the library's dW_t")
+                    else:
+                        seen = shape_hint(got, want)
+                    return False, (f"task {t}: not dW_t ({seen}); B_e A_e is "
                                    "(d_out, d_in), the gate is zero outside S_t, then scale.")
                 merged = layer.base_layer(x) + x @ got.T
                 if not tensor_close(merged, layer(x, task_ids=torch.full((3,), t))):
