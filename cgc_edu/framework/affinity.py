@@ -404,8 +404,7 @@ def measured_clusters(model: nn.Module, dataset, n_clusters: int, tokenizer=None
     seeds): the transfer affinity at the central model (``warmup_steps=0``: each task trains
     a fresh LoRA alone for 20 steps), clustered by the profiles of its rows with complete
     linkage. With anonymous prompts its entries are almost all positive too (training one
-    task lowers the others' losses, chapter 06 shows it), but its rows no longer profile the
-    designed clusters. Returns ``(clusters, affinity)``; ``affinity_kwargs`` go to
+    task lowers the others' losses; chapter 06 measures it). Returns ``(clusters, affinity)``; ``affinity_kwargs`` go to
     `task_affinity` (``warmup_steps``, ``seed``, ...).
 
     Taught in: notebooks/06_one_plus_n.ipynb, notebooks/12_appendix_controls.ipynb.
