@@ -1,5 +1,6 @@
-"""Chapter 08's exercises: where a task relies on its own expert in the learner's own
-recording, the uniform gate, a zeroed expert, and a gate recorder written by hand.
+"""Chapter 08's exercises: when a task turns to its own expert in the learner's own
+recording, the common share of a uniform gate, a zeroed expert, and a gate recorder written
+by hand.
 
 Taught in: notebooks/08_gate_lab.ipynb.
 """
@@ -14,8 +15,7 @@ from ...adapters.injection import adapter_layers, add_adapters
 from ...adapters.layer import CGCLoRALinear
 from ...models.central import load_central_model
 from ..counterfactual import override_weights
-from ..plots import common_share_table
-from .checks import (ChapterChecks, close, exercise, run_theirs, same_text, tensor_close,
+from .checks import (ChapterChecks, close, exercise, run_theirs, tensor_close,
                      trained_looking)
 
 
@@ -30,28 +30,48 @@ class Checks(ChapterChecks):
 
     @exercise
     def ex1(answer, recording):
-        """In which transformer layer does `last` rely most on its own expert (lowest common
-        share)? Pass your recording: check.ex1(answer, recording)."""
+        """At which recorded training step does `first`'s common share, averaged over all
+        adapted modules, first fall below 0.5? Use recording.common_share() and
+        recording.steps (answer None if it never does), and pass your recording:
+        check.ex1(answer, recording)."""
 
-        values, tasks, layers = common_share_table(recording, step=-1)
-        want = layers[int(np.argmin(values[tasks.index("last")]))]
-        if same_text(answer, want):
-            return True, f"{want}: the lowest common share of `last` in your recording."
-        return False, (f"plots.common_share_table(recording) row 'last': its lowest value is in "
-                       f"{want}.")
+        first = recording.task_names.index("first")
+        share = recording.common_share()[:, :, first].mean(axis=1)        # (steps,)
+        below = np.flatnonzero(share < 0.5)
+        want = int(recording.steps[below[0]]) if below.size else None
+        if want is None:
+            if answer is None:
+                return True, ("in your recording `first` never puts less than half on the "
+                              "common experts.")
+            return False, ("the mean over modules of recording.common_share()[:, :, first] never "
+                           "falls below 0.5 in your recording: answer None.")
+        if isinstance(answer, (int, np.integer)) and int(answer) == want:
+            return True, (f"step {want}: the first recorded step where `first`'s mean common "
+                          f"share ({share[below[0]]:.2f}) is below one half.")
+        if isinstance(answer, (int, np.integer)) and int(answer) == int(below[0]) != want:
+            return False, (f"{answer} is the position of that step in recording.steps; answer "
+                           "the step itself, recording.steps[position].")
+        return False, ("average recording.common_share()[:, :, first] over the modules "
+                       "(axis 1), then take the first recorded step where it is below 0.5 "
+                       f"(not {answer!r}).")
 
     @exercise
     def ex2(answer):
-        """The ablation without a gate, cgc_lora(rank=6, n_tasks=4, gate="uniform"): what weight does
-        the inspector show on each allowed expert, at any step?"""
+        """The ablation without a learned gate with 3 common and 2 specific experts per task,
+        AdapterConfig.cgc_lora(rank=10, n_tasks=4, n_common=3, n_specific=2, gate="uniform"):
+        what share of a task's gate mass is on the common experts, at any step?"""
 
-        layer = CGCLoRALinear(nn.Linear(8, 8),
-                              AdapterConfig.cgc_lora(rank=6, n_tasks=4, gate="uniform"))
+        config = AdapterConfig.cgc_lora(rank=10, n_tasks=4, n_common=3, n_specific=2,
+                                        gate="uniform")
+        layer = CGCLoRALinear(nn.Linear(8, 8), config)
         g = layer.gate_weights(torch.tensor([0]))[0]
-        want = float(g[g > 0][0])
+        want = float(g[:config.n_common].sum())
+        allowed = int((g > 0).sum())
         if close(answer, want, 1e-3):
-            return True, f"{want:.3f} on each of the 3 allowed experts, fixed: one snapshot says it all."
-        return False, f"a uniform gate spreads 1 over |S_t| = 3 experts: {want:.3f} each, at every step."
+            return True, (f"{want:.2f}: 1/{allowed} on each of the {allowed} allowed experts, "
+                          f"{config.n_common} of them common, at every step.")
+        return False, (f"a uniform gate puts 1/|S_t| on each allowed expert (|S_t| = {allowed}); "
+                       f"add the common ones: {want:.2f}, not {answer!r}.")
 
     @exercise
     def ex3(answer):
