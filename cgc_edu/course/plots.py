@@ -544,6 +544,8 @@ def validation_curves(curves: pd.DataFrame, lr: dict, methods: Sequence[str],
         ax.grid(alpha=0.3)
     for ax in axes[len(methods):]:
         ax.set_visible(False)
+    for ax in axes[max(0, len(methods) - ncols):len(methods)]:
+        ax.tick_params(labelbottom=True)     # the lowest panel of each column keeps its steps
     n_seeds = at_rate["seed"].nunique()
     fig.supxlabel("training step", fontsize=8)
     fig.supylabel("validation exact match (%)", fontsize=8)
@@ -601,8 +603,8 @@ def paired_differences(results: pd.DataFrame, paired: pd.DataFrame, ax=None,
 
 
 #: One colour per verdict of the fair protocol (`cgc_edu.study.protocol.VERDICTS`).
-VERDICT_COLORS = {"ahead": "#009E73", "behind": "#D55E00", "equivalent": "#0072B2",
-                  "inconclusive": "#999999"}
+VERDICT_COLORS = {"ahead": "#111111", "behind": "#B2182B", "equivalent": "#5E3C99",
+                  "inconclusive": "#999999"}   # apart from the methods' colours
 
 
 def verdict_intervals(comparisons: pd.DataFrame, margin: float, ax=None,
@@ -641,7 +643,8 @@ def verdict_intervals(comparisons: pd.DataFrame, margin: float, ax=None,
     ax.grid(axis="x", alpha=0.3)
     shown = [v for v in VERDICT_COLORS if v in set(comparisons["verdict"])]
     ax.legend(handles=[plt.Line2D([], [], color=VERDICT_COLORS[v], marker="o", lw=3, label=v)
-                       for v in shown], fontsize=8, loc="lower right", frameon=False)
+                       for v in shown], fontsize=8, loc="upper center", frameon=False,
+              bbox_to_anchor=(0.5, -0.12 - 1.2 / (1.0 + 0.4 * len(rows))), ncols=len(shown))
     ax.set_title(f"grey band: equivalent within ±{100 * margin:g} points", fontsize=9)
     return fig
 
