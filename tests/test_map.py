@@ -137,7 +137,7 @@ def test_the_command_reports_resumes_and_trains_only_what_is_missing(study):
     mean = table.loc[("tinytasks_named_r12", "integrated"), "mean"]
     assert mean == pytest.approx(0.932)
     text = (out / "map.md").read_text()
-    assert "| tinytasks_named_r12 | **LoRA** |" in text
+    assert "| tinytasks_named_r12 | **one LoRA** |" in text
     assert "ahead on every seed" in text
     assert "| tinytasks_named_r48 | not run yet (0 of 25 runs) |" in text
     assert first["judged"]["tinytasks_named_r24"]["beyond_spread"]
@@ -186,7 +186,7 @@ def test_each_cell_is_judged_on_its_own_seeds(study):
     assert "seeds 0, 1, 2, 3, 4 in 1 cell; seeds 0, 1, 2 in 1 cell" in text
     assert "with 5 seeds this is the sign test's strongest outcome, one-sided p = 1/32; " \
            "with 3 seeds this is the sign test's strongest outcome, one-sided p = 1/8" in text
-    assert "| tinytasks_named_r24 | **LoRA** |" in text
+    assert "| tinytasks_named_r24 | **one LoRA** |" in text
     # a seed that one method lacks: that cell is incomplete, naming the missing run
     next((out / "tinytasks_named_r12" / "runs").glob("run_named_integrated_4_*")).unlink()
     judged = main(["--report-only", "--no-progress"])["judged"]["tinytasks_named_r12"]
@@ -314,9 +314,9 @@ def test_map_explorer_walks_the_cells_and_shows_their_verdicts(study):
     walk = MapExplorer(stored)
     s = walk.state
     assert (s["suite"], s["setting"], s["budget"]) == ("tinytasks", "named", 12)
-    assert s["summary"].startswith("tinytasks_named_r12: LoRA wins with")
+    assert s["summary"].startswith("tinytasks_named_r12: one LoRA wins with")
     assert "beyond the seed spread" in s["summary"]
-    assert "CGC-LoRA is behind LoRA (-30.0); ahead of independent LoRAs (+20.0)" in s["summary"]
+    assert "CGC-LoRA is behind one LoRA (-30.0); ahead of independent LoRAs (+20.0)" in s["summary"]
     assert s["scores"]["integrated"] == pytest.approx(
         [100 * (0.9 + 0.012 + 0.01 * k) for k in range(5)])
     assert bytes(walk.image.value).startswith(b"\x89PNG")
