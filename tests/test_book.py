@@ -6,6 +6,7 @@ page is read afresh and every warning is reported). The browser tests use Debian
 chromium through Playwright with every request that leaves the book blocked; screenshots
 go to artifacts/book/.
 """
+import html
 import os
 import re
 import subprocess
@@ -52,7 +53,9 @@ def test_every_notebook_has_a_page(book_html):
         page = notebook_page(book_html, notebook)
         assert page.is_file(), f"{notebook.name} has no page in the book ({page} missing)"
         title = nbformat.read(notebook, as_version=4).cells[0].source.splitlines()[0].lstrip("# ")
-        assert title in page.read_text(), f"{page.name} does not show the notebook's title {title!r}"
+        # Sphinx turns straight quotes into typographic ones ("study's" -> "study’s")
+        shown = html.unescape(page.read_text()).replace("\u2019", "'").replace("\u2018", "'")
+        assert title in shown, f"{page.name} does not show the notebook's title {title!r}"
 
 
 def test_code_lines_fit_the_book_column():
