@@ -21,3 +21,17 @@ def test_ex4_hint_names_no_real_task(capsys):
     assert Checks("06").ex4(lambda affinity, n: {"all": list(affinity.index)}) is False
     out = capsys.readouterr().out
     assert "task 0" in out and "reverse" not in out and "ends" not in out
+
+
+def test_ex1_routes_ends_in_the_learners_own_cut(capsys):
+    # A 3-cluster cut written by hand: `ends` is the second task of its cluster.
+    cut = {"cluster 1": ["reverse", "shift", "rotate", "reverse_tail"],
+           "cluster 2": ["first", "ends"], "cluster 3": ["last", "length"]}
+    assert Checks("06").ex1(("cluster 2", 1), cut) is True
+    assert Checks("06").ex1(("cluster 2", 3), cut) is False           # not its position
+    assert "numbers its tasks from 0" in capsys.readouterr().out
+    assert Checks("06").ex1(("extract", 3)) is False                   # no cut passed
+    assert "pass your cut" in capsys.readouterr().out
+    two = {"a": cut["cluster 1"], "b": cut["cluster 2"] + cut["cluster 3"]}
+    assert Checks("06").ex1(("b", 1), two) is False                    # not 3 clusters
+    assert "3" in capsys.readouterr().out

@@ -1,5 +1,5 @@
-"""Chapter 06's exercises: 1+N's routing, a task's rank when exported to peft, what 1+N
-keeps in memory, and the clustering written by hand.
+"""Chapter 06's exercises: 1+N's routing on a cluster cut of your own, a task's rank when
+exported to peft, what 1+N keeps in memory, and the clustering written by hand.
 
 Taught in: notebooks/06_one_plus_n.ipynb.
 """
@@ -30,16 +30,26 @@ class Checks(ChapterChecks):
     chapter = "06"
 
     @exercise
-    def ex1(answer):
-        """With the designed clusters (prior_clusters), where does a request for `ends` go?
-        Answer (cluster name, local task id)."""
-        clusters = designed_clusters()
-        cluster = next(c for c, tasks in clusters.items() if "ends" in tasks)
-        want = (cluster, clusters[cluster].index("ends"))
-        if tuple(answer) == want if isinstance(answer, (tuple, list)) else False:
-            return True, f"{want}: the task's cluster, and its position inside that cluster."
-        return False, (f"the router looks up the cluster ({cluster}: {clusters[cluster]}) and "
-                       f"renumbers the task inside it: {want}.")
+    def ex1(answer, clusters=None):
+        """Cut the transfer affinity into 3 clusters with ClusterKnobs (set
+        knobs.n_clusters.value = 3, any linkage). Where would 1+N route a request for `ends`
+        with your cut? Answer (cluster name, local task id), and pass the cut:
+        check.ex1(answer, knobs.state["clusters"])."""
+        if not isinstance(clusters, dict):
+            return False, ("pass your cut as well: check.ex1(answer, "
+                           "knobs.state['clusters']).")
+        if len(clusters) != 3:
+            return False, f"your cut has {len(clusters)} clusters; set N clusters to 3."
+        home = [c for c, tasks in clusters.items() if "ends" in list(tasks)]
+        if len(home) != 1:
+            return False, "every task must be in exactly one cluster of the cut."
+        want = (home[0], list(clusters[home[0]]).index("ends"))
+        if isinstance(answer, (tuple, list)) and tuple(answer) == want:
+            return True, ("the cluster that holds `ends` in your cut, and the task's position "
+                          "inside it.")
+        return False, (f"the router looks up the cluster that holds `ends` ({home[0]}: "
+                       f"{list(clusters[home[0]])}) and numbers its tasks from 0, in that "
+                       "order.")
 
     @exercise
     def ex2(answer):
