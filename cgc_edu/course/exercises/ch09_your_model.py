@@ -26,8 +26,9 @@ class Checks(ChapterChecks):
     @exercise
     def ex1(answer):
         """How many numbers does method_config("cgc_lora", n_tasks=2, rank=8, alpha=16) train on
-        the central model? Add up adapter_parameter_count over every adapted projection (its
-        d_in and d_out), before you let the model count them."""
+        the central model? Add up adapter_parameter_count (from cgc_edu.adapters.config) over
+        every adapted projection (its d_in and d_out): the experts' E r_e (d_in + d_out) plus
+        the learned gate's (T + E) d_g, before you let the model count them."""
         model = add_adapters(load_central_model(), method_config("cgc_lora", n_tasks=2, rank=8,
                                                                  alpha=16))
         want = sum(p.numel() for p in model.parameters() if p.requires_grad)
