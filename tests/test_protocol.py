@@ -271,8 +271,11 @@ def test_the_map_command_tunes_reports_and_resumes(tmp_path, monkeypatch):
     trained = len(_fake_run.calls)
     fair_map.main(args)                                        # all stored: nothing trained
     assert len(_fake_run.calls) == trained
+    fair_map.main([*args, "--methods", "integrated"])          # a run of one method ...
+    reported = pd.read_csv(tmp_path / "map_seeds.csv")         # ... reports every stored one
+    assert set(reported["method"]) == set(seeds["method"]) and len(reported) == 25
     config = json.loads((tmp_path / "config.json").read_text())
-    assert len(config["calls"]) == 2 and config["protocol"]["tuning_seed"] == 100
+    assert len(config["calls"]) == 3 and config["protocol"]["tuning_seed"] == 100
 
 
 def test_the_map_command_refuses_bad_options(tmp_path):

@@ -317,7 +317,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     reported = list(dict.fromkeys([*CELLS, *cells]))   # the map's cells and any asked
 
     def report():
-        stored = [run_cell(c, args.out, train=False, **common) for c in reported]
+        everything = {**common, "methods": METHODS_MAPPED}   # the report holds every stored method
+        stored = [run_cell(c, args.out, train=False, **everything) for c in reported]
         ablations = run_cell(CELLS[0], args.out, train=False, **{**common, "methods": ABLATIONS})
         first = stored[reported.index(CELLS[0])]    # one cell: the map's methods and the ablations
         first.update(grid=first["grid"] + ablations["grid"], runs=first["runs"] + ablations["runs"],
