@@ -61,6 +61,29 @@ def test_conflict_same_prompt_different_answers():
     assert max(len(v) for v in answers.values()) >= 3
     named = make_tiny_tasks(seed=0, name_in_prompt=True, **SMALL)
     assert all(r["prompt"].startswith(r["task"] + ":") for r in named["test"])
+    spaced = make_tiny_tasks(seed=0, name_in_prompt=" ", **SMALL)
+    assert [r["prompt"] for r in spaced["test"]] == [
+        r["prompt"].replace(":", " ") for r in named["test"]]
+
+
+@pytest.mark.parametrize("value", [":", "yes", 1, None])
+def test_a_bad_name_in_prompt_names_the_choices(value):
+    with pytest.raises(ValueError, match=r"name_in_prompt=.*use False"):
+        make_tiny_tasks(seed=0, name_in_prompt=value, **SMALL)
+
+
+def test_the_central_model_copies_after_a_space_not_after_a_colon():
+    # Why named prompts cost the tasks that build on copying (format_prompt, chapter 07):
+    # pretraining put spaces between words, never ":".
+    from cgc_edu.data.tinytasks import format_prompt
+    from cgc_edu.models.central import load_central_model
+    from cgc_edu.train.loop import greedy_decode
+    model, tok = load_central_model(), build_tokenizer()
+    words = ["yahm", "qda", "loavcf"]
+    spaced = greedy_decode(model, tok, [format_prompt(w, "shift", " ") for w in words])
+    named = greedy_decode(model, tok, [format_prompt(w, "shift") for w in words])
+    assert all(out.startswith(w) for out, w in zip(spaced, words))
+    assert not any(out.startswith(w) for out, w in zip(named, words))
 
 
 def test_task_selection_reindexes():

@@ -141,6 +141,18 @@ def test_every_map_cell_builds_below_the_width(cell):
     assert fair_map.parse_cell(cell.name) == cell
 
 
+def test_the_prompt_settings_of_the_cells():
+    protocol = Protocol()
+    spaced = fair_map.parse_cell("tinytasks_spaced_r24").settings(protocol)
+    named = fair_map.parse_cell("tinytasks_named_r24").settings(protocol)
+    assert (spaced.name_in_prompt, spaced.setting) == (" ", "spaced")
+    assert (named.name_in_prompt, named.setting) == (True, "named")
+    keys = [runner._key("run", s, method="cgc_lora", seed=0, lr=0.01) for s in (spaced, named)]
+    assert keys[0]["setting"] == "spaced" and keys[0] != keys[1]
+    with pytest.raises(ValueError, match="tinytasks_quoted_r24"):
+        fair_map.parse_cell("tinytasks_quoted_r24")
+
+
 def test_a_cell_at_the_width_is_refused():
     with pytest.raises(ValueError, match="at or above the projections' width 128"):
         fair_map.Cell("tinytasks", "named", 144).check(fair_map.METHODS_MAPPED)

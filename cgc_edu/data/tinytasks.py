@@ -82,10 +82,29 @@ def task_names() -> list[str]:
     return list(TASK_NAMES)
 
 
-def format_prompt(word: str, task: str | None = None) -> str:
-    """The prompt for ``word``: ``"cab="``, or ``"reverse:cab="`` when a task is named.
+#: How a prompt shows its task: not at all, its name and ":", or its name and a space.
+#: ("anonymous" is ``name_in_prompt=False``, "named" ``True``, "spaced" ``" "``.)
+NAME_SEPARATORS = {False: None, True: ":", " ": " "}
+
+
+def format_prompt(word: str, task: str | None = None, separator: str = ":") -> str:
+    """The prompt for ``word``: ``"cab="``, or ``"reverse:cab="`` when a task is named
+    (``"reverse cab="`` with ``separator=" "``).
+
+    The central model was pretrained with spaces between words and never with ":" (see
+    `cgc_edu.models.pretraining`): it copies the word of ``"reverse cab="`` and not that of
+    ``"reverse:cab="``, which chapter 07 shows costs the tasks built on copying.
     """
-    return f"{task}:{word}=" if task else f"{word}="
+    return f"{task}{separator}{word}=" if task else f"{word}="
+
+
+def _separator(name_in_prompt) -> str | None:
+    """The separator ``name_in_prompt`` asks for (None: no name), checked."""
+    for key, sep in NAME_SEPARATORS.items():
+        if name_in_prompt is key or (isinstance(key, str) and name_in_prompt == key):
+            return sep
+    raise ValueError(f"name_in_prompt={name_in_prompt!r}; use False (no task name), True "
+                     "(\"reverse:cab=\") or \" \" (\"reverse cab=\").")
 
 
 def _check_tasks(tasks) -> list[TaskSpec]:
@@ -126,7 +145,7 @@ def make_tiny_tasks(
     n_test: int = 200,
     tasks=None,
     word_lengths: tuple[int, int] = (3, 6),
-    name_in_prompt: bool = False,
+    name_in_prompt: bool | str = False,
 ) -> DatasetDict:
     """Generate TinyTasks as a DatasetDict with train / validation / test splits.
 
@@ -137,10 +156,13 @@ def make_tiny_tasks(
     task (the tasks that should borrow from their cluster), ``n_validation`` / ``n_test``
     per task; words of ``word_lengths`` = (shortest, longest) letters. Words are distinct
     across splits within a task (no leakage), and the same seed always gives the same data.
+    ``name_in_prompt``: False, True (the name and ":" precede the word) or " " (the name and
+    a space), see `format_prompt`.
 
     Taught in: notebooks/00_tour.ipynb.
     """
     specs = _check_tasks(tasks)
+    separator = _separator(name_in_prompt)
     _check_sizes(n_train, n_low, n_validation, n_test, word_lengths)
     rng = random.Random(seed)
     rows = {split: [] for split in _SPLITS}
@@ -149,7 +171,8 @@ def make_tiny_tasks(
                        "validation": n_validation, "test": n_test}
         words = _draw_words(rng, split_sizes, word_lengths)
         for split, split_words in words.items():
-            rows[split] += [{"prompt": format_prompt(word, spec.name if name_in_prompt else None),
+            rows[split] += [{"prompt": format_prompt(word, spec.name, separator) if separator
+                             else format_prompt(word),
                              "target": spec.fn(word), "task": spec.name, "task_id": task_id,
                              "cluster": spec.cluster, "low_data": spec.low_data}
                             for word in split_words]

@@ -47,12 +47,16 @@ METHODS_MAPPED = ("integrated", "separate", "moe_lora", "cgc_lora", "cgc_uniform
 #: named prompts, budget 24): no common experts, 8 + 2 and 16 + 1 experts, 1+N
 ABLATIONS = ("cgc_no_common", "cgc_c8_s2", "cgc_c16_s1", "one_plus_n")
 AXES = {"r": "params", "t": "per_task"}
+#: how a cell's prompts show the task (`make_tiny_tasks`'s name_in_prompt): not at all,
+#: "reverse:cab=" (the name and a ":", which the central model never saw as a boundary)
+#: or "reverse cab=" (the name and a space, as in its pretraining)
+SETTINGS = {"anonymous": False, "named": True, "spaced": " "}
 HIDDEN = 128   # the central model's projections' width: no budget at or above it
 
 
 @dataclass(frozen=True)
 class Cell:
-    """A suite, a prompt setting ("named" or "anonymous"), a budget and its axis."""
+    """A suite, a prompt setting (a key of `SETTINGS`), a budget and its axis."""
 
     suite: str
     setting: str
@@ -69,13 +73,14 @@ class Cell:
         """The study's Settings of this cell under ``protocol``."""
         return protocol.settings(Settings(
             steps=self.steps, rank=self.rank, suite=self.suite, budget=self.budget, base=base,
-            name_in_prompt=self.setting == "named", curve_points=6, grid_steps=None))
+            name_in_prompt=SETTINGS[self.setting], curve_points=6, grid_steps=None))
 
     def check(self, methods: Sequence[str]) -> "Cell":
         """The cell, checked: every method splits its budget, which stays below the width."""
         n_tasks = len(suite(self.suite))
-        if self.setting not in ("named", "anonymous"):
-            raise ValueError(f"cell {self.name}: setting {self.setting!r}; use 'named' or 'anonymous'.")
+        if self.setting not in SETTINGS:
+            raise ValueError(f"cell {self.name}: setting {self.setting!r}; use one of "
+                             f"{list(SETTINGS)}.")
         for m in methods:
             METHODS[m].task_rank(self.rank, n_tasks, self.budget)   # a rank it cannot split fails
             if METHODS[m].kind == "adapters":
@@ -87,10 +92,12 @@ class Cell:
         return self
 
 
-#: The map: three parameter budgets with named prompts, one with anonymous prompts and one
-#: at equal rank per task on TinyTasks; two on the 26 contradicting tables.
+#: The map: on TinyTasks three parameter budgets with named prompts, one with anonymous
+#: prompts, one with the name and a space, and one at equal rank per task; two on the 26
+#: contradicting tables.
 CELLS = (Cell("tinytasks", "named", 24), Cell("tinytasks", "named", 20, "per_task"),
-         Cell("tinytasks", "anonymous", 24), Cell("derangements:6x26", "named", 60),
+         Cell("tinytasks", "anonymous", 24), Cell("tinytasks", "spaced", 24),
+         Cell("derangements:6x26", "named", 60),
          Cell("tinytasks", "named", 12), Cell("tinytasks", "named", 48),
          Cell("derangements:6x26", "named", 120))
 
@@ -102,7 +109,7 @@ def parse_cell(name: str) -> Cell:
         if cell.name == name:
             return cell
     parts = name.rsplit("_", 2)
-    if len(parts) != 3 or parts[1] not in ("named", "anonymous") or parts[2][:1] not in AXES \
+    if len(parts) != 3 or parts[1] not in SETTINGS or parts[2][:1] not in AXES \
             or not parts[2][1:].isdigit():
         raise ValueError(f"cell {name!r}: write <suite>_<setting>_<r|t><rank>, e.g. "
                          "tinytasks_named_r24 (equal parameters) or tinytasks_named_t20 "

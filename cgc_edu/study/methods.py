@@ -37,7 +37,7 @@ class Settings:
     n_low: int = 20                  # 1/100 of a data-rich task: too few to learn alone
     n_validation: int = 50
     n_test: int = 100
-    name_in_prompt: bool = True
+    name_in_prompt: bool | str = True  # `make_tiny_tasks`: False, True (":") or " " (a space)
     curve_points: int = 6            # validation exact match this many times per run
     min_separate_steps: int = 100    # each separately trained model gets at least this
     affinity: str = "transfer"       # how 1+N measures task affinity
@@ -60,7 +60,7 @@ class Settings:
 
     @property
     def setting(self) -> str:
-        return "named" if self.name_in_prompt else "anonymous"
+        return {False: "anonymous", True: "named", " ": "spaced"}[self.name_in_prompt]
 
 
 def method_labels() -> dict[str, str]:
