@@ -16,22 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-9                  # a paired difference smaller than this is a tie
 
 
-def _map_by_hand():
-    """Chapter 11's stored map from results/map with pandas alone: {cell: seeds x methods
-    table of average exact match} for every cell that has every method on every seed."""
-    folder = ROOT / "results" / "map"
-    runs = pd.read_csv(folder / "map_seeds.csv")
-    config = json.loads((folder / "config.json").read_text())
-    methods, cells = config["methods"], {}
-    for cell, rows in runs.groupby("cell", sort=False):
-        seeds = config.get("cells", {}).get(cell, {}).get("seeds") or config["seeds"]
-        table = rows.pivot(index="seed", columns="method", values="average")
-        table = table.reindex(index=seeds, columns=methods)
-        if not table.isna().any().any():
-            cells[cell] = table
-    return cells
-
-
 CASES = [  # chapter, exercise, right answer, wrong answer, a word the wrong answer's reason has
     ("00", 1, 620, 800, "low-data tasks"),
     ("00", 2, "reverse:cab=", "cab=", "task's name"),
@@ -123,38 +107,42 @@ def test_chapter_09_checks_count_size_and_reload(capsys):
     assert "Tied embeddings count once" in capsys.readouterr().out
 
 
-def test_chapter_11_checks_read_the_stored_map(capsys):
-    cells = _map_by_hand()
+def test_chapter_11_checks_build_the_guide(capsys):
     check = Checks("11")
+    # ex1: n LoRAs of rank budget // n hold at most one LoRA of rank budget
+    assert check.ex1(lambda budget, n: budget // n)
+    assert not check.ex1(lambda budget, n: budget)        # every task the whole budget
+    assert "separate_rank(8, 1)" not in capsys.readouterr().out.splitlines()[-1]
+    # ex2: the model's greedy answer, through transformers' own generate
+    import torch
+    from cgc_edu.data.tinytasks import build_tokenizer
+    from cgc_edu.models.central import load_central_model
+    model, tok = load_central_model(), build_tokenizer()
 
-    def ahead(a, b):
-        return all(a[s] > b[s] for s in a.keys() & b.keys())
+    def copies(prompt, word):
+        ids = tok([prompt], return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=8, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+        return tok.decode(out[0, ids["input_ids"].shape[1]:],
+                          skip_special_tokens=True).startswith(word)
 
-    def on_average(a, b):   # the mistake the rule exists to avoid
-        return sum(a.values()) > sum(b.values())
+    assert check.ex2(copies)
+    assert not check.ex2(lambda prompt, word: word in prompt)   # "the word is there"
+    assert "the model answers" in capsys.readouterr().out.splitlines()[-1]
+    # ex3: from map.csv with pandas alone, a method is ahead of a baseline when a row says
+    # so either way round
+    rows = pd.read_csv(ROOT / "results" / "fair_map" / "map.csv")
 
-    assert check.ex1(ahead) is True
-    assert check.ex1(on_average) is False
-    assert "paired differences" in capsys.readouterr().out.splitlines()[-1]
-    assert check.ex1(3) is False
-    # ex2: the highest mean over seeds, beyond the spread when ahead of every other method
-    # on every seed
-    table = cells["tinytasks_named_r48"]
-    winner = table.mean().idxmax()
-    beyond = all((table[winner] - table[m] > TOLERANCE).all() for m in table if m != winner)
-    assert check.ex2((winner, beyond))
-    capsys.readouterr()
-    assert not check.ex2((winner, not beyond))
-    assert f"its winner is {winner}, beyond the spread: {beyond}" in capsys.readouterr().out
-    # ex3: CGC-LoRA minus separate, seed by seed: ahead when above 0 on every seed, behind
-    # when below 0 on every seed
-    diffs = [t["cgc_lora"] - t["separate"] for t in cells.values()]
-    want = (sum(bool((d > TOLERANCE).all()) for d in diffs),
-            sum(bool((d < -TOLERANCE).all()) for d in diffs))
-    assert check.ex3(want)
-    capsys.readouterr()
-    assert not check.ex3((want[0] + 1, want[1]))
-    assert f"cells: {want}" in capsys.readouterr().out
+    def not_beaten(found):
+        cell, base = found["cell"].iloc[0], found["baseline"].iloc[0]
+        mine = rows[rows["cell"] == cell]
+        return not (((mine["baseline"] == base) & (mine["verdict"] == "ahead"))
+                    | ((mine["method"] == base) & (mine["verdict"] == "behind"))).any()
+
+    assert check.ex3(not_beaten)
+    assert not check.ex3(lambda found: True)
+    assert "methods ahead" in capsys.readouterr().out.splitlines()[-1]
 
 
 # ---------------------------------------------------------------- exercises that build

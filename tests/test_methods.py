@@ -8,7 +8,7 @@ import pytest
 from cgc_edu import AdapterConfig
 from cgc_edu.course import plots
 from cgc_edu.methods import METHODS, MTL_MODELS, PRESETS, column, method, method_name, method_of
-from cgc_edu.study.map import MAP_METHODS
+from cgc_edu.study.fair_map import ABLATIONS, METHODS_MAPPED
 from cgc_edu.study.methods import method_labels
 from cgc_edu.train.finetune import method_config
 
@@ -67,7 +67,7 @@ def test_readers_take_the_table():
     assert plots.method_style("lora") == plots.method_style("integrated")
     assert plots.method_style("MMoE") == MTL_MODELS["mmoe"][::-1]
     assert method_labels() == column("label")
-    assert set(MAP_METHODS) <= set(METHODS)
+    assert set(METHODS_MAPPED) | set(ABLATIONS) <= set(METHODS)
     assert set(PRESETS) == {"integrated", "separate", "moe_lora", "cgc_lora"}
     for name in PRESETS:   # each preset builds its row's shape
         config = method_config(name, n_tasks=3, rank=12, n_common=2, n_specific=2)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.patches import Rectangle
+from matplotlib.transforms import ScaledTranslation
 from scipy.cluster import hierarchy
 from scipy.cluster.hierarchy import dendrogram
 
@@ -443,60 +444,46 @@ def method_comparison(results: pd.DataFrame, metric: str = "exact_match", ax=Non
     return fig
 
 
-MAP_COLUMNS = ("suite", "setting", "rank", "method", "mean", "min", "max")
-
-
-def method_map(table: pd.DataFrame, suite: str, setting: str = "named", ax=None,
-               budget: Optional[int] = None, hidden_size: Optional[int] = None):
-    """The map along its budgets: one line per method of a suite's mean score (over seeds)
-    against the total budget, each point's bar spanning its lowest to highest seed.
-
-    ``table`` is the map's per-cell table (`cgc_edu.study.map_report.map_table`, the map's
-    ``map.csv``). ``budget`` marks one budget (the cell a widget shows); ``hidden_size``
-    draws the central model's width, where a LoRA's rank stops binding. Methods are shifted
-    a little apart along the budget axis so that their bars do not hide each other.
+def map_overview(seeds: pd.DataFrame, cells: Sequence[str], methods: Sequence[str], ax=None,
+                 names: Optional[dict] = None):
+    """A map's cells at a glance: one row per cell, each method's mean test score over its
+    seeds (a dot in its colour) and a line from its lowest to its highest seed; methods are
+    set a little apart vertically so that their lines do not hide each other. ``seeds`` is
+    the map's ``map_seeds`` table (columns ``cell, method, seed, average``); ``names`` gives
+    a cell's label (default: its name).
 
     Taught in: notebooks/11_which_method.ipynb.
     """
-    missing = [c for c in MAP_COLUMNS if c not in getattr(table, "columns", ())]
+    need = ["cell", "method", "seed", "average"]
+    missing = [c for c in need if c not in getattr(seeds, "columns", ())]
     if missing:
-        raise ValueError(f"method_map: the table lacks columns {missing}; pass the map's "
-                         "table (read_map(...)['table'] or results/map/map.csv).")
-    rows = table[(table["suite"] == suite) & (table["setting"] == setting)]
-    if rows.empty:
-        have = sorted(set(zip(table["suite"], table["setting"])))
-        raise ValueError(f"method_map: no cells of suite {suite!r} with {setting!r} prompts; "
-                         f"the table has {have}.")
-    fig, ax = _new_axes(ax, (5.5, 3.2))
-    methods = list(pd.unique(rows["method"]))
-    ranks = sorted(rows["rank"].unique())
+        raise ValueError(f"map_overview: the table lacks columns {missing}; pass the map's "
+                         "map_seeds table (fair_map.read_map(...)['map_seeds']).")
+    absent = [c for c in cells if c not in set(seeds["cell"])]
+    if absent:
+        raise ValueError(f"map_overview: no runs of cells {absent}; the table has "
+                         f"{sorted(set(seeds['cell']))}.")
+    fig, ax = _new_axes(ax, (BOOK_WIDTH, 0.9 + 0.7 * len(cells)))
     for k, method in enumerate(methods):
-        mine = rows[rows["method"] == method].sort_values("rank")
-        shift = 2.0 ** ((k - (len(methods) - 1) / 2) * 0.04)   # a few % apart on a log axis
-        colour, name = method_style(method)
-        x = mine["rank"].to_numpy() * shift
-        err = np.vstack([mine["mean"] - mine["min"], mine["max"] - mine["mean"]]) * 100
-        ax.errorbar(x, mine["mean"] * 100, yerr=err, color=colour, label=name, marker="o",
-                    ms=4, lw=1.5, capsize=2, elinewidth=1)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ranks, [str(r) for r in ranks])
-    ax.minorticks_off()
-    if hidden_size is not None:
-        ax.axvline(hidden_size, color="0.5", lw=1, ls="--")
-        ax.annotate("hidden size", (hidden_size, 0.02), xycoords=("data", "axes fraction"),
-                    xytext=(-3, 0), textcoords="offset points", ha="right", fontsize=8,
-                    color="0.4")
-    if budget is not None:
-        ax.axvspan(budget / 1.12, budget * 1.12, color="0.85", zorder=0)
-    ax.set_xlabel("total budget (the study's --rank)")
-    ax.set_ylabel("test exact match (%)")
-    top = float(rows["max"].max()) * 100
-    ax.set_ylim(max(0.0, float(rows["min"].min()) * 100 - 5), min(100.0, top + 3) + 2)
-    n = int(rows["n_seeds"].max()) if "n_seeds" in rows else None
-    ax.set_title(f"{suite}, {setting} prompts: mean" + (f" over {n} seeds" if n else "")
-                 + ", bars span min..max", fontsize=9)
-    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.grid(axis="y", alpha=0.3)
+        colour, label = method_style(method)
+        offset = 0.12 * (k - (len(methods) - 1) / 2)
+        for row, cell in enumerate(cells):
+            mine = 100 * seeds.loc[(seeds["cell"] == cell) & (seeds["method"] == method), "average"]
+            if mine.empty:
+                continue
+            y = len(cells) - 1 - row - offset
+            ax.plot([mine.min(), mine.max()], [y, y], color=colour, lw=1.5, alpha=0.7)
+            ax.plot(mine.mean(), y, "o", color=colour, ms=6, label=label if row == 0 else None)
+    ax.set_yticks(range(len(cells)), [(names or {}).get(c, c) for c in cells[::-1]], fontsize=8)
+    ax.set_ylim(-0.6, len(cells) - 0.4)
+    ax.set_xlabel("test exact match (%): mean over seeds (dot), lowest to highest seed (line)",
+                  fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    handles = [plt.Line2D([], [], color=method_style(m)[0], marker="o", lw=1.5,
+                          label=method_style(m)[1]) for m in methods]
+    ax.legend(handles=handles, fontsize=8, frameon=False, ncols=len(methods),
+              loc="lower center", bbox_to_anchor=(0.5, 1.0))
     return fig
 
 
@@ -642,9 +629,10 @@ def verdict_intervals(comparisons: pd.DataFrame, margin: float, ax=None,
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="x", alpha=0.3)
     shown = [v for v in VERDICT_COLORS if v in set(comparisons["verdict"])]
+    below = ax.transAxes + ScaledTranslation(0, -0.38, fig.dpi_scale_trans)   # under the label
     ax.legend(handles=[plt.Line2D([], [], color=VERDICT_COLORS[v], marker="o", lw=3, label=v)
                        for v in shown], fontsize=8, loc="upper center", frameon=False,
-              bbox_to_anchor=(0.5, -0.12 - 1.2 / (1.0 + 0.4 * len(rows))), ncols=len(shown))
+              bbox_to_anchor=(0.5, 0.0), bbox_transform=below, ncols=len(shown))
     ax.set_title(f"grey band: equivalent within ±{100 * margin:g} points", fontsize=9)
     return fig
 

@@ -208,8 +208,12 @@ def tables(cells: Sequence[dict], protocol: Protocol) -> dict[str, pd.DataFrame]
                 row = compare(by[a], by[b], protocol.level)
                 row.pop("seed_differences")
                 comps.append({"cell": name, "method": a, "baseline": b, **row})
-    comparisons = judge(pd.DataFrame(comps, columns=["cell", "method", "baseline", "difference",
-                                                     "ci_low", "ci_high", "p", "n_seeds"]), protocol)
+    frame = pd.DataFrame(comps, columns=["cell", "method", "baseline", "difference", "ci_low",
+                                         "ci_high", "p", "n_seeds"])
+    # Holm within each cell: a cell is one question, and its verdicts must not move as
+    # other cells are added to the map
+    comparisons = (pd.concat([judge(g, protocol) for _, g in frame.groupby("cell", sort=False)],
+                             ignore_index=True) if len(frame) else judge(frame, protocol))
     return {"grid": pd.DataFrame(grid), "map_seeds": pd.DataFrame(seeds),
             "items": pd.DataFrame(items), "curves": pd.DataFrame(curves), "map": comparisons}
 
@@ -225,7 +229,7 @@ def _markdown(frames: dict, protocol: Protocol, config: dict) -> str:
              f"cell (extended to at most {protocol.grid_max} while the best is at an edge) on "
              f"tuning seed {protocol.tuning_seed} (not reported), the best validation checkpoint. "
              f"Verdicts: paired by seed and item, 95 % t interval over seeds, Holm's correction "
-             f"over all {len(frames['map'])} comparisons, equivalence margin "
+             f"over the comparisons of each cell, equivalence margin "
              f"+-{100 * protocol.margin:g} points.", ""]
     if len(seeds):
         mean = seeds.pivot_table(index="cell", columns="method", values="average", aggfunc="mean")
@@ -272,7 +276,8 @@ def read_map(folder: Path = DEFAULT_OUT) -> dict:
 def cell_verdicts(stored: dict, cell: str, protocol: Protocol = Protocol()) -> pd.DataFrame:
     """The comparisons of one cell of a stored map, Holm's correction taken over that cell's
     comparisons alone (the family of one question: a chapter that reads one cell must not
-    see its verdicts move as other cells are added to the map).
+    see its verdicts move as other cells are added to the map), judged anew under
+    ``protocol`` (another margin or level reads the same runs differently).
 
     Taught in: notebooks/07_experiments.ipynb.
     """
@@ -281,6 +286,29 @@ def cell_verdicts(stored: dict, cell: str, protocol: Protocol = Protocol()) -> p
         raise ValueError(f"cell_verdicts: no comparisons of cell {cell!r}; the map has "
                          f"{sorted(set(stored['map']['cell']))}.")
     return judge(rows.drop(columns=["p_holm", "verdict"]).reset_index(drop=True), protocol)
+
+
+def versus(comparisons: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """The rows of ``comparisons`` (a cell's, as `cell_verdicts` returns them) that involve
+    ``baseline``, each turned to read "method minus ``baseline``": a row stored the other
+    way round has its difference and interval negated and ahead / behind swapped.
+
+    Taught in: notebooks/11_which_method.ipynb.
+    """
+    mine = comparisons[(comparisons["method"] == baseline) | (comparisons["baseline"] == baseline)]
+    if mine.empty:
+        raise ValueError(f"versus: no comparison with {baseline!r}; the rows compare "
+                         f"{sorted(set(comparisons['method']) | set(comparisons['baseline']))}.")
+    out = mine.copy()
+    flip = (out["method"] == baseline).to_numpy()
+    out.loc[flip, "method"] = out.loc[flip, "baseline"]
+    out.loc[flip, "baseline"] = baseline
+    out.loc[flip, "difference"] = -mine.loc[flip, "difference"]
+    out.loc[flip, "ci_low"] = -mine.loc[flip, "ci_high"]
+    out.loc[flip, "ci_high"] = -mine.loc[flip, "ci_low"]
+    swap = {"ahead": "behind", "behind": "ahead"}
+    out.loc[flip, "verdict"] = mine.loc[flip, "verdict"].map(lambda v: swap.get(v, v))
+    return out.reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------- CLI

@@ -1,24 +1,32 @@
-"""Chapter 11's exercises, read from the stored map (``results/map``): the map's rule
-written by hand, the pick for one problem, and where CGC-LoRA is ahead of independent LoRAs.
-Each check takes another map instead: ``check.ex2(answer, stored=read_map(folder))``.
+"""Chapter 11's exercises, each building a piece of the guide: the rank a task keeps when
+the budget is cut into one LoRA per task, a test of whether the central model reads a
+prompt format, and the guide's reading of one cell's verdicts.
 
 Taught in: notebooks/11_which_method.ipynb.
 """
 from __future__ import annotations
 
-from ...study.map_report import compare, read_map, verdicts
-from .checks import ChapterChecks, close, exercise, same_text
+from ...data.tinytasks import build_tokenizer
+from ...methods import METHODS
+from ...models.central import load_central_model
+from ...study.fair_map import METHODS_MAPPED, cell_verdicts, read_map, versus
+from ...train.loop import greedy_decode
+from .checks import ChapterChecks, exercise, stored_results_folder
+
+#: prompts the copy check tries: the word after a space, a colon, other marks and none
+COPY_PROMPTS = [("yahm=", "yahm"), ("shift yahm=", "yahm"), ("shift:yahm=", "yahm"),
+                ("rotate qda=", "qda"), ("rotate:qda=", "qda"), ("ends|loavcf=", "loavcf"),
+                ("ends,loavcf=", "loavcf"), ("first-bgdwfs=", "bgdwfs"), ("3:zhj=", "zhj"),
+                ("3 zhj=", "zhj")]
 
 
-def complete_cells(stored: dict) -> list[tuple[str, dict]]:
-    """(cell, `verdicts`) of every cell of a stored map whose runs are all there."""
-    names = list(dict.fromkeys(stored["seeds"]["cell"]))
-    return [(n, v) for n in names for v in [verdicts(stored, n)] if v["complete"]]
+def _map(stored):
+    return read_map(stored_results_folder() / "fair_map") if stored is None else stored
 
 
 class Checks(ChapterChecks):
-    """The self-checks of chapter 11: ``Checks().ex1(ahead)`` prints right / not yet and
-    why, and returns True or False.
+    """The self-checks of chapter 11: ``Checks().ex1(separate_rank)`` prints right / not yet
+    and why, and returns True or False.
 
     Taught in: notebooks/11_which_method.ipynb.
     """
@@ -26,65 +34,69 @@ class Checks(ChapterChecks):
     chapter = "11"
 
     @exercise
-    def ex1(answer, stored=None):
-        """Write the map's rule yourself: ahead(a, b) takes two methods' scores in one cell as
-        dicts {seed: score} and returns True when a is ahead of b on every seed they share,
-        paired by seed. Pass the function: check.ex1(ahead)."""
+    def ex1(answer):
+        """Write separate_rank(budget, n_tasks): the largest rank each of n_tasks independent
+        LoRAs can have when together they hold the parameters of one LoRA of rank budget
+        (on the same layers). Pass the function: check.ex1(separate_rank)."""
         if not callable(answer):
-            return False, (f"pass a function ahead(a, b) -> bool, not a "
-                           f"{type(answer).__name__}.")
-        stored = read_map() if stored is None else stored
-        seeds, tried = stored["seeds"], 0
-        for name, _ in complete_cells(stored):
-            cell = seeds[seeds["cell"] == name]
-            scores = {m: dict(zip(g["seed"], g["average"])) for m, g in cell.groupby("method")}
-            for a in scores:
-                for b in scores:
-                    if a == b:
-                        continue
-                    want = compare(cell, a, b)["verdict"] == "ahead"
-                    try:
-                        got = bool(answer(dict(scores[a]), dict(scores[b])))
-                    except Exception as err:  # the learner's code: report, do not crash
-                        return False, f"ahead(...) raised {type(err).__name__}: {err}."
-                    tried += 1
-                    if got != want:
-                        diffs = {s: round(100 * (scores[a][s] - scores[b][s]), 1)
-                                 for s in sorted(scores[a]) if s in scores[b]}
-                        return False, (f"in {name}, {a} against {b}: paired differences "
-                                       f"{diffs} (points), so the rule says "
-                                       f"{'ahead' if want else 'not ahead'}; yours says "
-                                       f"{'ahead' if got else 'not ahead'}. Hint: every "
-                                       "difference must be above 0.")
-        return True, f"your rule agrees with map_report.compare on all {tried} ordered pairs."
+            return False, f"pass a function separate_rank(budget, n_tasks), not {answer!r}."
+        cases = [(b, n) for b in (8, 12, 24, 48, 60, 120) for n in (1, 2, 3, 8, 26) if b >= n]
+        for budget, n in cases:
+            want = METHODS["separate"].task_rank(budget, n, "params")
+            try:
+                got = answer(budget, n)
+            except Exception as err:  # the learner's code: report, do not crash
+                return False, f"separate_rank({budget}, {n}) raised {type(err).__name__}: {err}."
+            if got != want:
+                return False, (f"separate_rank({budget}, {n}) is {want}: {n} LoRAs of rank "
+                               f"{want} hold {n * want} rank units, within {budget}; "
+                               f"yours gave {got!r}.")
+        return True, (f"right on {len(cases)} budgets; at budget 24 each of TinyTasks' 8 "
+                      "tasks keeps rank 3, where one shared LoRA gives every task 24.")
 
     @exercise
-    def ex2(answer, stored=None):
-        """Your problem: 8 tasks, prompts that name the task, a total budget of rank 48
-        (TinyTasks' cell tinytasks_named_r48). Which method does the map pick, and is the pick
-        beyond the seed spread? Answer a pair (method key, True or False)."""
-        stored = read_map() if stored is None else stored
-        v = verdicts(stored, "tinytasks_named_r48")
-        want = (v["winner"], bool(v["beyond_spread"]))
-        if (isinstance(answer, (tuple, list)) and len(answer) == 2
-                and same_text(answer[0], want[0]) and bool(answer[1]) == want[1]):
-            level = ", ".join(v["level"]) or "no other method"
-            return True, (f"{want[0]} ({100 * v['mean']:.1f} %); nothing separates it from "
-                          f"{level}." if not want[1] else
-                          f"{want[0]}, ahead of every other method on every seed.")
-        return False, (f"read verdicts(stored, 'tinytasks_named_r48'): its winner is "
-                       f"{want[0]}, beyond the spread: {want[1]}. Answer (method, bool).")
+    def ex2(answer):
+        """Write copies(prompt, word) -> bool: True when the central model's greedy answer to
+        prompt starts with word (the copy skill every transform task builds on). Use
+        greedy_decode(model, tokenizer, [prompt]). Then try a separator of your own."""
+        if not callable(answer):
+            return False, f"pass a function copies(prompt, word), not {answer!r}."
+        model, tok = load_central_model(), build_tokenizer()
+        outs = greedy_decode(model, tok, [p for p, _ in COPY_PROMPTS])
+        for (prompt, word), out in zip(COPY_PROMPTS, outs):
+            want = out.startswith(word)
+            try:
+                got = bool(answer(prompt, word))
+            except Exception as err:
+                return False, f"copies({prompt!r}, {word!r}) raised {type(err).__name__}: {err}."
+            if got != want:
+                return False, (f"copies({prompt!r}, {word!r}): the model answers {out!r}, so "
+                               f"{want}; yours says {got}.")
+        read = [p for (p, w), o in zip(COPY_PROMPTS, outs) if o.startswith(w)]
+        return True, f"right on {len(COPY_PROMPTS)} prompts; the model copies after: {read}."
 
     @exercise
     def ex3(answer, stored=None):
-        """In how many of the map's cells is CGC-LoRA ahead of independent LoRAs ('separate')
-        by the map's rule, and in how many behind? Answer a pair (ahead, behind)."""
-        stored = read_map() if stored is None else stored
-        cells = complete_cells(stored)
-        verdict = [v["versus"]["separate"]["verdict"] for _, v in cells]
-        want = (verdict.count("ahead"), verdict.count("behind"))
-        if close(answer, want):
-            return True, (f"{want[0]} ahead, {want[1]} behind, {len(cells) - sum(want)} where "
-                          f"nothing separates them, of {len(cells)} cells.")
-        return False, ("count verdicts(stored, cell)['versus']['separate']['verdict'] over the "
-                       f"cells: {want}, not {answer!r}.")
+        """Write not_beaten(rows) -> bool: rows are one cell's verdicts against a baseline
+        (fair_map.versus(cell_verdicts(stored, cell), baseline)); True when no method is
+        ahead of the baseline there, the guide's test of a default. Pass the function."""
+        if not callable(answer):
+            return False, f"pass a function not_beaten(rows), not {answer!r}."
+        stored = _map(stored)
+        tried = 0
+        for cell in dict.fromkeys(stored["map"]["cell"]):
+            judged = cell_verdicts(stored, cell)
+            for base in [m for m in METHODS_MAPPED
+                         if m in set(judged["method"]) | set(judged["baseline"])]:
+                rows = versus(judged, base)
+                want = not (rows["verdict"] == "ahead").any()
+                try:
+                    got = bool(answer(rows.copy()))
+                except Exception as err:
+                    return False, f"not_beaten(...) raised {type(err).__name__}: {err}."
+                tried += 1
+                if got != want:
+                    ahead = list(rows.loc[rows["verdict"] == "ahead", "method"])
+                    return False, (f"in {cell} against {base}: methods ahead {ahead}, so "
+                                   f"{want}; yours says {got}. Read the verdict column.")
+        return True, f"right on {tried} (cell, baseline) pairs of the map."
