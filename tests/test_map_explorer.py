@@ -75,6 +75,9 @@ def test_the_explorer_reads_each_cells_verdicts():
     assert all(len(s) == 5 for s in state["scores"].values())
     walk.baseline.value = "integrated"
     assert set(walk.state["verdicts"]["baseline"]) == {"integrated"}
+    named = MapExplorer(stored, names={"tinytasks_named_r24": "shift:cab="})
+    assert ("shift:cab=", "tinytasks_named_r24") in named.cell.options
+    assert named.state["summary"].startswith("shift:cab=, against one LoRA: ")
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -56,6 +56,8 @@ class MapExplorer(Knobs):
     Args:
         stored: a map as `cgc_edu.study.fair_map.read_map` returns it.
         cell, baseline: the first choice (default: the first complete cell, one LoRA).
+        names: a label for each cell, shown in the dropdown and the titles (default: its
+            name).
 
     Taught in: notebooks/11_which_method.ipynb.
     """
@@ -63,7 +65,7 @@ class MapExplorer(Knobs):
     dpi = 80
 
     def __init__(self, stored: dict, cell: Optional[str] = None, baseline: str = "integrated",
-                 protocol: Protocol = Protocol()):
+                 protocol: Protocol = Protocol(), names: Optional[dict] = None):
         cells = complete_cells(stored)
         if not cells:
             raise ValueError("MapExplorer: the map has no complete cell yet; make it first: "
@@ -75,7 +77,9 @@ class MapExplorer(Knobs):
             raise ValueError(f"MapExplorer: baseline={baseline!r}; use one of "
                              f"{list(METHODS_MAPPED)}.")
         self.stored, self.protocol = stored, protocol
-        self.cell = widgets.Dropdown(options=cells, value=cell, description="cell")
+        self.names = {c: (names or {}).get(c, c) for c in cells}
+        self.cell = widgets.Dropdown(options=[(self.names[c], c) for c in cells], value=cell,
+                                     description="cell")
         self.baseline = widgets.Dropdown(options=[(METHODS[m].short, m) for m in METHODS_MAPPED],
                                          value=baseline, description="against")
         self._build([[self.cell, self.baseline]], (plots.BOOK_WIDTH, 3.0))
@@ -88,7 +92,7 @@ class MapExplorer(Knobs):
         rows = versus(cell_verdicts(self.stored, cell, self.protocol), baseline)
         rows = rows[rows["method"].isin(METHODS_MAPPED)].reset_index(drop=True)
         return dict(cell=cell, baseline=baseline, scores=scores, verdicts=rows,
-                    summary=verdict_text(cell, rows))
+                    summary=verdict_text(self.names[cell], rows))
 
     def _draw(self, fig: Figure, s: dict) -> None:
         dots, bars = fig.subplots(1, 2, width_ratios=[1, 1.2])
@@ -102,7 +106,7 @@ class MapExplorer(Knobs):
         dots.set_xticks(range(len(s["scores"])), [METHODS[m].short for m in s["scores"]],
                         rotation=30, ha="right", fontsize=8)
         dots.set_ylabel("test exact match (%)", fontsize=8)
-        dots.set_title(f"{s['cell']}: each seed (dots), mean (bar)", fontsize=9)
+        dots.set_title(f"{self.names[s['cell']]}: each seed (dots), mean (bar)", fontsize=9)
         dots.grid(axis="y", alpha=0.3)
         plots.verdict_intervals(s["verdicts"], self.protocol.margin, ax=bars)
         bars.set_yticks(bars.get_yticks(), [METHODS[m].short for m in s["verdicts"]["method"][::-1]],
@@ -110,5 +114,5 @@ class MapExplorer(Knobs):
         bars.set_xlabel(f"minus {METHODS[s['baseline']].short} (points), 95 % interval",
                         fontsize=8)
         bars.get_legend().remove()   # the colours are said in the title instead
-        bars.set_title("black ahead, red behind, purple equivalent, grey inconclusive;\n"
-                       f"grey band: within ±{100 * self.protocol.margin:g} points", fontsize=8)
+        bars.set_title("black: ahead, red: behind,\npurple: equivalent, grey: inconclusive",
+                       fontsize=8)

@@ -1,6 +1,6 @@
 """Chapter 11's exercises, each building a piece of the guide: the rank a task keeps when
 the budget is cut into one LoRA per task, a test of whether the central model reads a
-prompt format, and the guide's reading of one cell's verdicts.
+prompt format, and the guide's reading of the map's verdicts over every cell.
 
 Taught in: notebooks/11_which_method.ipynb.
 """
@@ -10,6 +10,7 @@ from ...data.tinytasks import build_tokenizer
 from ...methods import METHODS
 from ...models.central import load_central_model
 from ...study.fair_map import METHODS_MAPPED, cell_verdicts, read_map, versus
+from ..map_explorer import complete_cells
 from ...train.loop import greedy_decode
 from .checks import ChapterChecks, exercise, stored_results_folder
 
@@ -48,9 +49,10 @@ class Checks(ChapterChecks):
             except Exception as err:  # the learner's code: report, do not crash
                 return False, f"separate_rank({budget}, {n}) raised {type(err).__name__}: {err}."
             if got != want:
-                return False, (f"separate_rank({budget}, {n}) is {want}: {n} LoRAs of rank "
-                               f"{want} hold {n * want} rank units, within {budget}; "
-                               f"yours gave {got!r}.")
+                held = got * n if isinstance(got, int) else got
+                return False, (f"separate_rank({budget}, {n}) gave {got!r}: {n} LoRAs of that "
+                               f"rank hold {held} rank units against the budget's {budget}; "
+                               "find the largest rank whose n copies fit.")
         return True, (f"right on {len(cases)} budgets; at budget 24 each of TinyTasks' 8 "
                       "tasks keeps rank 3, where one shared LoRA gives every task 24.")
 
@@ -70,33 +72,33 @@ class Checks(ChapterChecks):
             except Exception as err:
                 return False, f"copies({prompt!r}, {word!r}) raised {type(err).__name__}: {err}."
             if got != want:
-                return False, (f"copies({prompt!r}, {word!r}): the model answers {out!r}, so "
-                               f"{want}; yours says {got}.")
+                return False, (f"copies({prompt!r}, {word!r}) says {got}, which the model's "
+                               "greedy answer does not bear out: decode it and look.")
         read = [p for (p, w), o in zip(COPY_PROMPTS, outs) if o.startswith(w)]
         return True, f"right on {len(COPY_PROMPTS)} prompts; the model copies after: {read}."
 
     @exercise
     def ex3(answer, stored=None):
-        """Write not_beaten(rows) -> bool: rows are one cell's verdicts against a baseline
-        (fair_map.versus(cell_verdicts(stored, cell), baseline)); True when no method is
-        ahead of the baseline there, the guide's test of a default. Pass the function."""
+        """Write never_beaten(stored) -> set of method names: the methods that no other method
+        is ahead of in any complete cell of the map (use complete_cells, and
+        fair_map.versus(fair_map.cell_verdicts(stored, cell), method) for each method). Pass
+        the function: check.ex3(never_beaten)."""
         if not callable(answer):
-            return False, f"pass a function not_beaten(rows), not {answer!r}."
+            return False, f"pass a function never_beaten(stored), not {answer!r}."
         stored = _map(stored)
-        tried = 0
-        for cell in dict.fromkeys(stored["map"]["cell"]):
+        want = set(METHODS_MAPPED)
+        for cell in complete_cells(stored):
             judged = cell_verdicts(stored, cell)
-            for base in [m for m in METHODS_MAPPED
-                         if m in set(judged["method"]) | set(judged["baseline"])]:
-                rows = versus(judged, base)
-                want = not (rows["verdict"] == "ahead").any()
-                try:
-                    got = bool(answer(rows.copy()))
-                except Exception as err:
-                    return False, f"not_beaten(...) raised {type(err).__name__}: {err}."
-                tried += 1
-                if got != want:
-                    ahead = list(rows.loc[rows["verdict"] == "ahead", "method"])
-                    return False, (f"in {cell} against {base}: methods ahead {ahead}, so "
-                                   f"{want}; yours says {got}. Read the verdict column.")
-        return True, f"right on {tried} (cell, baseline) pairs of the map."
+            want -= {m for m in METHODS_MAPPED
+                     if (versus(judged, m)["verdict"] == "ahead").any()}
+        try:
+            got = answer(stored)
+        except Exception as err:  # the learner's code: report, do not crash
+            return False, f"never_beaten(stored) raised {type(err).__name__}: {err}."
+        if set(got or ()) != want:
+            return False, (f"never_beaten gave {sorted(set(got or ()))}; a method fails when, "
+                           "in some complete cell, another method is ahead of it (read "
+                           "against that method as baseline: 'ahead' in the verdict "
+                           "column). Check each cell.")
+        return True, (f"{sorted(want)}: no method is ahead of them in any of the "
+                      f"{len(complete_cells(stored))} complete cells.")
