@@ -135,8 +135,9 @@ class LoRAKnobs(Knobs):
         ax1.set(xlabel="Adam step", ylabel="mean squared error",
                 title=f"r={s['rank']}, α={s['alpha']:g}{', rsLoRA' if s['rslora'] else ''}")
         ax1.legend(fontsize=7, frameon=False)
+        norm = r"$\|\Delta W\|_F$ after training"
         for ax, key, mine, label in ((ax2, "losses_by_rank", s["loss_after"], "loss after training"),
-                                     (ax3, "norms_by_rank", s["update_norm"], "||ΔW||_F after training")):
+                                     (ax3, "norms_by_rank", s["update_norm"], norm)):
             for rule, style in (("alpha/r", "-"), ("alpha/sqrt(r)", "--")):
                 ax.plot(s["ranks"], s[key][rule], ls=style, marker="o", ms=3, color=colour,
                         label=rule.replace("alpha", "α").replace("sqrt(r)", "√r"))
