@@ -264,6 +264,8 @@ def report(store: Path, out: Path) -> str:
         path = ROOT / "notebooks" / name
         hashes[name] = code_hash(path) if path.is_file() else None
     stale = sum(r.get("code") != hashes[r["notebook"]] for r in runs)
+    outdated = sorted({r["notebook"] for r in runs if hashes[r["notebook"]]}
+                      - {r["notebook"] for r in runs if r.get("code") == hashes[r["notebook"]]})
     runs = [r for r in runs if r.get("code") == hashes[r["notebook"]]]
     lines = ["# Margins of the trained claims over training seeds and numeric backends", "",
              "Made by `python scripts/seed_margins.py` (notebooks/README.md, \"The portability "
@@ -272,6 +274,13 @@ def report(store: Path, out: Path) -> str:
              "Asserts in loops or over collections show passed or failed only. Only runs of "
              "each notebook's current code count"
              + (f" ({stale} stored runs of older versions left out)." if stale else "."), ""]
+    if outdated:   # their claims are not measured until they are rerun
+        lines += ["## Notebooks whose stored runs are all of an older version", "",
+                  "Their code changed since their last runs, so no margin of theirs is "
+                  "reported; rerun them: `python scripts/seed_margins.py "
+                  + " ".join(f"notebooks/{n}" for n in outdated)
+                  + " --backends default-1thread,portable`.", "",
+                  *[f"- {n}" for n in outdated], ""]
     by_nb: dict[str, list[dict]] = {}
     for run in runs:
         by_nb.setdefault(run["notebook"], []).append(run)

@@ -217,3 +217,16 @@ def test_seed_margins_keeps_records_when_only_cells_after_the_last_claim_change(
     nb.cells[0].source = "import numpy"
     nbformat.write(nb, path)
     assert sm.code_hash(path) != before                   # a change before a claim: stale
+
+
+def test_seed_margins_report_names_the_notebooks_it_has_no_current_run_of(tmp_path):
+    sm = _margins_module()
+    store = tmp_path / "store"
+    store.mkdir()
+    old = {"notebook": "00_tour.ipynb", "code": "an older version", "seed": 0,
+           "backend": "portable", "errors": [], "claims": []}
+    (store / "00_tour__seed0__portable.json").write_text(json.dumps(old))
+    text = sm.report(store, tmp_path / "margins.md")
+    assert "## Notebooks whose stored runs are all of an older version" in text
+    assert "- 00_tour.ipynb" in text and "notebooks/00_tour.ipynb --backends" in text
+    assert "## 00_tour.ipynb" not in text            # no margin from an older version
