@@ -85,6 +85,8 @@ def task_names() -> list[str]:
 #: How a prompt shows its task: not at all, its name and ":", or its name and a space.
 #: ("anonymous" is ``name_in_prompt=False``, "named" ``True``, "spaced" ``" "``.)
 NAME_SEPARATORS = {False: None, True: ":", " ": " "}
+#: The same three settings by name (the study's and the fair map's vocabulary).
+PROMPT_SETTINGS = {"anonymous": False, "named": True, "spaced": " "}
 
 
 def format_prompt(word: str, task: str | None = None, separator: str = ":") -> str:

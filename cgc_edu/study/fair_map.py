@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from ..data.suites import suite
+from ..data.tinytasks import PROMPT_SETTINGS
 from ..methods import METHODS
 from .methods import Settings
 from .protocol import (Protocol, choose, collapsed, compare, flat_last_third, judge, parse_methods,
@@ -50,7 +51,7 @@ AXES = {"r": "params", "t": "per_task"}
 #: how a cell's prompts show the task (`make_tiny_tasks`'s name_in_prompt): not at all,
 #: "reverse:cab=" (the name and a ":", which the central model never saw as a boundary)
 #: or "reverse cab=" (the name and a space, as in its pretraining)
-SETTINGS = {"anonymous": False, "named": True, "spaced": " "}
+SETTINGS = PROMPT_SETTINGS
 HIDDEN = 128   # the central model's projections' width: no budget at or above it
 
 

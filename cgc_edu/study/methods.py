@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from ..data.tinytasks import PROMPT_SETTINGS as PROMPTS
 from ..methods import METHODS, column, method_name
 
 LR_GRID = (1.5e-3, 3e-3, 6e-3, 1.2e-2, 2.4e-2)
@@ -60,7 +61,7 @@ class Settings:
 
     @property
     def setting(self) -> str:
-        return {False: "anonymous", True: "named", " ": "spaced"}[self.name_in_prompt]
+        return {v: k for k, v in PROMPTS.items()}[self.name_in_prompt]
 
 
 def method_labels() -> dict[str, str]:
