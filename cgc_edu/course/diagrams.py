@@ -21,8 +21,9 @@ from ..adapters.config import AdapterConfig
 from ..methods import method_of
 from .plots import METHOD_COLORS, PART_COLORS
 
-#: The widest figure the book's column shows without scaling (inches, at dpi 100).
-MAX_WIDTH = 7.5
+#: The widest figure the book's column (750 px) shows without scaling, in inches at dpi 100,
+#: less the few pixels a tight bounding box adds.
+MAX_WIDTH = 7.3
 _TEXT = "#222222"
 _MUTED = "#9a9a9a"
 

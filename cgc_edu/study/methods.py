@@ -11,7 +11,8 @@ from ..methods import METHODS, column, method_name
 
 LR_GRID = (1.5e-3, 3e-3, 6e-3, 1.2e-2, 2.4e-2)
 SEEDS = (0, 1, 2, 3, 4)
-PROMPT_SETTINGS = ("anonymous", "named")   # prompts that hide the task / that name it
+#: the prompt settings the first study runs (rows of `tinytasks.PROMPT_SETTINGS`)
+STUDY_PROMPTS = ("anonymous", "named")
 #: joint warm-up steps the affinity study measures after (besides 1+N's own `Settings.affinity_warmup`)
 AFFINITY_WARMUPS = (0, 60)
 #: ways to cut an affinity into clusters: name -> (scipy linkage method, what is clustered)

@@ -67,7 +67,7 @@ from .methods import (
     ANONYMOUS,
     CLUSTERINGS,
     LR_GRID,
-    PROMPT_SETTINGS,
+    STUDY_PROMPTS,
     SEEDS,
     Settings,
     check_methods,
@@ -445,8 +445,8 @@ def quick_run(method: str = "cgc_lora", seed: int = 0, path: Path = DEFAULT_OUT,
 
     Taught in: notebooks/12_appendix_controls.ipynb.
     """
-    if setting not in PROMPT_SETTINGS:
-        raise ValueError(f"quick_run: setting={setting!r}; choose one of {PROMPT_SETTINGS}.")
+    if setting not in STUDY_PROMPTS:
+        raise ValueError(f"quick_run: setting={setting!r}; choose one of {STUDY_PROMPTS}.")
     config = stored_config(path)
     # no validation curve: the same training, fewer evaluations (curves never change the model)
     settings = replace(stored_settings(path), threads=threads, name_in_prompt=setting == "named",
@@ -489,7 +489,7 @@ def main(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--quick", action="store_true",
                         help="rerun one configuration (first of --methods if given, else cgc_lora; first seed; "
                              "--quick-setting prompts) of the study stored in --out and compare it with the stored seeds")
-    parser.add_argument("--quick-setting", default="anonymous", choices=PROMPT_SETTINGS,
+    parser.add_argument("--quick-setting", default="anonymous", choices=STUDY_PROMPTS,
                         help="--quick: anonymous prompts (under a minute) or the main table's instruction prompts")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
