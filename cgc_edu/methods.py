@@ -52,6 +52,20 @@ class Method:
     preset: Optional[str] = None
     aliases: tuple = ()
 
+    @property
+    def needs_task_id(self) -> bool:
+        """Whether each request must bring its task's id: every method that routes by task
+        does; one LoRA for all tasks (one bank, no gate), peft's LoRA for all and the bare
+        central model do not. A method that needs no id merges into W0 once; the others merge
+        per task (or are served unmerged with their ids)."""
+        if self.kind == "central":
+            return False
+        if self.kind == "peft":
+            return self.per != "all"
+        if self.kind == "adapters":
+            return self.gate == "task" or self.n_specific > 0
+        return True
+
     def config(self, rank: int, n_tasks: int, budget: str = "total", alpha: Optional[float] = None,
                use_rslora: bool = False) -> AdapterConfig:
         """The AdapterConfig of an "adapters" method: ``budget`` "total" or "params" (rank is

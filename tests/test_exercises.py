@@ -62,7 +62,7 @@ def test_each_chapters_checks_live_in_its_own_module():
 def test_every_chapter_has_checks_and_questions(capsys):
     for chapter in ["00", "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11"]:
         questions = Checks(chapter).questions()
-        assert len(questions) >= (1 if chapter == "10" else 2) and all(q.endswith(("?", ")", ".")) for q in questions.values())
+        assert len(questions) >= 2 and all(q.endswith(("?", ")", ".")) for q in questions.values())
     assert "1. make_tiny_tasks(seed=0" in capsys.readouterr().out
     assert Checks(5).chapter == "05"
     with pytest.raises(ValueError, match="no exercises for chapter '13'"):
@@ -109,27 +109,37 @@ def test_chapter_09_checks_count_size_and_reload(capsys):
 
 def test_chapter_11_checks_build_the_guide(capsys):
     check = Checks("11")
-    # ex1: n LoRAs of rank budget // n hold at most one LoRA of rank budget
-    assert check.ex1(lambda budget, n: budget // n)
-    assert not check.ex1(lambda budget, n: budget)        # every task the whole budget
-    assert "find the largest rank" in capsys.readouterr().out.splitlines()[-1]
-    # ex2: the model's greedy answer, through transformers' own generate
+    # ex1: the bank's experts share the budget; a task sees its common and private ones
+    def cgc_task_rank(budget, n_tasks, n_common, n_specific):
+        experts = n_common + n_specific * n_tasks
+        return (n_common + n_specific) * (budget // experts)
+
+    assert check.ex1(cgc_task_rank)
+    assert not check.ex1(lambda budget, n, c, s: budget // n)   # independent LoRAs' cut
+    assert "how many of them does a task" in capsys.readouterr().out.splitlines()[-1]
+    # ex2: the share of words copied, through transformers' own generate
     import torch
     from cgc_edu.data.tinytasks import build_tokenizer
     from cgc_edu.models.central import load_central_model
     model, tok = load_central_model(), build_tokenizer()
 
-    def copies(prompt, word):
-        ids = tok([prompt], return_tensors="pt")
-        with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=8, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        return tok.decode(out[0, ids["input_ids"].shape[1]:],
-                          skip_special_tokens=True).startswith(word)
+    def reads(separator, words):
+        copied = 0
+        for word in words:
+            ids = tok([f"shift{separator}{word}="], return_tensors="pt")
+            with torch.no_grad():
+                out = model.generate(**ids, max_new_tokens=8, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+            copied += tok.decode(out[0, ids["input_ids"].shape[1]:],
+                                 skip_special_tokens=True).startswith(word)
+        return copied / len(words)
 
-    assert check.ex2(copies)
-    assert not check.ex2(lambda prompt, word: word in prompt)   # "the word is there"
-    assert "decode it and look" in capsys.readouterr().out.splitlines()[-1]
+    assert check.ex2(reads, " ", ":")
+    assert not check.ex2(reads, ":", " ")                       # the two swapped
+    assert "want 0.9 or more" in capsys.readouterr().out.splitlines()[-1]
+    assert not check.ex2(reads)                                 # no separators yet
+    assert not check.ex2(lambda separator, words: 1.0, " ", ":")   # "it always reads"
+    assert "decode each prompt" in capsys.readouterr().out.splitlines()[-1]
     # ex3: from map_seeds.csv and map.csv with pandas alone: the complete cells (every
     # mapped method on every one of five seeds), and in them a method is beaten when a
     # row says another is ahead of it, either way round
@@ -290,6 +300,32 @@ def test_chapter_10_check_builds_the_chat_prompt(capsys):
     assert check.ex4(no_turn, tokenizer) is False
     assert "add_generation_prompt" in capsys.readouterr().out
     assert check.ex4(lambda tok, q: q, tokenizer) is False
+
+
+def test_chapter_10_check_routes_rows_without_a_task_to_the_bare_model(capsys):
+    """Exercise 1: 1+N's routing for any adapter; answers built row by row, apart from the
+    check's batched reference."""
+    from cgc_edu.adapters.injection import disable_adapters
+
+    def route(model, input_ids, task_ids):          # one request at a time
+        rows = []
+        for ids, task in zip(input_ids, task_ids):
+            if task is None:
+                with disable_adapters(model):
+                    rows.append(model(ids[None]).logits[0])
+            else:
+                rows.append(model(ids[None], task_ids=torch.tensor([task])).logits[0])
+        return torch.stack(rows)
+
+    def always_task_0(model, input_ids, task_ids):  # None read as task 0
+        ids = torch.tensor([0 if t is None else t for t in task_ids])
+        return model(input_ids, task_ids=ids).logits
+
+    check = Checks("10")
+    assert check.ex1(route) is True
+    assert check.ex1(always_task_0) is False
+    assert "rows [1, 3]" in capsys.readouterr().out.splitlines()[-1]
+    assert check.ex1(lambda model, ids, tasks: model(ids)) is False
 
 
 def test_chapter_02_check_wants_an_uneven_load_below_one(capsys):

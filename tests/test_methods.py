@@ -4,8 +4,10 @@ import ast
 from pathlib import Path
 
 import pytest
+import torch
+from tiny_models import randomize, tiny_base  # tests/
 
-from cgc_edu import AdapterConfig
+from cgc_edu import AdapterConfig, add_adapters
 from cgc_edu.course import plots
 from cgc_edu.methods import METHODS, MTL_MODELS, PRESETS, column, method, method_name, method_of
 from cgc_edu.study.fair_map import ABLATIONS, METHODS_MAPPED
@@ -86,3 +88,21 @@ def test_method_of_names_every_point_of_the_family():
     assert method_of(AdapterConfig.moe_lora(gate="uniform")) == "MoE-LoRA, uniform gate"
     assert method_of(AdapterConfig(rank=4, n_common=0, n_specific=2, n_tasks=2)) == \
         "CGC-LoRA, no common experts"
+
+
+def test_which_methods_need_a_task_id_with_each_request():
+    """One bank without a gate (one LoRA) and peft's LoRA for all need no id; every method
+    that routes by task does, so it merges per task, not once."""
+    needs = {m: METHODS[m].needs_task_id for m in METHODS}
+    assert {m for m, v in needs.items() if not v} == {"central", "integrated", "peft_all"}
+    for m in ("separate", "moe_lora", "cgc_lora", "cgc_uniform", "one_plus_n", "peft_task",
+              "peft_cluster", "cgc_no_common"):
+        assert needs[m], m
+    # the layer agrees: a task id changes the output exactly where one is needed
+    for m in ("integrated", "moe_lora", "cgc_lora", "cgc_uniform"):
+        model = randomize(add_adapters(tiny_base(), METHODS[m].config(20, 3, "per_task")))
+        ids = torch.tensor([[5, 6, 7, 8]] * 3)
+        with torch.no_grad():
+            out = model(ids, task_ids=torch.tensor([0, 1, 2])).logits
+        depends = not torch.allclose(out[0], out[1]) or not torch.allclose(out[0], out[2])
+        assert depends == METHODS[m].needs_task_id, m

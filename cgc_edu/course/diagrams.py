@@ -5,7 +5,7 @@
 `one_plus_n_diagram` the 1+N serving pattern. Nothing is hard-coded: change the config and the
 picture changes with it. Every drawn part carries a ``gid`` (``"expert:common:0"``,
 ``"gate"``, ``"adapter set:extract"``, ...) so code and tests can find it; colours come from
-`cgc_edu.course.plots.PART_COLORS`. Figures are at most 7.5 inches wide (the book's column).
+`cgc_edu.course.plots.PART_COLORS`. Figures are at most `MAX_WIDTH` (7.3) inches wide, inside the book's 750 px column.
 
 Taught in: notebooks/05_cgc_lora.ipynb.
 """

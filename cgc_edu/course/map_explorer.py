@@ -62,7 +62,7 @@ class MapExplorer(Knobs):
     Taught in: notebooks/11_which_method.ipynb.
     """
 
-    dpi = 80
+    dpi = 100
 
     def __init__(self, stored: dict, cell: Optional[str] = None, baseline: str = "integrated",
                  protocol: Protocol = Protocol(), names: Optional[dict] = None):
@@ -106,7 +106,7 @@ class MapExplorer(Knobs):
         dots.set_xticks(range(len(s["scores"])), [METHODS[m].short for m in s["scores"]],
                         rotation=30, ha="right", fontsize=8)
         dots.set_ylabel("test exact match (%)", fontsize=8)
-        dots.set_title(f"{self.names[s['cell']]}: each seed (dots), mean (bar)", fontsize=9)
+        dots.set_title(f"{self.names[s['cell']]} · each run (dots), mean (bar)", fontsize=9)
         dots.grid(axis="y", alpha=0.3)
         plots.verdict_intervals(s["verdicts"], self.protocol.margin, ax=bars)
         bars.set_yticks(bars.get_yticks(), [METHODS[m].short for m in s["verdicts"]["method"][::-1]],
@@ -114,5 +114,5 @@ class MapExplorer(Knobs):
         bars.set_xlabel(f"minus {METHODS[s['baseline']].short} (points), 95 % interval",
                         fontsize=8)
         bars.get_legend().remove()   # the colours are said in the title instead
-        bars.set_title("black: ahead, red: behind,\npurple: equivalent, grey: inconclusive",
-                       fontsize=8)
+        bars.set_title("black: ahead, red: behind, purple: equivalent,\ngrey: inconclusive; "
+                       f"band: ±{100 * self.protocol.margin:g} points", fontsize=8)

@@ -48,7 +48,7 @@ METHOD_NAMES = {**{k: m.short for k, m in METHODS.items()},
 TASK_COLORS = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677",
                "#882255", "#AA4499")
 #: The widest figure (inches at dpi 100) the book's column shows without a scroll bar.
-BOOK_WIDTH = 7.5
+BOOK_WIDTH = 7.3
 #: The parts of an adapted layer, as the diagrams draw them (common = LoRA's blue, ...).
 PART_COLORS = {"frozen": "#bdbdbd", "common": "#0072B2", "specific": "#E69F00",
                "gate": "#009E73", "masked": "#eeeeee", "router": "#CC79A7"}
@@ -476,7 +476,7 @@ def map_overview(seeds: pd.DataFrame, cells: Sequence[str], methods: Sequence[st
             ax.plot(mine.mean(), y, "o", color=colour, ms=6, label=label if row == 0 else None)
     ax.set_yticks(range(len(cells)), [(names or {}).get(c, c) for c in cells[::-1]], fontsize=8)
     ax.set_ylim(-0.6, len(cells) - 0.4)
-    ax.set_xlabel("test exact match (%): mean over seeds (dot), lowest to highest seed (line)",
+    ax.set_xlabel("test exact match (%): mean over runs (dot), lowest to highest run (line)",
                   fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="x", alpha=0.3)

@@ -449,7 +449,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     defaults = RealSettings()
     for name in ("steps", "grid_steps", "batch_size", "rank"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    parser.add_argument("--out", type=Path, default=Path("results") / "real_fair")
+    parser.add_argument("--out", type=Path, default=Path("results") / "real_model")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     methods = parse_methods(args.methods, STUDIED, "the real-model study")

@@ -1,24 +1,20 @@
-"""Chapter 11's exercises, each building a piece of the guide: the rank a task keeps when
-the budget is cut into one LoRA per task, a test of whether the central model reads a
-prompt format, and the guide's reading of the map's verdicts over every cell.
+"""Chapter 11's exercises, each building a piece of the guide: the rank a task sees when a
+CGC-LoRA bank cuts the budget, a test of whether the central model reads a prompt format,
+and the guide's reading of the map's verdicts over every cell.
 
 Taught in: notebooks/11_which_method.ipynb.
 """
 from __future__ import annotations
 
-from ...data.tinytasks import build_tokenizer
+from dataclasses import replace
+
+from ...data.tinytasks import build_tokenizer, format_prompt
 from ...methods import METHODS
 from ...models.central import load_central_model
 from ...study.fair_map import METHODS_MAPPED, cell_verdicts, read_map, versus
 from ..map_explorer import complete_cells
 from ...train.loop import greedy_decode
-from .checks import ChapterChecks, exercise, stored_results_folder
-
-#: prompts the copy check tries: the word after a space, a colon, other marks and none
-COPY_PROMPTS = [("yahm=", "yahm"), ("shift yahm=", "yahm"), ("shift:yahm=", "yahm"),
-                ("rotate qda=", "qda"), ("rotate:qda=", "qda"), ("ends|loavcf=", "loavcf"),
-                ("ends,loavcf=", "loavcf"), ("first-bgdwfs=", "bgdwfs"), ("3:zhj=", "zhj"),
-                ("3 zhj=", "zhj")]
+from .checks import ChapterChecks, close, exercise, run_theirs, stored_results_folder
 
 
 def _map(stored):
@@ -36,46 +32,66 @@ class Checks(ChapterChecks):
 
     @exercise
     def ex1(answer):
-        """Write separate_rank(budget, n_tasks): the largest rank each of n_tasks independent
-        LoRAs can have when together they hold the parameters of one LoRA of rank budget
-        (on the same layers). Pass the function: check.ex1(separate_rank)."""
+        """Write cgc_task_rank(budget, n_tasks, n_common, n_specific): the rank one task sees
+        in a CGC-LoRA bank that holds the parameters of one LoRA of rank budget, cut into
+        n_common common experts and n_specific private experts per task, all of one rank.
+        Pass the function: check.ex1(cgc_task_rank)."""
         if not callable(answer):
-            return False, f"pass a function separate_rank(budget, n_tasks), not {answer!r}."
-        cases = [(b, n) for b in (8, 12, 24, 48, 60, 120) for n in (1, 2, 3, 8, 26) if b >= n]
-        for budget, n in cases:
-            want = METHODS["separate"].task_rank(budget, n, "params")
-            try:
-                got = answer(budget, n)
-            except Exception as err:  # the learner's code: report, do not crash
-                return False, f"separate_rank({budget}, {n}) raised {type(err).__name__}: {err}."
+            return False, (f"pass a function cgc_task_rank(budget, n_tasks, n_common, "
+                           f"n_specific), not {answer!r}.")
+        cases = [(24, 8, 4, 1), (48, 8, 4, 1), (24, 8, 8, 2), (24, 8, 16, 1), (36, 4, 2, 1),
+                 (60, 26, 8, 2), (120, 26, 16, 4), (12, 2, 2, 1), (24, 8, 0, 3)]
+        for budget, n, c, s in cases:
+            bank = replace(METHODS["cgc_lora"], n_common=c, n_specific=s)
+            want = bank.task_rank(budget, n, "params")
+            got, why = run_theirs(answer, budget, n, c, s)
+            if why:
+                return False, why
             if got != want:
-                held = got * n if isinstance(got, int) else got
-                return False, (f"separate_rank({budget}, {n}) gave {got!r}: {n} LoRAs of that "
-                               f"rank hold {held} rank units against the budget's {budget}; "
-                               "find the largest rank whose n copies fit.")
-        return True, (f"right on {len(cases)} budgets; at budget 24 each of TinyTasks' 8 "
-                      "tasks keeps rank 3, where one shared LoRA gives every task 24.")
+                experts = c + s * n
+                return False, (f"cgc_task_rank({budget}, {n}, {c}, {s}) gave {got!r}: the bank "
+                               f"holds {experts} experts, common and private, all of one "
+                               "rank: what rank is each, and how many of them does a task "
+                               "see?")
+        return True, (f"right on {len(cases)} banks; at budget 24 a TinyTasks task sees rank "
+                      "10 with 4 + 1 experts, 17 with 16 + 1: more common experts, more rank "
+                      "a task sees.")
 
     @exercise
-    def ex2(answer):
-        """Write copies(prompt, word) -> bool: True when the central model's greedy answer to
-        prompt starts with word (the copy skill every transform task builds on). Use
-        greedy_decode(model, tokenizer, [prompt]). Then try a separator of your own."""
+    def ex2(answer, good=None, bad=None):
+        """Write reads(separator, words) -> the share of words the central model copies when
+        the task's name `shift` and separator come before them (format_prompt(word, "shift",
+        separator)); then find a separator it reads (share 0.9 or more) and one it does not
+        (0.1 or less): check.ex2(reads, good, bad)."""
         if not callable(answer):
-            return False, f"pass a function copies(prompt, word), not {answer!r}."
+            return False, f"pass a function reads(separator, words), not {answer!r}."
         model, tok = load_central_model(), build_tokenizer()
-        outs = greedy_decode(model, tok, [p for p, _ in COPY_PROMPTS])
-        for (prompt, word), out in zip(COPY_PROMPTS, outs):
-            want = out.startswith(word)
-            try:
-                got = bool(answer(prompt, word))
-            except Exception as err:
-                return False, f"copies({prompt!r}, {word!r}) raised {type(err).__name__}: {err}."
-            if got != want:
-                return False, (f"copies({prompt!r}, {word!r}) says {got}, which the model's "
-                               "greedy answer does not bear out: decode it and look.")
-        read = [p for (p, w), o in zip(COPY_PROMPTS, outs) if o.startswith(w)]
-        return True, f"right on {len(COPY_PROMPTS)} prompts; the model copies after: {read}."
+
+        def share(separator, words):
+            prompts = [format_prompt(w, "shift", separator) for w in words]
+            outs = greedy_decode(model, tok, prompts)
+            return sum(o.startswith(w) for o, w in zip(outs, words)) / len(words)
+
+        words = ["yahm", "qda", "loavcf", "bgdwfs", "zhj", "cab"]
+        for separator in (" ", ":", "-", "/"):
+            want = share(separator, words)
+            got, why = run_theirs(answer, separator, list(words))
+            if why:
+                return False, why
+            if not close(got, want):
+                return False, (f"reads({separator!r}, {words}) gave {got!r}; the model copies "
+                               f"{want:.2f} of them: decode each prompt and look.")
+        if not (isinstance(good, str) and isinstance(bad, str)):
+            return False, ("reads is right; now pass a separator it reads and one it does not: "
+                           "check.ex2(reads, good, bad).")
+        fresh = ["mfozc", "tkeu", "pxaw", "ghlbnq", "wiry", "duvk", "onse", "zarq"]
+        good_share, bad_share = share(good, fresh), share(bad, fresh)
+        if good_share < 0.9 or bad_share > 0.1:
+            return False, (f"on fresh words the model copies {good_share:.2f} after "
+                           f"{good!r} and {bad_share:.2f} after {bad!r}; want 0.9 or more, and "
+                           "0.1 or less.")
+        return True, (f"after {good!r} it copies {good_share:.2f} of fresh words, after "
+                      f"{bad!r} {bad_share:.2f}: test your prompt format before you train.")
 
     @exercise
     def ex3(answer, stored=None):
