@@ -62,8 +62,10 @@ class Method:
             return False
         if self.kind == "peft":
             return self.per != "all"
-        if self.kind == "adapters":
-            return self.gate == "task" or self.n_specific > 0
+        if self.kind == "adapters":     # the layer's own rule, on the bank's shape
+            return AdapterConfig(rank=self.n_common + self.n_specific, n_common=self.n_common,
+                                 n_specific=self.n_specific, gate=self.gate,
+                                 n_tasks=2).needs_task_ids
         return True
 
     def config(self, rank: int, n_tasks: int, budget: str = "total", alpha: Optional[float] = None,
