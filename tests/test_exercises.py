@@ -134,9 +134,13 @@ def test_chapter_11_checks_build_the_guide(capsys):
                                  skip_special_tokens=True).startswith(word)
         return copied / len(words)
 
-    assert check.ex2(reads, " ", ":")
-    assert not check.ex2(reads, ":", " ")                       # the two swapped
+    assert check.ex2(reads, ": ", "-")
+    assert not check.ex2(reads, "-", ": ")                      # the two swapped
     assert "want 0.9 or more" in capsys.readouterr().out.splitlines()[-1]
+    assert not check.ex2(reads, " ", ":")                       # the chapter's own pair
+    assert "already showed ' ' and ':'" in capsys.readouterr().out.splitlines()[-1]
+    assert not check.ex2(reads, "  ", "/")                      # not in the vocabulary
+    assert "'/': the tokenizer reads ['/']" in capsys.readouterr().out.splitlines()[-1]
     assert not check.ex2(reads)                                 # no separators yet
     assert not check.ex2(lambda separator, words: 1.0, " ", ":")   # "it always reads"
     assert "decode each prompt" in capsys.readouterr().out.splitlines()[-1]

@@ -78,6 +78,24 @@ def test_the_explorer_reads_each_cells_verdicts():
     named = MapExplorer(stored, names={"tinytasks_named_r24": "shift:cab="})
     assert ("shift:cab=", "tinytasks_named_r24") in named.cell.options
     assert named.state["summary"].startswith("shift:cab=, against one LoRA: ")
+    order = {c: c.upper() for c in reversed(cells)}        # the dropdown follows the names
+    assert [c for _, c in MapExplorer(stored, names=order).cell.options] == list(order)
+    assert MapExplorer(stored, names=order).cell.value == cells[-1]
+
+
+def test_convergence_of_a_cell_is_the_rise_of_its_curves():
+    """Two runs of one method in one cell (and another cell, ignored): the end minus the
+    point nearest two thirds, and nearest half, of the run, averaged over seeds."""
+    rows = [{"cell": "a_r1", "method": "m", "seed": seed, "step": 10 * (i + 1), "validation": v}
+            for seed, values in [(0, [0.2, 0.5, 0.6, 0.7, 0.7, 0.7]),
+                                 (1, [0.1, 0.3, 0.5, 0.6, 0.8, 0.9])]
+            for i, v in enumerate(values)]
+    rows += [{"cell": "b_r1", "method": "m", "seed": 0, "step": 60, "validation": 0.0}]
+    got = fair_map.convergence({"curves": pd.DataFrame(rows)}, "a_r1")
+    assert got.loc["m", "last_third"] == pytest.approx(((0.7 - 0.7) + (0.9 - 0.6)) / 2)
+    assert got.loc["m", "last_half"] == pytest.approx(((0.7 - 0.6) + (0.9 - 0.5)) / 2)
+    with pytest.raises(ValueError, match="no curves of cell 'c_r1'; the map has"):
+        fair_map.convergence({"curves": pd.DataFrame(rows)}, "c_r1")
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -57,7 +57,7 @@ class MapExplorer(Knobs):
         stored: a map as `cgc_edu.study.fair_map.read_map` returns it.
         cell, baseline: the first choice (default: the first complete cell, one LoRA).
         names: a label for each cell, shown in the dropdown and the titles (default: its
-            name).
+            name); the dropdown lists the cells it names first, in its order.
 
     Taught in: notebooks/11_which_method.ipynb.
     """
@@ -70,6 +70,8 @@ class MapExplorer(Knobs):
         if not cells:
             raise ValueError("MapExplorer: the map has no complete cell yet; make it first: "
                              "python -m cgc_edu.study.fair_map")
+        named = [c for c in (names or {}) if c in cells]
+        cells = named + [c for c in cells if c not in named]
         cell = cells[0] if cell is None else cell
         if cell not in cells:
             raise ValueError(f"MapExplorer: cell={cell!r}; the map's complete cells are {cells}.")

@@ -40,6 +40,7 @@ from .methods import Settings
 from .protocol import (Protocol, choose, collapsed, compare, flat_last_third, judge, parse_methods,
                        parse_seeds)
 from .runner import _key, _run_file, run_jobs
+from .statistics import rise
 
 COMMAND = "python -m cgc_edu.study.fair_map"
 DEFAULT_OUT = Path("results/fair_map")
@@ -310,6 +311,21 @@ def versus(comparisons: pd.DataFrame, baseline: str) -> pd.DataFrame:
     swap = {"ahead": "behind", "behind": "ahead"}
     out.loc[flip, "verdict"] = mine.loc[flip, "verdict"].map(lambda v: swap.get(v, v))
     return out.reset_index(drop=True)
+
+
+def convergence(stored: dict, cell: str) -> pd.DataFrame:
+    """How much each method's mean validation curve still rose over the last half and the
+    last third of training in one cell of a stored map (`statistics.rise` on the reported
+    runs' curves, in points 0..1): near 0, flat; well above, training stopped while the
+    method was still learning, and the cell's verdicts are those of its step budget.
+
+    Taught in: notebooks/11_which_method.ipynb.
+    """
+    curves = stored["curves"][stored["curves"]["cell"] == cell]
+    if curves.empty:
+        raise ValueError(f"convergence: no curves of cell {cell!r}; the map has "
+                         f"{sorted(set(stored['curves']['cell']))}.")
+    return rise(curves)
 
 
 # ---------------------------------------------------------------------- CLI

@@ -70,22 +70,29 @@ def curves_table(runs: Sequence[dict]) -> pd.DataFrame:
 
 def convergence(curves: pd.DataFrame, lr: dict, setting: str = "named") -> pd.DataFrame:
     """How much each method's validation average still moved near the end of training, at
-    its chosen rate, mean over seeds (in exact-match points, 0..1): ``last_half`` is the end
-    minus the point nearest mid-run, ``last_third`` the end minus the point nearest two
-    thirds of the run. Near 0: the curve is flat (the linear decay of the rate to zero
-    flattens the very end by itself, so read both).
+    its chosen rate ``lr[method]``, in the study's ``setting`` (`rise` on those curves).
 
     Taught in: notebooks/12_appendix_controls.ipynb.
     """
-    c = curves[(curves["setting"] == setting) & (curves["lr"] == curves["method"].map(lr))]
+    return rise(curves[(curves["setting"] == setting)
+                       & (curves["lr"] == curves["method"].map(lr))])
 
+
+def rise(curves: pd.DataFrame) -> pd.DataFrame:
+    """How much each method's validation average still moved near the end of training, mean
+    over seeds (in exact-match points, 0..1), from curves of one run per method and seed
+    (columns method, seed, step, validation): ``last_half`` is the end minus the point
+    nearest mid-run, ``last_third`` the end minus the point nearest two thirds of the run.
+    Near 0: the curve is flat (the linear decay of the rate to zero flattens the very end by
+    itself, so read both).
+    """
     def moved(run, share):
         run = run.groupby("step")["validation"].mean()
         ref = run.index[np.abs(run.index - share * run.index.max()).argmin()]
         return run.iloc[-1] - run[ref]
 
     rows = [{"method": m, "seed": s, "last_half": moved(run, 1 / 2), "last_third": moved(run, 2 / 3)}
-            for (m, s), run in c.groupby(["method", "seed"], sort=False)]
+            for (m, s), run in curves.groupby(["method", "seed"], sort=False)]
     return pd.DataFrame(rows).groupby("method", sort=False)[["last_half", "last_third"]].mean()
 
 

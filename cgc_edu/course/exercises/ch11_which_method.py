@@ -61,8 +61,8 @@ class Checks(ChapterChecks):
     def ex2(answer, good=None, bad=None):
         """Write reads(separator, words) -> the share of words the central model copies when
         the task's name `shift` and separator come before them (format_prompt(word, "shift",
-        separator)); then find a separator it reads (share 0.9 or more) and one it does not
-        (0.1 or less): check.ex2(reads, good, bad)."""
+        separator)); then find a separator other than the chapter's " " and ":" that it reads
+        (share 0.9 or more) and one it does not (0.1 or less): check.ex2(reads, good, bad)."""
         if not callable(answer):
             return False, f"pass a function reads(separator, words), not {answer!r}."
         model, tok = load_central_model(), build_tokenizer()
@@ -73,7 +73,7 @@ class Checks(ChapterChecks):
             return sum(o.startswith(w) for o, w in zip(outs, words)) / len(words)
 
         words = ["yahm", "qda", "loavcf", "bgdwfs", "zhj", "cab"]
-        for separator in (" ", ":", "-", "/"):
+        for separator in (" ", ":", "-", ","):
             want = share(separator, words)
             got, why = run_theirs(answer, separator, list(words))
             if why:
@@ -84,6 +84,17 @@ class Checks(ChapterChecks):
         if not (isinstance(good, str) and isinstance(bad, str)):
             return False, ("reads is right; now pass a separator it reads and one it does not: "
                            "check.ex2(reads, good, bad).")
+        if {good, bad} & {" ", ":"}:
+            return False, ("the chapter already showed ' ' and ':'; try others with reads "
+                           "(two characters, or a space beside a sign, count too) and pass "
+                           "a new pair.")
+        vocab = tok.get_vocab()
+        for separator in (good, bad):
+            unknown = sorted({ch for ch in separator if ch not in vocab})
+            if unknown or not separator:
+                return False, (f"{separator!r}: the tokenizer reads "
+                               f"{unknown or 'an empty separator'} as nothing it knows; use "
+                               "its characters (tok.get_vocab()), such as '-', ',' or '.'.")
         fresh = ["mfozc", "tkeu", "pxaw", "ghlbnq", "wiry", "duvk", "onse", "zarq"]
         good_share, bad_share = share(good, fresh), share(bad, fresh)
         if good_share < 0.9 or bad_share > 0.1:
