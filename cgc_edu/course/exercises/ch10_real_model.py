@@ -1,5 +1,5 @@
-"""Chapter 10's exercises: 1+N's routing policy for any adapter, and the chat format an
-instruct model reads, written by hand.
+"""Chapter 10's exercises: 1+N's routing policy for any adapter, and the labels that put
+the loss on a chat-formatted answer alone, written by hand.
 
 Taught in: notebooks/10_real_model.ipynb.
 """
@@ -10,13 +10,14 @@ from datasets import Dataset
 
 from ...adapters.config import AdapterConfig
 from ...adapters.injection import add_adapters, disable_adapters
+from ...data.tinytasks import TinyTasksCollator
 from ...models.central import load_central_model
 from ...train.finetune import chat_format
 from .checks import ChapterChecks, exercise, run_theirs, tensor_close
 
 
 class Checks(ChapterChecks):
-    """The self-checks of chapter 10: ``Checks().ex4(chat_prompt, tokenizer)`` prints right /
+    """The self-checks of chapter 10: ``Checks().ex4(answer_labels, tokenizer)`` prints right /
     not yet and why, and returns True or False.
 
     Taught in: notebooks/10_real_model.ipynb.
@@ -60,21 +61,38 @@ class Checks(ChapterChecks):
 
     @exercise
     def ex4(answer, tokenizer):
-        """Build the chat format: write chat_prompt(tokenizer, question) giving the text an instruct
-        model reads before its answer (tokenizer.apply_chat_template with the user's turn and the
-        generation prompt); pass the tokenizer: check.ex4(chat_prompt, tokenizer)."""
-
-        questions = ["Spell cat backwards.", "What is the capital of France?"]
-        want = chat_format(Dataset.from_dict({"prompt": questions, "target": ["tac", "Paris"]}),
-                           tokenizer)["prompt"]
-        for question, rendered in zip(questions, want):
-            got, why = run_theirs(answer, tokenizer, question)
+        """Put the loss on the answer alone: write answer_labels(tokenizer, row) for one
+        chat-formatted row (a row of chat_format's output) returning (input_ids, labels): the
+        ids of the prompt, the answer and the end of turn (tokenizer.eos_token_id), and for
+        labels -100 on every prompt token, the id itself on the answer and the end of turn.
+        Pass the tokenizer: check.ex4(answer_labels, tokenizer)."""
+        if not callable(answer):
+            return False, f"pass a function answer_labels(tokenizer, row), not {answer!r}."
+        rows = chat_format(Dataset.from_dict({
+            "prompt": ['Spell "cat" backwards.', "What is the capital of France?"],
+            "target": ["tac", "Paris"], "task_id": [0, 0]}), tokenizer)
+        collate = TinyTasksCollator(tokenizer)
+        for row in rows:
+            want = collate([row])
+            ids, labels = want["input_ids"][0].tolist(), want["labels"][0].tolist()
+            got, why = run_theirs(answer, tokenizer, dict(row))
             if why:
                 return False, why
-            if got != rendered:
-                hint = ("add_generation_prompt=True opens the assistant's turn"
-                        if isinstance(got, str) and rendered.startswith(got)
-                        else "tokenize=False returns the text")
-                return False, f"for {question!r} chat_format renders {rendered!r}; {hint}."
-        return True, ("the text chat_format trains on: the answer's tokens follow it, and only "
-                      "they carry the loss.")
+            try:
+                got_ids, got_labels = (list(map(int, x)) for x in got)
+            except (TypeError, ValueError):
+                return False, f"answer_labels gave {got!r}; return two lists (input_ids, labels)."
+            if got_ids != ids:
+                end = "" if got_ids[-1:] == [tokenizer.eos_token_id] else (
+                    " The answer ends with the end of turn, tokenizer.eos_token_id: the model "
+                    "must learn to stop.")
+                return False, (f"for {row['target']!r} the ids differ from the collator's "
+                               f"({len(got_ids)} against {len(ids)} tokens): the prompt "
+                               f"tokenized with its special tokens, then the answer without "
+                               f"them.{end}")
+            if got_labels != labels:
+                return False, (f"for {row['target']!r} the labels differ: -100 on each of the "
+                               f"{labels.count(-100)} prompt tokens (no loss there), the id "
+                               "itself on the answer and the end of turn.")
+        return True, ("the labels the collator builds: the loss falls on the answer and the "
+                      "end of turn alone, whatever the chat template adds before them.")

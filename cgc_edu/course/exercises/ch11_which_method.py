@@ -113,19 +113,51 @@ class Checks(ChapterChecks):
         if not callable(answer):
             return False, f"pass a function never_beaten(stored), not {answer!r}."
         stored = _map(stored)
-        want = set(METHODS_MAPPED)
-        for cell in complete_cells(stored):
-            judged = cell_verdicts(stored, cell)
-            want -= {m for m in METHODS_MAPPED
-                     if (versus(judged, m)["verdict"] == "ahead").any()}
-        try:
-            got = answer(stored)
-        except Exception as err:  # the learner's code: report, do not crash
-            return False, f"never_beaten(stored) raised {type(err).__name__}: {err}."
-        if set(got or ()) != want:
-            return False, (f"never_beaten gave {sorted(set(got or ()))}; a method fails when, "
-                           "in some complete cell, another method is ahead of it (read "
-                           "against that method as baseline: 'ahead' in the verdict "
-                           "column). Check each cell.")
-        return True, (f"{sorted(want)}: no method is ahead of them in any of the "
-                      f"{len(complete_cells(stored))} complete cells.")
+        turned, why_turned = _one_verdict_turned(stored)
+        for case, want in [(stored, _never_beaten(stored)), (turned, _never_beaten(turned))]:
+            try:
+                got = answer(case)
+            except Exception as err:  # the learner's code: report, do not crash
+                return False, f"never_beaten(stored) raised {type(err).__name__}: {err}."
+            if set(got or ()) != want:
+                where = "" if case is stored else f" on a map where {why_turned}"
+                return False, (f"never_beaten gave {sorted(set(got or ()))}{where}; a method "
+                               "fails when, in some complete cell, another method is ahead of "
+                               "it (read against that method as baseline: 'ahead' in the "
+                               "verdict column). Read the verdicts of each cell.")
+        return True, (f"{sorted(_never_beaten(stored))}: no method is ahead of them in any of "
+                      f"the {len(complete_cells(stored))} complete cells.")
+
+
+def _never_beaten(stored) -> set:
+    """The methods no other method is ahead of in any complete cell (the check's answer)."""
+    want = set(METHODS_MAPPED)
+    for cell in complete_cells(stored):
+        judged = cell_verdicts(stored, cell)
+        want -= {m for m in METHODS_MAPPED if (versus(judged, m)["verdict"] == "ahead").any()}
+    return want
+
+
+def _one_verdict_turned(stored):
+    """The map with one comparison rewritten so that a never-beaten method is clearly behind
+    another in one complete cell, and a sentence that says so: an answer that reads the
+    verdicts changes with it, a fixed one does not."""
+    loser = sorted(_never_beaten(stored))[0]
+    table = stored["map"].copy()
+    cells = complete_cells(stored)
+    row = table.index[table["cell"].isin(cells) & ((table["method"] == loser)
+                                                   | (table["baseline"] == loser))
+                      & table["method"].isin(METHODS_MAPPED)
+                      & table["baseline"].isin(METHODS_MAPPED)][0]
+    behind = table.at[row, "method"] == loser             # the row reads method - baseline
+    table.loc[row, ["difference", "ci_low", "ci_high", "p"]] = (
+        [-0.3, -0.35, -0.25, 1e-9] if behind else [0.3, 0.25, 0.35, 1e-9])
+    other, cell = table.at[row, "baseline" if behind else "method"], table.at[row, "cell"]
+    judged = cell_verdicts({"map": table}, cell).set_index(["method", "baseline"])
+    mine = table["cell"] == cell                        # the stored columns agree with it
+    pairs = list(zip(table.loc[mine, "method"], table.loc[mine, "baseline"]))
+    table.loc[mine, "p_holm"] = judged.loc[pairs, "p_holm"].to_numpy()
+    table.loc[mine, "verdict"] = judged.loc[pairs, "verdict"].to_numpy()
+    return ({**stored, "map": table},
+            f"{METHODS[other].short} is ahead of {METHODS[loser].short} in "
+            f"{cell}")
