@@ -332,31 +332,26 @@ def test_chapter_10_check_builds_the_labels_of_a_chat_answer(capsys):
     assert check.ex4(lambda tok, row: None, tokenizer) is False
 
 
-def test_chapter_10_check_routes_rows_without_a_task_to_the_bare_model(capsys):
-    """Exercise 1: 1+N's routing for any adapter; answers built row by row, apart from the
-    check's batched reference."""
-    from cgc_edu.adapters.injection import disable_adapters
+def test_chapter_10_check_builds_a_cautious_router(capsys):
+    """Exercise 1, written with numpy row by row, apart from the check's pandas reference."""
+    from cgc_edu.framework.task_router import NO_TASK
 
-    def route(model, input_ids, task_ids):          # one request at a time
-        rows = []
-        for ids, task in zip(input_ids, task_ids):
-            if task is None:
-                with disable_adapters(model):
-                    rows.append(model(ids[None]).logits[0])
-            else:
-                rows.append(model(ids[None], task_ids=torch.tensor([task])).logits[0])
-        return torch.stack(rows)
+    def cautious(probabilities, threshold):
+        routes = []
+        for row in probabilities.to_numpy():
+            k = int(np.argmax(row))
+            task = probabilities.columns[k]
+            routes.append(task if task != NO_TASK and row[k] >= threshold else None)
+        return routes
 
-    def always_task_0(model, input_ids, task_ids):  # None read as task 0
-        ids = torch.tensor([0 if t is None else t for t in task_ids])
-        return model(input_ids, task_ids=ids).logits
+    def always_top(probabilities, threshold):       # ignores the threshold
+        return [None if t == NO_TASK else t for t in probabilities.idxmax(axis=1)]
 
     check = Checks("10")
-    assert check.ex1(route) is True
-    assert check.ex1(always_task_0) is False
-    assert "rows [1, 3]" in capsys.readouterr().out.splitlines()[-1]
-    assert check.ex1(lambda model, ids, tasks: model(ids)) is False
-
+    assert check.ex1(cautious) is True
+    assert check.ex1(always_top) is False
+    assert "sure enough" in capsys.readouterr().out.splitlines()[-1]
+    assert check.ex1(lambda probabilities, threshold: None) is False
 
 def test_chapter_02_check_wants_an_uneven_load_below_one(capsys):
     """Exercise 5: a load of 3/4 or more on one expert at a Switch loss under 1."""

@@ -14,7 +14,7 @@ from cgc_edu import AdapterConfig, add_adapters, trainable_parameters
 from cgc_edu.study import runner
 from cgc_edu.methods import METHODS, expert_rank
 from cgc_edu.study.methods import SWEEP, Settings
-from cgc_edu.study.runner import _key, choose_lr, main
+from cgc_edu.study.runner import _key, choose_lr, main, separate_steps
 from cgc_edu.models import central_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,6 +40,17 @@ def test_budgets_and_the_rank_a_task_sees():
     # banks hold (2 + k1 + 2 + k2) * r_e = 12 * 2 = 24 ranks, the same budget whatever k1, k2
     assert expert_rank(24, 8) == 2
     assert set(SWEEP) <= set(METHODS)
+
+
+def test_each_independent_lora_trains_its_share_but_at_least_the_floor():
+    """Under uniform sampling a task's share is 1/N of the joint run's steps; by rows, its
+    rows' share; never below min_separate_steps (so eight tasks at 500 steps train 800)."""
+    uniform = Settings(steps=500, task_sampling="uniform", min_separate_steps=100)
+    rows = {f"t{i}": 2000 for i in range(6)} | {"low_a": 20, "low_b": 20}
+    assert separate_steps(uniform, rows) == dict.fromkeys(rows, 100)
+    by_rows = replace(uniform, task_sampling="data", steps=1200)
+    got = separate_steps(by_rows, {"big": 2000, "small": 20})
+    assert got == {"big": round(1200 * 2000 / 2020), "small": 100}
 
 
 def test_unknown_method_is_a_clear_error(tmp_path):

@@ -2,6 +2,7 @@
 central model's hidden state names the task of a prompt, or no task."""
 import copy
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -48,6 +49,11 @@ def test_the_router_reads_the_instruction_on_held_out_prompts(base, seed):
     assert table.loc[NO_TASK, NO_TASK] >= 0.8 * len(general["test"])
     routed = router.predict(list(general["test"]["prompt"]) + ["reverse:abc="])
     assert routed[-1] == "reverse" and all(t is None or isinstance(t, str) for t in routed)
+    sure = router.probabilities(prompts)                 # the softmax that predict reads
+    assert list(sure.columns) == list(table.columns) and len(sure) == len(prompts)
+    np.testing.assert_allclose(sure.sum(axis=1), 1.0, rtol=1e-5)
+    top = [None if c == NO_TASK else c for c in sure.idxmax(axis=1)]
+    assert top == router.predict(prompts)
 
 
 def test_without_the_instruction_the_router_is_at_chance(base):

@@ -122,17 +122,29 @@ class TaskClassifier:
         return self
 
     @torch.no_grad()
-    def predict(self, prompts: Sequence[str]) -> list[Optional[str]]:
-        """The task each prompt asks (a name), or None where it asks none."""
+    def probabilities(self, prompts: Sequence[str]) -> pd.DataFrame:
+        """The router's softmax over its classes for each prompt: a row per prompt, a
+        column per class (task names, and `NO_TASK` for a general request), rows summing
+        to 1. A cautious router reads it: route where the top class is sure enough.
+
+        Taught in: notebooks/10_real_model.ipynb.
+        """
         if self.classes is None:
-            raise ValueError("TaskClassifier.predict: the router is not fitted yet; call "
+            raise ValueError("TaskClassifier: the router is not fitted yet; call "
                              "router.fit(model, tokenizer, prompts, tasks) first")
         prompts = list(prompts)
+        columns = [_label(c) for c in self.classes]
         if not prompts:
-            return []
+            return pd.DataFrame(columns=columns, dtype=float)
         x = prompt_features(self.model, self.tokenizer, prompts, self.batch_size)
-        best = (((x - self.mean) / self.scale) @ self.weight.T + self.bias).argmax(-1)
-        return [self.classes[i] for i in best.tolist()]
+        logits = ((x - self.mean) / self.scale) @ self.weight.T + self.bias
+        return pd.DataFrame(logits.softmax(-1).numpy(), columns=columns)
+
+    def predict(self, prompts: Sequence[str]) -> list[Optional[str]]:
+        """The task each prompt asks (a name), or None where it asks none: the most probable
+        class of `probabilities`."""
+        best = self.probabilities(prompts).to_numpy().argmax(-1) if len(prompts) else []
+        return [self.classes[i] for i in best]
 
     def error_rate(self, prompts: Sequence[str], tasks: Sequence[Optional[str]]) -> float:
         """The share of ``prompts`` routed elsewhere than their ``tasks`` (None: no task)."""

@@ -1,19 +1,18 @@
-"""Chapter 10's exercises: 1+N's routing policy for any adapter, and the labels that put
-the loss on a chat-formatted answer alone, written by hand.
+"""Chapter 10's exercises: a cautious router that sends the requests it is unsure of to
+the bare model, and the labels that put the loss on a chat-formatted answer alone.
 
 Taught in: notebooks/10_real_model.ipynb.
 """
 from __future__ import annotations
 
+import pandas as pd
 import torch
 from datasets import Dataset
 
-from ...adapters.config import AdapterConfig
-from ...adapters.injection import add_adapters, disable_adapters
 from ...data.tinytasks import TinyTasksCollator
-from ...models.central import load_central_model
+from ...framework.task_router import NO_TASK
 from ...train.finetune import chat_format
-from .checks import ChapterChecks, exercise, run_theirs, tensor_close
+from .checks import ChapterChecks, exercise, run_theirs
 
 
 class Checks(ChapterChecks):
@@ -27,37 +26,38 @@ class Checks(ChapterChecks):
 
     @exercise
     def ex1(answer):
-        """Route as 1+N does, with any adapter: write route(model, input_ids, task_ids) that
-        returns the logits of a batch in which a row whose task id is None is answered by the
-        bare central model (disable_adapters) and every other row by its task's adapter."""
-
-        model = add_adapters(load_central_model(), AdapterConfig.cgc_lora(
-            rank=6, n_tasks=3, n_common=2, n_specific=1))
-        with torch.no_grad():
-            for param in model.parameters():
-                if param.requires_grad:          # adapters away from their zero start
-                    param.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(0))
-        input_ids = torch.randint(3, model.config.vocab_size, (5, 7),
-                                  generator=torch.Generator().manual_seed(1))
-        task_ids = [2, None, 0, None, 1]
-        with torch.no_grad():
-            got, why = run_theirs(answer, model, input_ids, list(task_ids))
+        """A cautious router: write cautious(probabilities, threshold) that routes each row of
+        router.probabilities(prompts) (a column per task, and "(no task)") to its most
+        probable task where that probability is at least threshold, and to None (the bare
+        model) otherwise, or where the most probable class is "(no task)". Return a list, one
+        task name or None per row: check.ex1(cautious)."""
+        if not callable(answer):
+            return False, f"pass a function cautious(probabilities, threshold), not {answer!r}."
+        gen = torch.Generator().manual_seed(0)
+        columns = ["upper", "plural", "past", NO_TASK]
+        weights = torch.rand(12, len(columns), generator=gen) ** 4
+        table = pd.DataFrame((weights / weights.sum(1, keepdim=True)).numpy(), columns=columns)
+        table.iloc[0] = [0.05, 0.05, 0.1, 0.8]             # sure it is no task
+        table.iloc[1] = [0.6, 0.2, 0.1, 0.1]
+        for threshold in (0.0, 0.5, 0.7, 0.95):
+            top, sure = table.idxmax(axis=1), table.max(axis=1)
+            want = [t if t != NO_TASK and p >= threshold else None for t, p in zip(top, sure)]
+            got, why = run_theirs(answer, table.copy(), threshold)
             if why:
                 return False, why
-            with disable_adapters(model):
-                bare = model(input_ids).logits
-            routed = model(input_ids, task_ids=torch.tensor([t or 0 for t in task_ids])).logits
-        want = torch.stack([bare[i] if t is None else routed[i]
-                            for i, t in enumerate(task_ids)])
-        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            return False, (f"return the batch's logits, a tensor of shape {tuple(want.shape)} "
-                           f"(you returned {type(got).__name__}).")
-        wrong = [i for i in range(len(task_ids)) if not tensor_close(got[i], want[i])]
-        if wrong:
-            return False, (f"rows {wrong} (task ids {[task_ids[i] for i in wrong]}) differ: a "
-                           "None row needs the bare model, the others their own task's id.")
-        return True, ("rows without a task get the bare model's logits, the others their "
-                      "adapter's: the routing that keeps 1+N's general answers, for any adapter.")
+            if not isinstance(got, (list, tuple)) or len(got) != len(want):
+                return False, (f"return one route per row ({len(want)}), a task name or None; "
+                               f"you returned {got!r}.")
+            wrong = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+            if wrong:
+                i = wrong[0]
+                row = ", ".join(f"{c} {table.iat[i, k]:.2f}" for k, c in enumerate(columns))
+                return False, (f"at threshold {threshold}, row {i} ({row}) should go to "
+                               f"{want[i]!r}, yours to {got[i]!r}: the most probable class, if "
+                               "it is a task and sure enough; else None.")
+        return True, ("a request the router is unsure of goes to the bare model: fewer general "
+                      "questions reach an adapter, at the price of task items the router was "
+                      "right about but unsure of.")
 
     @exercise
     def ex4(answer, tokenizer):
